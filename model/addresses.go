@@ -1,0 +1,194 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Owner says who an address is for: the node that allocates it and the
+// container attachment that uses it.
+type Owner struct {
+	Node        string `json:"node"`
+	Namespace   string `json:"namespace"`
+	Pod         string `json:"pod"`
+	ContainerID string `json:"containerID"`
+	Interface   string `json:"interface"`
+}
+
+// Address is one allocated address (a pair in a dual-stack pool).
+type Address struct {
+	Pool   string     `json:"pool"`
+	Subnet int        `json:"subnet"`
+	Block  int        `json:"block"`
+	Offset int        `json:"offset"`
+	IPv4   netip.Addr `json:"ipv4,omitzero"`
+	IPv6   netip.Addr `json:"ipv6,omitzero"`
+	Owner
+	CreatedAt time.Time `json:"createdAt"`
+	// Revision is the etcd revision that created the record; a release
+	// guarded by it cannot free a later allocation of the same address.
+	Revision int64 `json:"-"`
+}
+
+// IPs returns the addresses, IPv4 first.
+func (a Address) IPs() []netip.Addr {
+	var ips []netip.Addr
+	if a.IPv4.IsValid() {
+		ips = append(ips, a.IPv4)
+	}
+	if a.IPv6.IsValid() {
+		ips = append(ips, a.IPv6)
+	}
+	return ips
+}
+
+func newAddress(b Block, offset int, owner Owner, now time.Time) Address {
+	v4, v6 := b.AddressAt(offset)
+	owner.Node = b.Node
+	return Address{
+		Pool: b.Pool, Subnet: b.Subnet, Block: b.Index, Offset: offset,
+		IPv4: v4, IPv6: v6, Owner: owner, CreatedAt: now,
+	}
+}
+
+// AllocateAddress records the address at offset of block b for owner in one
+// transaction: it succeeds only if b is still the caller's block and the
+// address is free. It fails with ErrBlockLost or ErrAddressInUse otherwise.
+func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner Owner) (Address, error) {
+	if offset < 0 || offset >= b.Size() {
+		return Address{}, fmt.Errorf("allocate offset %d of block %s: out of range", offset, b.ID())
+	}
+	a := newAddress(b, offset, owner, time.Now().UTC())
+	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
+	akey := s.addressKey(b.Pool, b.Subnet, b.Index, offset)
+	resp, err := s.kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
+			clientv3.Compare(clientv3.CreateRevision(akey), "=", 0)).
+		Then(clientv3.OpPut(akey, encode(a))).
+		Commit()
+	if err != nil {
+		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), etcdErr("commit", err))
+	}
+	if !resp.Succeeded {
+		// Tell the two causes apart only on this rare path.
+		return Address{}, s.allocationConflict(ctx, b, akey, a)
+	}
+	a.Revision = resp.Header.Revision
+	return a, nil
+}
+
+func (s *Store) allocationConflict(ctx context.Context, b Block, akey string, a Address) error {
+	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
+	resp, err := s.kv.Get(ctx, bkey)
+	if err != nil {
+		return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), etcdErr("get", err))
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != b.Revision {
+		return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrBlockLost)
+	}
+	return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrAddressInUse)
+}
+
+// ReleaseAddress deletes the record a, provided it is the very record that
+// was allocated (same creation revision). An address already gone is not an
+// error; an address re-allocated to someone else fails with ErrNotOwner and
+// is left alone.
+func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
+	akey := s.addressKey(a.Pool, a.Subnet, a.Block, a.Offset)
+	resp, err := s.kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(akey), "=", a.Revision)).
+		Then(clientv3.OpDelete(akey)).
+		Else(clientv3.OpGet(akey, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("release %v: %w", a.IPs(), etcdErr("commit", err))
+	}
+	if resp.Succeeded || resp.Responses[0].GetResponseRange().Count == 0 {
+		return nil
+	}
+	return fmt.Errorf("release %v: %w", a.IPs(), ErrNotOwner)
+}
+
+// BlockAddresses returns the addresses allocated in block b.
+func (s *Store) BlockAddresses(ctx context.Context, b Block) ([]Address, error) {
+	return s.listAddresses(ctx, s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index))
+}
+
+// ListAddresses returns every address of every pool (pool "") or of one pool.
+func (s *Store) ListAddresses(ctx context.Context, pool string) ([]Address, error) {
+	prefix := s.addressesPrefix()
+	if pool != "" {
+		prefix += pool + "/"
+	}
+	return s.listAddresses(ctx, prefix)
+}
+
+func (s *Store) listAddresses(ctx context.Context, prefix string) ([]Address, error) {
+	resp, err := s.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", etcdErr("get", err))
+	}
+	addrs := make([]Address, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var a Address
+		if err := decode(string(kv.Key), kv.Value, &a); err != nil {
+			return nil, err
+		}
+		a.Revision = kv.CreateRevision
+		addrs = append(addrs, a)
+	}
+	return addrs, nil
+}
+
+// AddressInfo describes what holds one IP address.
+type AddressInfo struct {
+	IP      netip.Addr `json:"ip"`
+	Pool    string     `json:"pool"`
+	Block   *Block     `json:"block,omitempty"`
+	Address *Address   `json:"address,omitempty"`
+}
+
+// FindAddress locates ip in the pools and returns its block and record
+// (nil when the block is free or the address unallocated). ErrNotFound
+// means no pool contains ip.
+func (s *Store) FindAddress(ctx context.Context, ip netip.Addr) (AddressInfo, error) {
+	pools, err := s.ListPools(ctx)
+	if err != nil {
+		return AddressInfo{}, err
+	}
+	for _, p := range pools {
+		sub, blk, off, ok := p.Locate(ip)
+		if !ok {
+			continue
+		}
+		info := AddressInfo{IP: ip.Unmap(), Pool: p.Name}
+		bkey := s.blockKey(p.Name, sub, blk)
+		akey := s.addressKey(p.Name, sub, blk, off)
+		resp, err := s.kv.Txn(ctx).Then(clientv3.OpGet(bkey), clientv3.OpGet(akey)).Commit()
+		if err != nil {
+			return AddressInfo{}, fmt.Errorf("find %s: %w", ip, etcdErr("get", err))
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			var b Block
+			if err := decode(bkey, kvs[0].Value, &b); err != nil {
+				return AddressInfo{}, err
+			}
+			b.Revision = kvs[0].CreateRevision
+			info.Block = &b
+		}
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			var a Address
+			if err := decode(akey, kvs[0].Value, &a); err != nil {
+				return AddressInfo{}, err
+			}
+			a.Revision = kvs[0].CreateRevision
+			info.Address = &a
+		}
+		return info, nil
+	}
+	return AddressInfo{}, fmt.Errorf("find %s: %w: no pool contains it", ip, ErrNotFound)
+}

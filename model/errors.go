@@ -1,0 +1,53 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers branch on them with errors.Is; every error the
+// package returns wraps one of them (or an etcd error wrapped in
+// ErrUnavailable) with the context of what was being done.
+var (
+	// ErrInvalidName: a pool name that is not a DNS-1123 label.
+	ErrInvalidName = errors.New("invalid name")
+	// ErrInvalidCIDR: a subnet that does not parse, is not canonical
+	// (host bits set), or mixes families wrongly.
+	ErrInvalidCIDR = errors.New("invalid CIDR")
+	// ErrInvalidBlockSize: blocks larger than the subnet, or more than
+	// MaxBlocksPerSubnet of them.
+	ErrInvalidBlockSize = errors.New("invalid block size")
+	// ErrSubnetOverlap: the subnet overlaps a subnet of some pool.
+	ErrSubnetOverlap = errors.New("subnet overlaps an existing subnet")
+	// ErrPoolExists: a pool of that name already exists.
+	ErrPoolExists = errors.New("pool already exists")
+	// ErrPoolNotFound: no pool of that name.
+	ErrPoolNotFound = errors.New("pool not found")
+	// ErrPoolInUse: the pool still has blocks handed to nodes.
+	ErrPoolInUse = errors.New("pool has blocks in use")
+	// ErrPoolExhausted: every block of the pool is owned by some node.
+	ErrPoolExhausted = errors.New("pool exhausted")
+	// ErrBlockLost: the block is no longer owned by the caller (released
+	// or reclaimed since the caller learned of it).
+	ErrBlockLost = errors.New("block no longer owned")
+	// ErrBlockInUse: the block still holds addresses.
+	ErrBlockInUse = errors.New("block has addresses in use")
+	// ErrAddressInUse: the address key already exists.
+	ErrAddressInUse = errors.New("address already allocated")
+	// ErrNotOwner: the record now belongs to someone else; nothing was changed.
+	ErrNotOwner = errors.New("record belongs to another owner")
+	// ErrNotFound: no such record.
+	ErrNotFound = errors.New("not found")
+	// ErrSchemaVersion: the data in etcd was written by a newer Coil.
+	ErrSchemaVersion = errors.New("unsupported schema version")
+	// ErrUnavailable: etcd could not be reached or did not answer in time.
+	ErrUnavailable = errors.New("etcd unavailable")
+	// ErrCorrupt: a value in etcd could not be decoded.
+	ErrCorrupt = errors.New("corrupt record")
+)
+
+// etcdErr marks an error returned by the etcd client so callers can tell
+// an infrastructure failure (retry later) from a logical one.
+func etcdErr(op string, err error) error {
+	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+}

@@ -1,0 +1,37 @@
+package model_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var server *etcdtest.Server
+
+func TestMain(m *testing.M) {
+	s, err := etcdtest.Start(etcdtest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	server = s
+	code := m.Run()
+	s.Close()
+	os.Exit(code)
+}
+
+// newStore returns a store under a prefix of the test's own, and the client.
+func newStore(t *testing.T) (*model.Store, *clientv3.Client) {
+	t.Helper()
+	cli := server.Client(t)
+	st := model.New(cli, etcdtest.Prefix(t))
+	if err := st.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st, cli
+}
