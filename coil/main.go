@@ -1,0 +1,13 @@
+// Command coil is the Coil CNI plugin that kubelet runs as
+// /opt/cni/bin/coil. All logic lives in package plugin.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/coil-project/coil/coil/plugin"
+)
+
+func main() {
+	skel.PluginMainFuncs(plugin.Funcs(), plugin.SupportedVersions, plugin.About)
+}

@@ -1,0 +1,217 @@
+// Package api is the REST protocol between the Coil CNI plugin and coild:
+// request and response types, paths, error reasons, and a client. It knows
+// nothing of etcd or netlink, so both sides can import it.
+//
+// Endpoints:
+//
+//	POST   /ip                                       AllocRequest  -> AllocResponse
+//	GET    /ip/<ns>/<pod>/<container-id>?interface=I                -> AllocResponse, 404
+//	DELETE /ip/<ns>/<pod>/<container-id>?interface=I                -> 200
+//	GET    /status                                                  -> StatusResponse
+//	GET    /readyz                                                  -> 200 ready, 503 not
+//	POST   /gc                                       GCRequest     -> GCResponse
+//
+// Every failure is answered with an ErrorResponse.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// Defaults shared by coild and its clients.
+const (
+	// DefaultEndpoint is where coild listens unless configured otherwise.
+	DefaultEndpoint = "http://127.0.0.1:9383"
+	// DefaultInterface is the pod interface when a request names none.
+	DefaultInterface = "eth0"
+	// MaxRequestBytes is the largest request body coild accepts; requests
+	// are small, so anything bigger is a mistake or an attack.
+	MaxRequestBytes = 64 << 10
+)
+
+// Paths of the endpoints.
+const (
+	PathIP     = "/ip"
+	PathStatus = "/status"
+	PathReady  = "/readyz"
+	PathGC     = "/gc"
+)
+
+// QueryInterface is the query parameter naming the pod interface in GET and
+// DELETE /ip/... requests.
+const QueryInterface = "interface"
+
+// Reasons carried by ErrorResponse.Reason, for callers to branch on.
+const (
+	ReasonBadRequest    = "bad-request"
+	ReasonNotFound      = "not-found"
+	ReasonPoolExhausted = "pool-exhausted"
+	// ReasonUnavailable means etcd is unreachable or coild is not ready
+	// yet: the request may succeed if repeated later.
+	ReasonUnavailable = "unavailable"
+	ReasonInternal    = "internal"
+)
+
+// AllocRequest asks coild for the addresses of one pod interface. A repeated
+// request for the same container id and interface returns the same
+// addresses.
+type AllocRequest struct {
+	PodNamespace string `json:"pod-namespace"`
+	PodName      string `json:"pod-name"`
+	ContainerID  string `json:"container-id"`
+	// Interface is the pod interface; empty means DefaultInterface.
+	Interface string `json:"interface,omitempty"`
+	// NetNS is the path of the pod's network namespace, if known.
+	NetNS string `json:"netns,omitempty"`
+}
+
+// IfName returns the request's interface, DefaultInterface if empty.
+func (r AllocRequest) IfName() string {
+	return IfNameOrDefault(r.Interface)
+}
+
+// Validate reports a request coild must refuse.
+func (r AllocRequest) Validate() error {
+	var missing []string
+	if r.PodNamespace == "" {
+		missing = append(missing, "pod-namespace")
+	}
+	if r.PodName == "" {
+		missing = append(missing, "pod-name")
+	}
+	if r.ContainerID == "" {
+		missing = append(missing, "container-id")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// IfNameOrDefault returns name, or DefaultInterface if name is empty.
+func IfNameOrDefault(name string) string {
+	if name == "" {
+		return DefaultInterface
+	}
+	return name
+}
+
+// AllocResponse carries the addresses of a pod interface.
+type AllocResponse struct {
+	Status int `json:"status"`
+	// Address is the first of Addresses, for v1 clients.
+	Address string `json:"address"`
+	// Addresses are plain IPs ("10.1.0.5", "fd00::5"), IPv4 first.
+	Addresses []string `json:"addresses"`
+}
+
+// ErrorResponse is the body of every failed request.
+type ErrorResponse struct {
+	Status int    `json:"status"`
+	Error  string `json:"error"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// StatusResponse describes what coild holds on its node.
+type StatusResponse struct {
+	Status int `json:"status"`
+	// AddressBlocks maps pool names to the blocks this node owns.
+	AddressBlocks map[string][]string `json:"address-blocks"`
+	// Pods maps "<namespace>/<pod>" to its addresses.
+	Pods map[string]string `json:"pods"`
+}
+
+// GCRequest carries the CNI GC valid attachments: coild releases every
+// address on its node that belongs to none of them.
+type GCRequest struct {
+	ValidAttachments []Attachment `json:"valid-attachments"`
+}
+
+// Attachment names one pod interface that is still in use.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
+}
+
+// GCResponse says how many addresses a GC released.
+type GCResponse struct {
+	Status   int `json:"status"`
+	Released int `json:"released"`
+}
+
+// IPPath returns the path of one pod interface's allocation, without the
+// interface query.
+func IPPath(namespace, pod, containerID string) string {
+	return PathIP + "/" + url.PathEscape(namespace) + "/" + url.PathEscape(pod) + "/" + url.PathEscape(containerID)
+}
+
+// ParseIPPath splits a /ip/<ns>/<pod>/<container-id> path (already
+// unescaped, as http.Request.URL.Path is) into its parts.
+func ParseIPPath(p string) (namespace, pod, containerID string, err error) {
+	rest, ok := strings.CutPrefix(p, PathIP+"/")
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return "", "", "", fmt.Errorf("path %q is not %s/<namespace>/<pod>/<container-id>", p, PathIP)
+	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+// APIError is a failure reported by coild.
+type APIError struct {
+	// Status is the HTTP status code.
+	Status int
+	// Reason is one of the Reason constants; derived from Status when
+	// coild sent none.
+	Reason string
+	// Message is coild's error text.
+	Message string
+}
+
+// Error says what coild answered.
+func (e *APIError) Error() string {
+	return fmt.Sprintf("coild answered %d (%s): %s", e.Status, e.Reason, e.Message)
+}
+
+// Is lets errors.Is(err, ErrNotFound) and the like match an APIError by
+// its reason.
+func (e *APIError) Is(target error) bool {
+	r, ok := target.(reasonError)
+	return ok && string(r) == e.Reason
+}
+
+// reasonError is the type of the reason sentinels below.
+type reasonError string
+
+// Error returns the reason with a "coild: " prefix.
+func (r reasonError) Error() string { return "coild: " + string(r) }
+
+// Sentinels matching an *APIError of the same reason with errors.Is.
+var (
+	ErrBadRequest    error = reasonError(ReasonBadRequest)
+	ErrNotFound      error = reasonError(ReasonNotFound)
+	ErrPoolExhausted error = reasonError(ReasonPoolExhausted)
+	ErrUnavailable   error = reasonError(ReasonUnavailable)
+	ErrInternal      error = reasonError(ReasonInternal)
+)
+
+// ErrUnreachable is wrapped by client errors where no answer came from
+// coild: it is not running, its socket is missing, or it timed out.
+var ErrUnreachable = errors.New("coild unreachable")
+
+// reasonForStatus guesses the reason of an error response without one, for
+// example from a proxy or an older coild.
+func reasonForStatus(status int) string {
+	switch {
+	case status == 400 || status == 413 || status == 415 || status == 422:
+		return ReasonBadRequest
+	case status == 404:
+		return ReasonNotFound
+	case status == 503 || status == 429 || status == 504 || status == 502:
+		return ReasonUnavailable
+	default:
+		return ReasonInternal
+	}
+}

@@ -1,0 +1,209 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// DefaultTimeout bounds each request of a Client unless WithTimeout says
+// otherwise. kubelet gives a CNI call minutes, but a coild that has not
+// answered in 30s is stuck, and failing lets kubelet retry.
+const DefaultTimeout = 30 * time.Second
+
+// maxResponseBytes bounds how much of a response the client reads.
+const maxResponseBytes = 1 << 20
+
+// ErrInvalidEndpoint is returned by NewClient for an endpoint it cannot use.
+var ErrInvalidEndpoint = errors.New("invalid coild endpoint")
+
+// Client talks to coild over TCP or a unix socket. It is safe for
+// concurrent use.
+type Client struct {
+	base    string
+	hc      *http.Client
+	timeout time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithTimeout sets the time limit of each request; 0 means no limit beyond
+// the caller's context.
+func WithTimeout(d time.Duration) Option {
+	return func(c *Client) { c.timeout = d }
+}
+
+// NewClient returns a client for endpoint, which is an http:// URL such as
+// "http://127.0.0.1:9383", or a unix socket as "unix:///run/coild.sock" or
+// a plain absolute path.
+func NewClient(endpoint string, opts ...Option) (*Client, error) {
+	c := &Client{timeout: DefaultTimeout}
+	for _, o := range opts {
+		o(c)
+	}
+
+	socket := ""
+	switch {
+	case strings.HasPrefix(endpoint, "/"):
+		socket = endpoint
+	case strings.HasPrefix(endpoint, "unix://"):
+		u, err := url.Parse(endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("%w %q: %w", ErrInvalidEndpoint, endpoint, err)
+		}
+		socket = u.Path
+		if u.Host != "" || socket == "" {
+			return nil, fmt.Errorf("%w %q: want unix:///absolute/path", ErrInvalidEndpoint, endpoint)
+		}
+	default:
+		u, err := url.Parse(endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("%w %q: %w", ErrInvalidEndpoint, endpoint, err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w %q: want http://host:port or unix:///path", ErrInvalidEndpoint, endpoint)
+		}
+		c.base = strings.TrimSuffix(endpoint, "/")
+		c.hc = &http.Client{Transport: &http.Transport{
+			Proxy:               nil, // coild is local; never go through HTTP_PROXY
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 4,
+		}}
+		return c, nil
+	}
+
+	// The host part is ignored when dialling a socket; "coild" makes logs
+	// and errors readable.
+	c.base = "http://coild"
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	c.hc = &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 4,
+	}}
+	return c, nil
+}
+
+// Allocate asks for the addresses of a pod interface.
+func (c *Client) Allocate(ctx context.Context, req AllocRequest) (AllocResponse, error) {
+	var resp AllocResponse
+	err := c.do(ctx, http.MethodPost, PathIP, req, &resp)
+	return resp, err
+}
+
+// Get returns the addresses allocated to a pod interface; an error matching
+// ErrNotFound when there are none.
+func (c *Client) Get(ctx context.Context, namespace, pod, containerID, ifName string) (AllocResponse, error) {
+	var resp AllocResponse
+	err := c.do(ctx, http.MethodGet, ipPathQuery(namespace, pod, containerID, ifName), nil, &resp)
+	return resp, err
+}
+
+// Release frees the addresses of a pod interface. coild answers success
+// when there is nothing to free.
+func (c *Client) Release(ctx context.Context, namespace, pod, containerID, ifName string) error {
+	return c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, containerID, ifName), nil, nil)
+}
+
+// Status returns what coild holds on its node.
+func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
+	var resp StatusResponse
+	err := c.do(ctx, http.MethodGet, PathStatus, nil, &resp)
+	return resp, err
+}
+
+// Ready returns nil when coild is ready to serve allocations, an error
+// matching ErrUnavailable when it says it is not, and one wrapping
+// ErrUnreachable when it does not answer.
+func (c *Client) Ready(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, PathReady, nil, nil)
+}
+
+// GC releases the addresses on this node that belong to none of the valid
+// attachments.
+func (c *Client) GC(ctx context.Context, req GCRequest) (GCResponse, error) {
+	var resp GCResponse
+	err := c.do(ctx, http.MethodPost, PathGC, req, &resp)
+	return resp, err
+}
+
+func ipPathQuery(namespace, pod, containerID, ifName string) string {
+	q := url.Values{QueryInterface: {IfNameOrDefault(ifName)}}
+	return IPPath(namespace, pod, containerID) + "?" + q.Encode()
+}
+
+// do sends one request and decodes a 2xx response into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode %s %s request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build %s %s request: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		// The answer broke off: coild died or timed out mid-way.
+		return fmt.Errorf("%w: read answer to %s %s: %w", ErrUnreachable, method, path, err)
+	}
+
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return decodeError(resp.StatusCode, data)
+	}
+	if out == nil || len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// decodeError turns an error response into an *APIError, tolerating bodies
+// that are not an ErrorResponse.
+func decodeError(status int, data []byte) *APIError {
+	e := &APIError{Status: status}
+	var er ErrorResponse
+	if json.Unmarshal(data, &er) == nil && (er.Error != "" || er.Reason != "") {
+		e.Reason, e.Message = er.Reason, er.Error
+	} else {
+		e.Message = strings.TrimSpace(string(data))
+	}
+	if e.Reason == "" {
+		e.Reason = reasonForStatus(status)
+	}
+	if e.Message == "" {
+		e.Message = http.StatusText(status)
+	}
+	return e
+}

@@ -1,0 +1,397 @@
+package nodenet
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Gateway addresses the pod's default routes point to. No interface holds
+// them: the pod reaches them through permanent neighbour entries carrying the
+// host veth's MAC, so the host needs neither proxy ARP nor proxy NDP, and
+// every pod sees the same gateway whatever node it runs on.
+var (
+	GatewayIPv4 = netip.MustParseAddr("169.254.1.1")
+	GatewayIPv6 = netip.MustParseAddr("fe80::1")
+)
+
+// maxIfNameLen is IFNAMSIZ minus the terminating NUL.
+const maxIfNameLen = 15
+
+// Sentinel errors callers can branch on with errors.Is.
+var (
+	// ErrInvalidConfig is returned for a PodConfig that cannot be set up.
+	ErrInvalidConfig = errors.New("invalid pod network config")
+	// ErrInterfaceExists is returned by SetupPod when the pod netns
+	// already has an interface of the requested name.
+	ErrInterfaceExists = errors.New("interface already exists in pod netns")
+	// ErrMismatch is returned by CheckPod when the pod's network is not
+	// what SetupPod would have made.
+	ErrMismatch = errors.New("pod network is not as configured")
+)
+
+// HostVethName returns the name of the host side of a pod's veth pair:
+// "veth" and the first 11 hex digits of sha1("<namespace>.<pod>"). It is the
+// scheme Calico uses, so names are stable across restarts of the pod's
+// sandbox, fit IFNAMSIZ, and tools that know the scheme find the link.
+func HostVethName(namespace, pod string) string {
+	sum := sha1.Sum([]byte(namespace + "." + pod))
+	return "veth" + hex.EncodeToString(sum[:])[:11]
+}
+
+// PodConfig says how one pod interface is set up.
+type PodConfig struct {
+	// NetNSPath is the path of the pod's network namespace.
+	NetNSPath string
+	// IfName is the interface name inside the pod, usually "eth0".
+	IfName string
+	// HostVethName is the name of the host side, see HostVethName.
+	HostVethName string
+	// IPv4 and IPv6 are the pod's addresses; either may be the zero
+	// Addr for a single-stack pod, not both.
+	IPv4, IPv6 netip.Addr
+	// MTU of both ends of the veth; 0 keeps the kernel default.
+	MTU int
+}
+
+func (c PodConfig) validate() error {
+	var problems []string
+	if c.NetNSPath == "" {
+		problems = append(problems, "netns path is empty")
+	}
+	if c.IfName == "" || len(c.IfName) > maxIfNameLen {
+		problems = append(problems, fmt.Sprintf("interface name %q must be 1-%d characters", c.IfName, maxIfNameLen))
+	}
+	if c.HostVethName == "" || len(c.HostVethName) > maxIfNameLen {
+		problems = append(problems, fmt.Sprintf("host veth name %q must be 1-%d characters", c.HostVethName, maxIfNameLen))
+	}
+	if !c.IPv4.IsValid() && !c.IPv6.IsValid() {
+		problems = append(problems, "no address given")
+	}
+	if c.IPv4.IsValid() && !c.IPv4.Unmap().Is4() {
+		problems = append(problems, fmt.Sprintf("IPv4 address %s is not IPv4", c.IPv4))
+	}
+	if c.IPv6.IsValid() && (!c.IPv6.Is6() || c.IPv6.Is4In6()) {
+		problems = append(problems, fmt.Sprintf("IPv6 address %s is not IPv6", c.IPv6))
+	}
+	if c.MTU < 0 {
+		problems = append(problems, fmt.Sprintf("MTU %d is negative", c.MTU))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// Link describes one end of a pod's veth pair, as a CNI result needs it.
+type Link struct {
+	// Name is the interface name.
+	Name string
+	// MAC is the interface's hardware address.
+	MAC net.HardwareAddr
+	// Index is the interface index in its own namespace.
+	Index int
+	// Sandbox is the netns path for the pod side, empty for the host side.
+	Sandbox string
+}
+
+// PodLinks are the two ends of a pod's veth pair.
+type PodLinks struct {
+	// Host is the end in the host netns.
+	Host Link
+	// Container is the end in the pod netns, with Sandbox set.
+	Container Link
+}
+
+// SetupPod creates the veth pair of a pod and configures both ends as the
+// package documentation describes. A host link left with the same
+// name (a node that crashed half-way through a teardown) is replaced. On any
+// failure everything SetupPod created is removed again.
+func SetupPod(cfg PodConfig) (PodLinks, error) {
+	if err := cfg.validate(); err != nil {
+		return PodLinks{}, err
+	}
+	podNS, err := ns.GetNS(cfg.NetNSPath)
+	if err != nil {
+		return PodLinks{}, fmt.Errorf("open pod netns %q: %w", cfg.NetNSPath, err)
+	}
+	defer podNS.Close()
+
+	if err := DeleteLink(cfg.HostVethName); err != nil {
+		return PodLinks{}, fmt.Errorf("remove leftover host link: %w", err)
+	}
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: cfg.HostVethName, MTU: cfg.MTU},
+		PeerName:      cfg.IfName,
+		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+		PeerMTU:       uint32(cfg.MTU),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return PodLinks{}, fmt.Errorf("create veth %q with peer %q in %q: %w: %w",
+				cfg.HostVethName, cfg.IfName, cfg.NetNSPath, ErrInterfaceExists, err)
+		}
+		return PodLinks{}, fmt.Errorf("create veth %q with peer %q in %q: %w",
+			cfg.HostVethName, cfg.IfName, cfg.NetNSPath, err)
+	}
+
+	links, err := configurePod(cfg, podNS)
+	if err != nil {
+		// Deleting one end of a veth deletes the other end and every
+		// address and route on either, so this undoes all of the above.
+		if delErr := DeleteLink(cfg.HostVethName); delErr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", delErr))
+		}
+		return PodLinks{}, err
+	}
+	return links, nil
+}
+
+// configurePod configures both ends of a freshly created veth pair.
+func configurePod(cfg PodConfig, podNS ns.NetNS) (PodLinks, error) {
+	host, err := netlink.LinkByName(cfg.HostVethName)
+	if err != nil {
+		return PodLinks{}, fmt.Errorf("find host veth %q: %w", cfg.HostVethName, err)
+	}
+	if err := disableDAD(cfg.HostVethName); err != nil {
+		return PodLinks{}, err
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return PodLinks{}, fmt.Errorf("set host veth %q up: %w", cfg.HostVethName, err)
+	}
+	links := PodLinks{Host: Link{
+		Name:  cfg.HostVethName,
+		MAC:   host.Attrs().HardwareAddr,
+		Index: host.Attrs().Index,
+	}}
+
+	err = podNS.Do(func(ns.NetNS) error {
+		c, err := configurePodSide(cfg, links.Host.MAC)
+		links.Container = c
+		return err
+	})
+	if err != nil {
+		return PodLinks{}, fmt.Errorf("configure %q in pod netns %q: %w", cfg.IfName, cfg.NetNSPath, err)
+	}
+
+	// Host routes come last: until the pod side is up the veth has no
+	// carrier, and there is no point in attracting traffic before then.
+	for _, a := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
+		if !a.IsValid() {
+			continue
+		}
+		r := hostRoute(host.Attrs().Index, a)
+		if err := netlink.RouteReplace(r); err != nil {
+			return PodLinks{}, fmt.Errorf("add host route %s dev %s: %w", r.Dst, cfg.HostVethName, err)
+		}
+	}
+	return links, nil
+}
+
+// hostRoute is the route on the host that sends a pod's address to its veth.
+func hostRoute(linkIndex int, a netip.Addr) *netlink.Route {
+	return &netlink.Route{
+		LinkIndex: linkIndex,
+		Dst:       hostNet(a),
+		Scope:     netlink.SCOPE_LINK,
+	}
+}
+
+// configurePodSide runs inside the pod netns.
+func configurePodSide(cfg PodConfig, hostMAC net.HardwareAddr) (Link, error) {
+	link, err := netlink.LinkByName(cfg.IfName)
+	if err != nil {
+		return Link{}, fmt.Errorf("find interface: %w", err)
+	}
+	idx := link.Attrs().Index
+	if err := disableDAD(cfg.IfName); err != nil {
+		return Link{}, err
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return Link{}, fmt.Errorf("set up: %w", err)
+	}
+
+	if cfg.IPv4.IsValid() {
+		a := &netlink.Addr{IPNet: hostNet(cfg.IPv4)}
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return Link{}, fmt.Errorf("add address %s: %w", a.IPNet, err)
+		}
+		if err := addGateway(idx, GatewayIPv4, hostMAC); err != nil {
+			return Link{}, err
+		}
+	}
+	if cfg.IPv6.IsValid() {
+		// NODAD: the address is ours by IPAM and must be usable as soon
+		// as the CNI ADD returns, not a second later.
+		a := &netlink.Addr{IPNet: hostNet(cfg.IPv6), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return Link{}, fmt.Errorf("add address %s: %w", a.IPNet, err)
+		}
+		if err := addGateway(idx, GatewayIPv6, hostMAC); err != nil {
+			return Link{}, err
+		}
+	}
+	return Link{
+		Name:    cfg.IfName,
+		MAC:     link.Attrs().HardwareAddr,
+		Index:   idx,
+		Sandbox: cfg.NetNSPath,
+	}, nil
+}
+
+// podRoutes returns the routes the pod side gets for one gateway family.
+func podRoutes(linkIndex int, gw netip.Addr) []*netlink.Route {
+	gwIP := net.IP(gw.AsSlice())
+	if gw.Is4() {
+		return []*netlink.Route{
+			// The gateway is in no subnet of the pod, so it needs
+			// its own on-link route before it can be a next hop.
+			{LinkIndex: linkIndex, Dst: hostNet(gw), Scope: netlink.SCOPE_LINK},
+			{LinkIndex: linkIndex, Dst: ipNet(defaultV4), Gw: gwIP},
+		}
+	}
+	// fe80::/64 is on-link on every IPv6 interface already.
+	return []*netlink.Route{
+		{LinkIndex: linkIndex, Dst: ipNet(defaultV6), Gw: gwIP},
+	}
+}
+
+// podNeigh is the permanent neighbour entry that resolves a gateway address
+// to the host veth's MAC.
+func podNeigh(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr) *netlink.Neigh {
+	family := netlink.FAMILY_V4
+	if gw.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	return &netlink.Neigh{
+		LinkIndex:    linkIndex,
+		Family:       family,
+		State:        netlink.NUD_PERMANENT,
+		IP:           net.IP(gw.AsSlice()),
+		HardwareAddr: hostMAC,
+	}
+}
+
+// addGateway installs the neighbour entry and routes for one gateway.
+func addGateway(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr) error {
+	if err := netlink.NeighSet(podNeigh(linkIndex, gw, hostMAC)); err != nil {
+		return fmt.Errorf("add neighbour %s lladdr %s: %w", gw, hostMAC, err)
+	}
+	for _, r := range podRoutes(linkIndex, gw) {
+		if err := netlink.RouteAdd(r); err != nil {
+			return fmt.Errorf("add route %s via %s: %w", r.Dst, r.Gw, err)
+		}
+	}
+	return nil
+}
+
+// TeardownPod removes a pod's veth pair by deleting its pod side, which
+// takes the host side and the host routes with it. It is idempotent: a pod
+// netns or link that is already gone is success, because kubelet repeats
+// DEL and the runtime may have deleted the netns first (which deletes the
+// pair as well).
+//
+// The host link is never deleted by name alone. HostVethName derives from
+// the pod's name, not its sandbox, so when the pod netns is gone a link of
+// that name can only be the veth of a newer sandbox of the same pod, and a
+// late DEL must not cut that one off.
+func TeardownPod(netnsPath, ifName, hostVethName string) error {
+	if netnsPath == "" || ifName == "" {
+		return nil
+	}
+	peerIndex := 0
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifName)
+		if err != nil {
+			if isLinkNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("find %q: %w", ifName, err)
+		}
+		if link.Type() != "veth" {
+			// Not made by Coil: leave it to whoever made it.
+			return nil
+		}
+		peerIndex = link.Attrs().ParentIndex
+		if err := netlink.LinkDel(link); err != nil && !isLinkNotFound(err) {
+			return fmt.Errorf("delete %q: %w", ifName, err)
+		}
+		return nil
+	})
+	if err != nil && !netnsGone(err) {
+		return fmt.Errorf("teardown %q in pod netns %q: %w", ifName, netnsPath, err)
+	}
+	if peerIndex == 0 || hostVethName == "" {
+		return nil
+	}
+	// The kernel deletes the peer with the pod side; this only catches a
+	// host link that somehow outlived it while still being that peer.
+	host, err := netlink.LinkByName(hostVethName)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("find host veth %q: %w", hostVethName, err)
+	}
+	if host.Attrs().Index == peerIndex {
+		if err := DeleteLink(hostVethName); err != nil {
+			return fmt.Errorf("teardown host side: %w", err)
+		}
+	}
+	return nil
+}
+
+// netnsGone reports whether err says the network namespace no longer exists.
+func netnsGone(err error) bool {
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	return errors.As(err, &notExist) || errors.As(err, &notNS)
+}
+
+// isLinkNotFound reports whether err says a link does not exist.
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// DeleteLink deletes the link of the given name in the current netns; a
+// link that does not exist is success.
+func DeleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("find link %q: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil && !isLinkNotFound(err) {
+		return fmt.Errorf("delete link %q: %w", name, err)
+	}
+	return nil
+}
+
+// ListHostVeths returns the names of the veth links in the current netns
+// whose name starts with "veth", the host sides of pods. coild compares
+// them with its allocations to remove links of pods that no longer exist.
+func ListHostVeths() ([]string, error) {
+	links, err := retryDump("links", netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var names []string
+	for _, l := range links {
+		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, "veth") {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	return names, nil
+}
