@@ -21,17 +21,20 @@ const SchemaVersion = 1
 
 // Store reads and writes Coil's records under one key prefix.
 type Store struct {
-	kv     clientv3.KV
-	prefix string
+	kv      clientv3.KV
+	watcher clientv3.Watcher
+	prefix  string
 }
 
 // New returns a Store using the client's KV API under prefix (for example
 // "/coil/"). Tests may replace cli.KV before calling New to observe requests.
 func New(cli *clientv3.Client, prefix string) *Store {
-	return NewWithKV(cli.KV, prefix)
+	st := NewWithKV(cli.KV, prefix)
+	st.watcher = cli.Watcher
+	return st
 }
 
-// NewWithKV is New for callers that only have a KV.
+// NewWithKV is New for callers that only have a KV; such a store cannot watch.
 func NewWithKV(kv clientv3.KV, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"

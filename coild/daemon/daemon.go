@@ -1,0 +1,406 @@
+// Package daemon runs coild: it restores the node's state from etcd,
+// reconciles the kernel with it, and only then serves the REST API.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coil-project/coil/coild/ipam"
+	"github.com/coil-project/coil/coild/poolselector"
+	"github.com/coil-project/coil/coild/server"
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdconfig"
+	"github.com/coil-project/coil/nodenet"
+	"github.com/cybozu-go/well"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Config is coild's configuration, from flags.
+type Config struct {
+	NodeName      string
+	NodeAddresses []netip.Addr
+	Etcd          etcdconfig.Config
+	// HTTPAddr must be a loopback address; empty disables TCP.
+	HTTPAddr string
+	// SocketPath is a unix socket (mode 0600); empty disables it.
+	SocketPath  string
+	TableID     int
+	ProtocolID  int
+	Kubeconfig  string
+	MetricsAddr string
+	// ScanInterval paces house-keeping: empty blocks, route re-sync.
+	ScanInterval time.Duration
+	// BlockReleaseGrace is how long a block stays empty before it goes
+	// back to the pool: pods come and go, and re-acquiring costs more.
+	BlockReleaseGrace time.Duration
+	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
+	KubeClient kubernetes.Interface
+	// HostNS, when set, is the network namespace all kernel work is done
+	// in; tests use it to run coild in-process for a namespace-node. By
+	// default the process's own namespace is used.
+	HostNS ns.NetNS
+	Logger     *slog.Logger
+}
+
+// Validate checks the configuration before anything starts.
+func (c *Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("--node-name (or COIL_NODE_NAME) is required")
+	}
+	if c.HTTPAddr == "" && c.SocketPath == "" {
+		return errors.New("--http and --socket are both empty: the CNI plugin could not reach coild")
+	}
+	if c.HTTPAddr != "" && !server.IsLoopback(c.HTTPAddr) {
+		return fmt.Errorf("--http %q is not a loopback address: coild's API must be reachable only from the node itself", c.HTTPAddr)
+	}
+	if c.TableID <= 0 || c.TableID >= 253 && c.TableID <= 255 {
+		return fmt.Errorf("--table-id %d: choose an unused table (not 0, 253, 254, 255)", c.TableID)
+	}
+	if c.ProtocolID <= 0 || c.ProtocolID > 255 {
+		return fmt.Errorf("--protocol-id %d not in 1..255", c.ProtocolID)
+	}
+	if c.ScanInterval <= 0 {
+		return errors.New("--scan-interval must be positive")
+	}
+	return c.Etcd.Validate()
+}
+
+type daemon struct {
+	cfg      Config
+	log      *slog.Logger
+	store    *model.Store
+	alloc    *ipam.Allocator
+	exporter *nodenet.Exporter
+	ready    chan struct{}
+}
+
+// Run starts coild and blocks until ctx ends or a component fails.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	d := &daemon{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		exporter: &nodenet.Exporter{TableID: cfg.TableID, Protocol: netlink.RouteProtocol(cfg.ProtocolID)},
+		ready:    make(chan struct{}),
+	}
+	cli, err := cfg.Etcd.NewClient()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	d.store = model.New(cli, cfg.Etcd.Prefix)
+	d.alloc = ipam.New(d.store, cfg.NodeName, exportObserver{d})
+
+	kube := cfg.KubeClient
+	if kube == nil {
+		if kube, err = kubeClient(cfg.Kubeconfig); err != nil {
+			return err
+		}
+	}
+	if err := d.inHostNS(nodenet.EnableForwarding); err != nil {
+		return fmt.Errorf("enable forwarding: %w", err)
+	}
+
+	// Listen before restoring so that a bad address fails fast, but answer
+	// nothing but "not ready" until the state is restored.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
+	nsInformer := factory.Core().V1().Namespaces()
+	selector := poolselector.New(nsInformer.Lister(), kube)
+	srv := server.New(server.Config{
+		Allocator:      d.alloc,
+		Selector:       selector,
+		RequestTimeout: cfg.Etcd.Timeout * 2,
+		GCMinAge:       time.Minute,
+		Ready:          d.isReady,
+		Registry:       reg,
+		Logger:         d.log,
+	})
+	listeners, err := d.listen()
+	if err != nil {
+		return err
+	}
+
+	env := well.NewEnvironment(ctx)
+	for _, l := range listeners {
+		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+		env.Go(func(ctx context.Context) error {
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				hs.Shutdown(sctx)
+			}()
+			if err := hs.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve on %s: %w", l.Addr(), err)
+			}
+			return nil
+		})
+	}
+	if cfg.MetricsAddr != "" {
+		ms := &http.Server{Addr: cfg.MetricsAddr, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		env.Go(func(ctx context.Context) error {
+			go func() { <-ctx.Done(); ms.Close() }()
+			if err := ms.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve metrics on %s: %w", cfg.MetricsAddr, err)
+			}
+			return nil
+		})
+	}
+	env.Go(func(ctx context.Context) error {
+		return d.store.WatchPools(ctx, 2*time.Second, selector.SetPools)
+	})
+	env.Go(func(ctx context.Context) error {
+		factory.Start(ctx.Done())
+		if !cache.WaitForCacheSync(ctx.Done(), nsInformer.Informer().HasSynced) {
+			return fmt.Errorf("namespace informer did not sync: %w", context.Cause(ctx))
+		}
+		if err := d.start(ctx); err != nil {
+			return err
+		}
+		close(d.ready)
+		d.log.Info("coild ready", "node", cfg.NodeName, "listeners", len(listeners))
+		<-ctx.Done()
+		factory.Shutdown()
+		return nil
+	})
+	env.Go(d.houseKeeping)
+	env.Stop()
+	err = env.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (d *daemon) isReady() bool {
+	select {
+	case <-d.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// start restores state and reconciles the kernel, retrying while etcd is
+// unreachable: serving before that would hand out addresses in use.
+func (d *daemon) start(ctx context.Context) error {
+	for {
+		err := d.restore(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.log.Error("restore failed; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func (d *daemon) restore(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 4*d.cfg.Etcd.Timeout)
+	defer cancel()
+	if err := d.store.Init(rctx); err != nil {
+		return err
+	}
+	addrs := d.cfg.NodeAddresses
+	if len(addrs) == 0 {
+		if err := d.inHostNS(func() (err error) { addrs, err = nodenet.NodeAddresses(); return err }); err != nil {
+			return err
+		}
+	}
+	if err := d.store.PutNode(rctx, model.Node{Name: d.cfg.NodeName, Addresses: addrs}); err != nil {
+		return err
+	}
+	if err := d.alloc.Restore(rctx); err != nil {
+		return err
+	}
+	blocks, addresses := d.alloc.Usage()
+	d.log.Info("restored state from etcd", "blocks", blocks, "addresses", addresses)
+	return d.inHostNS(func() error { d.reconcileKernel(); return nil })
+}
+
+// inHostNS runs kernel work in the node's network namespace. Goroutines of
+// the daemon may run on any OS thread, so every netlink call goes through
+// here rather than trusting the calling thread's namespace.
+func (d *daemon) inHostNS(fn func() error) error {
+	if d.cfg.HostNS == nil {
+		return fn()
+	}
+	return d.cfg.HostNS.Do(func(ns.NetNS) error { return fn() })
+}
+
+// reconcileKernel makes the export table hold exactly the owned blocks,
+// restores pod host routes, and removes host veths of pods that hold no
+// address any more. Failures are logged: the next scan tries again.
+func (d *daemon) reconcileKernel() {
+	var prefixes []netip.Prefix
+	for _, blocks := range d.alloc.Blocks() {
+		for _, b := range blocks {
+			prefixes = append(prefixes, b.Prefixes()...)
+		}
+	}
+	if err := d.exporter.Sync(prefixes); err != nil {
+		d.log.Error("sync export table", "error", err)
+	}
+	keep := map[string]bool{}
+	for _, addr := range d.alloc.Attachments() {
+		veth := nodenet.HostVethName(addr.Namespace, addr.Pod)
+		keep[veth] = true
+		if err := nodenet.EnsureHostRoutes(veth, addr.IPs()); err != nil {
+			d.log.Error("restore host routes", "pod", addr.Namespace+"/"+addr.Pod, "error", err)
+		}
+	}
+	veths, err := nodenet.ListHostVeths()
+	if err != nil {
+		d.log.Error("list host veths", "error", err)
+		return
+	}
+	for _, name := range veths {
+		if keep[name] || !nodenet.IsCoilVeth(name) {
+			continue
+		}
+		if err := nodenet.DeleteLink(name); err != nil {
+			d.log.Error("delete leftover veth", "link", name, "error", err)
+			continue
+		}
+		d.log.Info("deleted leftover host veth of a pod without address", "link", name)
+	}
+}
+
+func (d *daemon) houseKeeping(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-d.ready:
+	}
+	t := time.NewTicker(d.cfg.ScanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		sctx, cancel := context.WithTimeout(ctx, 4*d.cfg.Etcd.Timeout)
+		released, err := d.alloc.ReleaseEmptyBlocks(sctx, d.cfg.BlockReleaseGrace)
+		cancel()
+		for _, b := range released {
+			d.log.Info("returned empty block to its pool", "block", b.String(), "pool", b.Pool)
+		}
+		if err != nil {
+			d.log.Error("release empty blocks", "error", err)
+		}
+		var prefixes []netip.Prefix
+		for _, blocks := range d.alloc.Blocks() {
+			for _, b := range blocks {
+				prefixes = append(prefixes, b.Prefixes()...)
+			}
+		}
+		if err := d.inHostNS(func() error { return d.exporter.Sync(prefixes) }); err != nil {
+			d.log.Error("sync export table", "error", err)
+		}
+	}
+}
+
+func (d *daemon) listen() ([]net.Listener, error) {
+	var ls []net.Listener
+	closeAll := func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	if d.cfg.HTTPAddr != "" {
+		l, err := net.Listen("tcp", d.cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", d.cfg.HTTPAddr, err)
+		}
+		ls = append(ls, l)
+	}
+	if d.cfg.SocketPath != "" {
+		if err := os.MkdirAll(filepath.Dir(d.cfg.SocketPath), 0o755); err != nil {
+			closeAll()
+			return nil, err
+		}
+		// A socket left by a killed coild would make Listen fail.
+		if err := os.Remove(d.cfg.SocketPath); err != nil && !os.IsNotExist(err) {
+			closeAll()
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+		l, err := net.Listen("unix", d.cfg.SocketPath)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listen on %s: %w", d.cfg.SocketPath, err)
+		}
+		if err := os.Chmod(d.cfg.SocketPath, 0o600); err != nil {
+			l.Close()
+			closeAll()
+			return nil, fmt.Errorf("restrict socket: %w", err)
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// exportObserver puts the node's blocks into the export table as they come
+// and go. A failure is logged and repaired by the next scan's Sync.
+type exportObserver struct{ d *daemon }
+
+func (o exportObserver) BlockAcquired(b model.Block) {
+	for _, p := range b.Prefixes() {
+		if err := o.d.inHostNS(func() error { return o.d.exporter.Export(p) }); err != nil {
+			o.d.log.Error("export block route", "block", p.String(), "error", err)
+		}
+	}
+}
+
+func (o exportObserver) BlockReleased(b model.Block) {
+	for _, p := range b.Prefixes() {
+		if err := o.d.inHostNS(func() error { return o.d.exporter.Withdraw(p) }); err != nil {
+			o.d.log.Error("withdraw block route", "block", p.String(), "error", err)
+		}
+	}
+}

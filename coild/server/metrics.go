@@ -1,0 +1,45 @@
+package server
+
+import (
+	"github.com/coil-project/coil/coild/ipam"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	allocations prometheus.Counter
+	releases    prometheus.Counter
+	failures    *prometheus.CounterVec
+	latency     prometheus.Histogram
+}
+
+func newMetrics(reg *prometheus.Registry, alloc *ipam.Allocator) *metrics {
+	m := &metrics{
+		allocations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coild", Name: "allocations_total",
+			Help: "Addresses allocated to pods.",
+		}),
+		releases: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coild", Name: "releases_total",
+			Help: "Addresses released by pods (DEL or GC).",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "coild", Name: "request_failures_total",
+			Help: "Failed API requests by reason.",
+		}, []string{"reason"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "coild", Name: "allocation_duration_seconds",
+			Help:    "Time to allocate an address, including etcd.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+	}
+	blocks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "coild", Name: "blocks_owned",
+		Help: "Address blocks owned by this node.",
+	}, func() float64 { n, _ := alloc.Usage(); return float64(n) })
+	inUse := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "coild", Name: "addresses_in_use",
+		Help: "Addresses allocated on this node.",
+	}, func() float64 { _, n := alloc.Usage(); return float64(n) })
+	reg.MustRegister(m.allocations, m.releases, m.failures, m.latency, blocks, inUse)
+	return m
+}

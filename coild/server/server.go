@@ -1,0 +1,375 @@
+// Package server is coild's REST API, used by the CNI plugin on the same
+// node. It turns HTTP requests into allocator calls and allocator errors
+// into the documented status codes.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/coild/ipam"
+	"github.com/coil-project/coil/coild/poolselector"
+	"github.com/coil-project/coil/model"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// PoolSelector chooses the pool of a namespace.
+type PoolSelector interface {
+	PoolFor(ctx context.Context, namespace string) (string, error)
+}
+
+// PodObserver learns of pods' addresses and network namespaces, which the
+// egress reconciler needs later. It may be nil.
+type PodObserver interface {
+	PodAdded(att ipam.Attachment, addr model.Address, netns string)
+	PodDeleted(att ipam.Attachment)
+}
+
+// Config wires a Server.
+type Config struct {
+	Allocator *ipam.Allocator
+	Selector  PoolSelector
+	Pods      PodObserver
+	// RequestTimeout bounds the etcd work of one request.
+	RequestTimeout time.Duration
+	// GCMinAge protects allocations younger than this from CNI GC: an ADD
+	// may still be in flight when the runtime lists valid attachments.
+	GCMinAge time.Duration
+	// Ready reports whether coild has finished starting.
+	Ready func() bool
+	// Registry receives the metrics; nil means a fresh registry.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// Server serves the REST API.
+type Server struct {
+	cfg     Config
+	metrics *metrics
+	mux     *http.ServeMux
+	now     func() time.Time
+}
+
+// New returns a Server with its routes.
+func New(cfg Config) *Server {
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = cfg.Allocator.Ready
+	}
+	s := &Server{cfg: cfg, metrics: newMetrics(cfg.Registry, cfg.Allocator), mux: http.NewServeMux(), now: time.Now}
+	s.mux.HandleFunc("POST "+api.PathIP, s.handleAllocate)
+	s.mux.HandleFunc("GET "+api.PathIP+"/{ns}/{pod}/{cid}", s.handleGet)
+	s.mux.HandleFunc("DELETE "+api.PathIP+"/{ns}/{pod}/{cid}", s.handleRelease)
+	s.mux.HandleFunc("GET "+api.PathStatus, s.handleStatus)
+	s.mux.HandleFunc("POST "+api.PathGC, s.handleGC)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+	})
+	s.mux.HandleFunc("GET "+api.PathReady, s.handleReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	return s
+}
+
+// ServeHTTP implements http.Handler. Unknown paths and methods get JSON
+// errors like everything else.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern == "" {
+		// Let the mux decide between 404 and 405, but answer in JSON.
+		rec := &statusRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		for k, v := range rec.header {
+			if k != "Content-Type" && k != "X-Content-Type-Options" {
+				w.Header()[k] = v
+			}
+		}
+		writeError(w, rec.status, reasonFor(rec.status), fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, http.StatusText(rec.status)))
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
+	if !s.cfg.Ready() {
+		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+}
+
+func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	var req api.AllocRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	if err := req.Validate(); err != nil {
+		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	if !s.cfg.Ready() {
+		s.metrics.failures.WithLabelValues(api.ReasonUnavailable).Inc()
+		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	att := ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()}
+	// A retried ADD returns what the first got, whatever the namespace's
+	// pool is now.
+	addr, ok := s.cfg.Allocator.Lookup(att)
+	if !ok {
+		pool, err := s.cfg.Selector.PoolFor(ctx, req.PodNamespace)
+		if err != nil {
+			s.fail(w, fmt.Errorf("choose pool for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
+			return
+		}
+		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
+			Namespace: req.PodNamespace, Pod: req.PodName,
+			ContainerID: req.ContainerID, Interface: req.IfName(),
+		})
+		if err != nil {
+			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
+			return
+		}
+		s.metrics.allocations.Inc()
+		s.metrics.latency.Observe(s.now().Sub(start).Seconds())
+	}
+	if s.cfg.Pods != nil {
+		s.cfg.Pods.PodAdded(att, addr, req.NetNS)
+	}
+	writeJSON(w, http.StatusOK, allocResponse(addr))
+}
+
+func allocResponse(addr model.Address) api.AllocResponse {
+	resp := api.AllocResponse{Status: http.StatusOK}
+	for _, ip := range addr.IPs() {
+		resp.Addresses = append(resp.Addresses, ip.String())
+	}
+	if len(resp.Addresses) > 0 {
+		resp.Address = resp.Addresses[0]
+	}
+	return resp
+}
+
+func attachmentFromPath(r *http.Request) (ipam.Attachment, error) {
+	cid := r.PathValue("cid")
+	if r.PathValue("ns") == "" || r.PathValue("pod") == "" || cid == "" {
+		return ipam.Attachment{}, errors.New("path must be /ip/<namespace>/<pod>/<container-id>")
+	}
+	return ipam.Attachment{ContainerID: cid, Interface: api.IfNameOrDefault(r.URL.Query().Get(api.QueryInterface))}, nil
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	att, err := attachmentFromPath(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	addr, ok := s.cfg.Allocator.Lookup(att)
+	if !ok || addr.Namespace != r.PathValue("ns") || addr.Pod != r.PathValue("pod") {
+		writeError(w, http.StatusNotFound, api.ReasonNotFound,
+			fmt.Sprintf("no address for pod %s/%s container %s interface %s", r.PathValue("ns"), r.PathValue("pod"), att.ContainerID, att.Interface))
+		return
+	}
+	writeJSON(w, http.StatusOK, allocResponse(addr))
+}
+
+func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
+	att, err := attachmentFromPath(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	if addr, ok := s.cfg.Allocator.Lookup(att); ok && (addr.Namespace != r.PathValue("ns") || addr.Pod != r.PathValue("pod")) {
+		// The container id is unique; a mismatching pod name means the
+		// caller is confused, and freeing another pod's address would hurt.
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest,
+			fmt.Sprintf("container %s belongs to pod %s/%s, not %s/%s", att.ContainerID, addr.Namespace, addr.Pod, r.PathValue("ns"), r.PathValue("pod")))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	_, released, err := s.cfg.Allocator.Release(ctx, att)
+	if err != nil {
+		s.fail(w, fmt.Errorf("release address of container %s: %w", att.ContainerID, err))
+		return
+	}
+	if released {
+		s.metrics.releases.Inc()
+	}
+	if s.cfg.Pods != nil {
+		s.cfg.Pods.PodDeleted(att)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	resp := api.StatusResponse{Status: http.StatusOK, AddressBlocks: map[string][]string{}, Pods: map[string]string{}}
+	for pool, blocks := range s.cfg.Allocator.Blocks() {
+		for _, b := range blocks {
+			resp.AddressBlocks[pool] = append(resp.AddressBlocks[pool], b.String())
+		}
+	}
+	for att, addr := range s.cfg.Allocator.Attachments() {
+		key := att.ContainerID
+		if att.Interface != api.DefaultInterface {
+			key += "/" + att.Interface
+		}
+		ips := addr.IPs()
+		strs := make([]string, len(ips))
+		for i, ip := range ips {
+			strs[i] = ip.String()
+		}
+		resp.Pods[key] = strings.Join(strs, ",")
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
+	var req api.GCRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	if !s.cfg.Ready() {
+		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
+		return
+	}
+	valid := map[ipam.Attachment]bool{}
+	for _, a := range req.ValidAttachments {
+		valid[ipam.Attachment{ContainerID: a.ContainerID, Interface: api.IfNameOrDefault(a.IfName)}] = true
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	released := 0
+	var errs []error
+	for att, addr := range s.cfg.Allocator.Attachments() {
+		if valid[att] || s.now().Sub(addr.CreatedAt) < s.cfg.GCMinAge {
+			continue
+		}
+		if _, ok, err := s.cfg.Allocator.Release(ctx, att); err != nil {
+			errs = append(errs, err)
+			continue
+		} else if ok {
+			released++
+			s.metrics.releases.Inc()
+			s.cfg.Logger.Info("released address of invalid attachment", "container", att.ContainerID, "interface", att.Interface, "pod", addr.Namespace+"/"+addr.Pod)
+		}
+		if s.cfg.Pods != nil {
+			s.cfg.Pods.PodDeleted(att)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.fail(w, fmt.Errorf("gc released %d and failed: %w", released, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.GCResponse{Status: http.StatusOK, Released: released})
+}
+
+// fail maps an error to its status code and reason.
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	status, reason := http.StatusInternalServerError, api.ReasonInternal
+	switch {
+	case errors.Is(err, model.ErrPoolExhausted):
+		status, reason = http.StatusServiceUnavailable, api.ReasonPoolExhausted
+	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ipam.ErrNotRestored),
+		errors.Is(err, context.DeadlineExceeded):
+		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
+	case errors.Is(err, model.ErrPoolNotFound), errors.Is(err, poolselector.ErrNoPool):
+		// An admin may create the pool: retrying later can succeed.
+		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
+	}
+	s.metrics.failures.WithLabelValues(reason).Inc()
+	s.cfg.Logger.Warn("request failed", "status", status, "error", err)
+	writeError(w, status, reason, err.Error())
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, api.MaxRequestBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fmt.Errorf("request body larger than %d bytes", api.MaxRequestBytes)
+		}
+		return fmt.Errorf("malformed JSON body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("malformed JSON body: trailing data after the object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, reason, msg string) {
+	writeJSON(w, status, api.ErrorResponse{Status: status, Error: msg, Reason: reason})
+}
+
+func reasonFor(status int) string {
+	switch status {
+	case http.StatusNotFound:
+		return api.ReasonNotFound
+	case http.StatusBadRequest, http.StatusMethodNotAllowed:
+		return api.ReasonBadRequest
+	}
+	return api.ReasonInternal
+}
+
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
+
+// IsLoopback reports whether a listen address (host:port) binds only the
+// node itself. coild's API allocates addresses without authentication, so
+// it must never be reachable from the network.
+func IsLoopback(hostport string) bool {
+	host, _, found := strings.Cut(hostport, ":")
+	if strings.HasPrefix(hostport, "[") {
+		end := strings.Index(hostport, "]")
+		if end < 0 {
+			return false
+		}
+		host, found = hostport[1:end], true
+	}
+	if !found || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
