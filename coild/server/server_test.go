@@ -1,0 +1,208 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/coild/ipam"
+	"github.com/coil-project/coil/coild/server"
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdtest"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var etcd *etcdtest.Server
+
+func TestMain(m *testing.M) {
+	s, err := etcdtest.Start(etcdtest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	etcd = s
+	code := m.Run()
+	s.Close()
+	os.Exit(code)
+}
+
+// fixedPool sends every namespace to one pool, except "missing".
+type fixedPool string
+
+func (p fixedPool) PoolFor(_ context.Context, ns string) (string, error) {
+	if ns == "missing" {
+		return "nope", nil
+	}
+	return string(p), nil
+}
+
+func newServer(t *testing.T, srv *etcdtest.Server, cidr string, bits int) (*httptest.Server, *ipam.Allocator) {
+	t.Helper()
+	ctx := context.Background()
+	st := model.New(srv.Client(t), etcdtest.Prefix(t))
+	if err := st.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := model.ParseSubnet(cidr, "")
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: bits, Subnets: []model.Subnet{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	alloc := ipam.New(st, "node1", nil)
+	if err := alloc.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := server.New(server.Config{Allocator: alloc, Selector: fixedPool("default"), RequestTimeout: 2 * time.Second, Registry: prometheus.NewRegistry()})
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts, alloc
+}
+
+func do(t *testing.T, method, url, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatalf("%s %s: response is not JSON: %q", method, url, data)
+	}
+	if int(m["status"].(float64)) != resp.StatusCode {
+		t.Fatalf("%s %s: body status %v differs from HTTP %d", method, url, m["status"], resp.StatusCode)
+	}
+	return resp.StatusCode, m
+}
+
+const validBody = `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1"}`
+
+func TestRESTStatusCodes(t *testing.T) {
+	ts, _ := newServer(t, etcd, "10.20.0.0/30", 1) // room for 4 pods
+	cases := []struct {
+		name, method, path, body string
+		want                     int
+		reason                   string
+	}{
+		{"allocate", "POST", "/ip", validBody, 200, ""},
+		{"allocate again is idempotent", "POST", "/ip", validBody, 200, ""},
+		{"malformed JSON", "POST", "/ip", `{"pod-namespace":`, 400, api.ReasonBadRequest},
+		{"not an object", "POST", "/ip", `[1,2]`, 400, api.ReasonBadRequest},
+		{"trailing garbage", "POST", "/ip", validBody + `{}`, 400, api.ReasonBadRequest},
+		{"unknown field", "POST", "/ip", `{"pod-namespace":"ns","pod-name":"p","container-id":"c","color":"red"}`, 400, api.ReasonBadRequest},
+		{"missing container id", "POST", "/ip", `{"pod-namespace":"ns","pod-name":"p"}`, 400, api.ReasonBadRequest},
+		{"missing pod name", "POST", "/ip", `{"pod-namespace":"ns","container-id":"c"}`, 400, api.ReasonBadRequest},
+		{"body over 64 KiB", "POST", "/ip", `{"pod-namespace":"` + strings.Repeat("a", 70<<10) + `"}`, 400, api.ReasonBadRequest},
+		{"unknown pool", "POST", "/ip", `{"pod-namespace":"missing","pod-name":"p","container-id":"cx"}`, 503, api.ReasonUnavailable},
+		{"get", "GET", "/ip/ns/p1/c1", "", 200, ""},
+		{"get other interface", "GET", "/ip/ns/p1/c1?interface=net1", "", 404, api.ReasonNotFound},
+		{"get unknown", "GET", "/ip/ns/p9/c9", "", 404, api.ReasonNotFound},
+		{"get wrong pod", "GET", "/ip/ns/other/c1", "", 404, api.ReasonNotFound},
+		{"delete wrong pod", "DELETE", "/ip/ns/other/c1", "", 400, api.ReasonBadRequest},
+		{"delete", "DELETE", "/ip/ns/p1/c1", "", 200, ""},
+		{"delete again", "DELETE", "/ip/ns/p1/c1", "", 200, ""},
+		{"delete never allocated", "DELETE", "/ip/ns/p7/c7", "", 200, ""},
+		{"status", "GET", "/status", "", 200, ""},
+		{"ready", "GET", "/readyz", "", 200, ""},
+		{"health", "GET", "/healthz", "", 200, ""},
+		{"unknown path", "GET", "/nope", "", 404, api.ReasonNotFound},
+		{"wrong method", "PUT", "/ip", "{}", 405, api.ReasonBadRequest},
+		{"gc malformed", "POST", "/gc", `{"valid-attachments":5}`, 400, api.ReasonBadRequest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, body := do(t, c.method, ts.URL+c.path, c.body)
+			if code != c.want {
+				t.Fatalf("%s %s = %d %v, want %d", c.method, c.path, code, body, c.want)
+			}
+			if c.reason != "" && body["reason"] != c.reason {
+				t.Fatalf("reason = %v, want %s", body["reason"], c.reason)
+			}
+			if code >= 400 && body["error"] == "" {
+				t.Fatal("error response without message")
+			}
+		})
+	}
+}
+
+func TestPoolExhaustedIs503(t *testing.T) {
+	ts, _ := newServer(t, etcd, "10.21.0.0/31", 1) // one block of 2
+	for i := range 2 {
+		if code, body := do(t, "POST", ts.URL+"/ip", fmt.Sprintf(`{"pod-namespace":"ns","pod-name":"p%d","container-id":"c%d"}`, i, i)); code != 200 {
+			t.Fatalf("allocation %d = %d %v", i, code, body)
+		}
+	}
+	code, body := do(t, "POST", ts.URL+"/ip", `{"pod-namespace":"ns","pod-name":"p3","container-id":"c3"}`)
+	if code != 503 || body["reason"] != api.ReasonPoolExhausted || !strings.Contains(body["error"].(string), "exhausted") {
+		t.Fatalf("full pool = %d %v", code, body)
+	}
+}
+
+func TestEtcdDownIs503(t *testing.T) {
+	private, err := etcdtest.Start(etcdtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, _ := newServer(t, private, "10.22.0.0/24", 2)
+	private.Close()
+	code, body := do(t, "POST", ts.URL+"/ip", validBody)
+	if code != 503 || body["reason"] != api.ReasonUnavailable || !strings.Contains(body["error"].(string), "etcd") {
+		t.Fatalf("etcd down = %d %v", code, body)
+	}
+}
+
+func TestGCKeepsValidAndYoung(t *testing.T) {
+	ts, alloc := newServer(t, etcd, "10.23.0.0/28", 2)
+	for _, c := range []string{"keep", "drop"} {
+		if code, body := do(t, "POST", ts.URL+"/ip", fmt.Sprintf(`{"pod-namespace":"ns","pod-name":"%s","container-id":"%s"}`, c, c)); code != 200 {
+			t.Fatalf("allocate = %d %v", code, body)
+		}
+	}
+	// Both are younger than GCMinAge (zero here means no protection).
+	code, body := do(t, "POST", ts.URL+"/gc", `{"valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}`)
+	if code != 200 || body["released"].(float64) != 1 {
+		t.Fatalf("gc = %d %v", code, body)
+	}
+	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "keep", Interface: "eth0"}); !ok {
+		t.Fatal("gc released a valid attachment")
+	}
+	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "drop", Interface: "eth0"}); ok {
+		t.Fatal("gc kept an invalid attachment")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ts, _ := newServer(t, etcd, "10.24.0.0/28", 2)
+	do(t, "POST", ts.URL+"/ip", validBody)
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"coild_allocations_total 1", "coild_blocks_owned 1", "coild_addresses_in_use 1", "coild_allocation_duration_seconds_count 1"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:9383": true, "localhost:9383": true, "[::1]:9383": true, "127.0.0.5:1": true,
+		"0.0.0.0:9383": false, ":9383": false, "10.0.0.1:9383": false, "[::]:9383": false, "example.com:80": false, "[::1": false,
+	} {
+		if got := server.IsLoopback(addr); got != want {
+			t.Errorf("IsLoopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
