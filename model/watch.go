@@ -19,10 +19,7 @@ func (s *Store) WatchPools(ctx context.Context, retry time.Duration, fn func([]P
 	for ctx.Err() == nil {
 		snap, err := s.poolSnapshot(ctx)
 		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(retry):
-			}
+			sleep(ctx, retry)
 			continue
 		}
 		fn(snap.pools)
@@ -42,11 +39,87 @@ func (s *Store) WatchPools(ctx context.Context, retry time.Duration, fn func([]P
 		if !changed && ctx.Err() == nil {
 			// The watch ended without news (leader lost, compaction):
 			// pause briefly so a dead etcd does not spin us.
-			select {
-			case <-ctx.Done():
-			case <-time.After(retry):
-			}
+			sleep(ctx, retry)
 		}
 	}
 	return fmt.Errorf("watch pools: %w", context.Cause(ctx))
+}
+
+// Topology is every block and node record at one revision: what a node
+// needs to route to the others' blocks.
+type Topology struct {
+	Blocks []Block
+	Nodes  []Node
+}
+
+func (s *Store) topology(ctx context.Context) (Topology, int64, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(s.blocksPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.nodesPrefix(), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return Topology{}, 0, etcdErr("list blocks and nodes", err)
+	}
+	var t Topology
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		var b Block
+		if err := decode(string(kv.Key), kv.Value, &b); err != nil {
+			return Topology{}, 0, err
+		}
+		b.Revision = kv.CreateRevision
+		t.Blocks = append(t.Blocks, b)
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		var n Node
+		if err := decode(string(kv.Key), kv.Value, &n); err != nil {
+			return Topology{}, 0, err
+		}
+		t.Nodes = append(t.Nodes, n)
+	}
+	return t, resp.Header.Revision, nil
+}
+
+// WatchTopology calls fn with every block and node now and after changes,
+// until ctx ends. Changes arriving within settle of each other are handled
+// together, so a burst of block acquisitions costs one re-list. A broken
+// watch is re-established from a fresh list; nothing is missed.
+func (s *Store) WatchTopology(ctx context.Context, settle, retry time.Duration, fn func(Topology)) error {
+	if s.watcher == nil {
+		return errors.New("watch topology: store has no watcher")
+	}
+	for ctx.Err() == nil {
+		topo, rev, err := s.topology(ctx)
+		if err != nil {
+			sleep(ctx, retry)
+			continue
+		}
+		fn(topo)
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		blocks := s.watcher.Watch(wctx, s.blocksPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		nodes := s.watcher.Watch(wctx, s.nodesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-blocks:
+		case resp, ok = <-nodes:
+		case <-ctx.Done():
+		}
+		cancel()
+		if !ok || resp.Err() != nil || resp.Canceled {
+			// Watch broken (leader lost, compaction, etcd down): back off a little.
+			sleep(ctx, retry)
+			continue
+		}
+		sleep(ctx, settle)
+	}
+	return fmt.Errorf("watch topology: %w", context.Cause(ctx))
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
