@@ -33,6 +33,7 @@ func main() {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address serving Prometheus metrics (e.g. :9384); empty disables it")
 	fs.DurationVar(&cfg.ScanInterval, "scan-interval", time.Minute, "interval of house-keeping: empty blocks, route re-sync")
 	fs.DurationVar(&cfg.BlockReleaseGrace, "block-release-grace", 5*time.Minute, "how long a block stays empty before it returns to its pool")
+	fs.BoolVar(&cfg.FlatL2, "flat-l2", false, "route other nodes' blocks via their node addresses (all nodes on one L2 segment, no routing daemon)")
 	fs.Parse(os.Args[1:])
 	if err := etcdconfig.ApplyEnv(fs, "COILD"); err != nil {
 		fail(err)

@@ -20,11 +20,11 @@ import (
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
 	"github.com/coil-project/coil/nodenet"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/cybozu-go/well"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -51,13 +51,16 @@ type Config struct {
 	// BlockReleaseGrace is how long a block stays empty before it goes
 	// back to the pool: pods come and go, and re-acquiring costs more.
 	BlockReleaseGrace time.Duration
+	// FlatL2 makes coild route every other node's blocks via that node's
+	// address (nodes share one L2 segment; no routing daemon needed).
+	FlatL2 bool
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
 	// in; tests use it to run coild in-process for a namespace-node. By
 	// default the process's own namespace is used.
 	HostNS ns.NetNS
-	Logger     *slog.Logger
+	Logger *slog.Logger
 }
 
 // Validate checks the configuration before anything starts.
@@ -189,6 +192,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	env.Go(d.houseKeeping)
+	if cfg.FlatL2 {
+		env.Go(d.routePeers)
+	}
 	env.Stop()
 	err = env.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -330,6 +336,23 @@ func (d *daemon) houseKeeping(ctx context.Context) error {
 			d.log.Error("sync export table", "error", err)
 		}
 	}
+}
+
+// routePeers keeps the main table's routes to other nodes' blocks in step
+// with etcd: added when a node acquires a block, removed when the block is
+// released or the node reclaimed.
+func (d *daemon) routePeers(ctx context.Context) error {
+	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID)}
+	err := d.store.WatchTopology(ctx, 200*time.Millisecond, 2*time.Second, func(topo model.Topology) {
+		routes := peerRoutes(d.cfg.NodeName, topo)
+		if err := d.inHostNS(func() error { return router.Sync(routes) }); err != nil {
+			d.log.Error("sync routes to other nodes", "error", err)
+		}
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 func (d *daemon) listen() ([]net.Listener, error) {
