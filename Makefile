@@ -14,7 +14,7 @@ ETCD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' go.etcd.io/etcd/server/v
 # etcd and etcdctl built from the etcd Go modules, cached like the CNI tools.
 ETCD_BIN := $(CACHE_DIR)/etcd-$(ETCD_VERSION)
 
-APT_PACKAGES := iproute2 iputils-ping nftables
+APT_PACKAGES := iproute2 iputils-ping nftables bird2
 
 BINARIES := coil coild coilctl coil-controller
 
@@ -22,7 +22,7 @@ export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build test vet bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build test vet mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -35,9 +35,24 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # Unit and integration tests: real etcd (embedded), real network namespaces
-# (needs root), the reference CNI client.
-test: deps vet
-	$(GO) test -count=1 ./...
+# (needs root), the reference CNI client. The end-to-end suite is `make mtest`.
+test: deps vet kube-apiserver
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/mtest$$' | grep -v /mtest/demo)
+
+# End-to-end: multi-node clusters of network namespaces with real etcd,
+# kube-apiserver (built once into the cache), coild, coil-controller, BIRD.
+mtest: deps build kube-apiserver
+	$(GO) test -count=1 -timeout 25m -v ./mtest/
+
+# A local 3-node cluster left running; `make demo-down` removes it.
+demo: deps build kube-apiserver
+	$(GO) run ./mtest/demo up
+
+demo-down:
+	$(GO) run ./mtest/demo down
+
+kube-apiserver:
+	$(GO) run ./mtest/apiserver/ensure
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...

@@ -1,0 +1,218 @@
+package controller
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coil-project/coil/model"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func node(name string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+func pod(ns, name, nodeName string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{NodeName: nodeName}}
+}
+
+func block(nodeName string, index int) model.Block {
+	return model.Block{Pool: "default", Index: index, Node: nodeName, Revision: int64(100 + index),
+		IPv4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(index * 4)}), 30)}
+}
+
+func addr(nodeName string, blk, off int, ns, podName string) model.Address {
+	return model.Address{Pool: "default", Block: blk, Offset: off, Revision: int64(1000 + blk*10 + off),
+		IPv4:  netip.AddrFrom4([4]byte{10, 0, 0, byte(blk*4 + off)}),
+		Owner: model.Owner{Node: nodeName, Namespace: ns, Pod: podName, ContainerID: "c-" + podName}}
+}
+
+func TestCompare(t *testing.T) {
+	// n1 exists with blocks 0 and 1; n2 was deleted and owns block 2;
+	// n3 was deleted and only has a node record.
+	snap := snapshot{
+		blocks: []model.Block{block("n1", 0), block("n1", 1), block("n2", 2)},
+		addresses: []model.Address{
+			addr("n1", 0, 0, "ns", "live"),
+			addr("n1", 0, 1, "ns", "gone"),
+			addr("n1", 0, 2, "ns", "moved"),
+			addr("n1", 1, 0, "ns", "unscheduled"),
+			addr("n1", 1, 1, "", ""),
+			addr("n2", 2, 0, "ns", "on-deleted-node"),
+		},
+		nodes: []model.Node{{Name: "n1"}, {Name: "n3"}},
+	}
+	nodes := []*corev1.Node{node("n1"), node("other")}
+	pods := []*corev1.Pod{pod("ns", "live", "n1"), pod("ns", "moved", "other"), pod("ns", "unscheduled", "")}
+
+	type leak struct {
+		pod    string
+		reason LeakReason
+	}
+	tests := []struct {
+		name         string
+		checkPods    bool
+		pods         []*corev1.Pod
+		wantMissing  []string
+		wantLeaks    []leak
+		unattributed int
+	}{
+		{
+			name: "pods checked", checkPods: true, pods: pods,
+			wantMissing:  []string{"n2", "n3"},
+			wantLeaks:    []leak{{"gone", ReasonPodNotFound}, {"moved", ReasonPodOnOtherNode}, {"unscheduled", ReasonPodOnOtherNode}},
+			unattributed: 1,
+		},
+		{
+			name: "pods not checked", checkPods: false, pods: nil,
+			wantMissing:  []string{"n2", "n3"},
+			unattributed: 1,
+		},
+		{
+			name: "no pods: every attributed record outside missing nodes", checkPods: true, pods: nil,
+			wantMissing: []string{"n2", "n3"},
+			wantLeaks: []leak{{"live", ReasonPodNotFound}, {"gone", ReasonPodNotFound}, {"moved", ReasonPodNotFound},
+				{"unscheduled", ReasonPodNotFound}},
+			unattributed: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := compare(snap, nodes, tc.pods, tc.checkPods, time.Now())
+			var missing []string
+			for _, m := range r.MissingNodes {
+				missing = append(missing, m.Name)
+			}
+			if !slices.Equal(missing, tc.wantMissing) {
+				t.Errorf("missing nodes = %v, want %v", missing, tc.wantMissing)
+			}
+			var leaks []leak
+			for _, c := range r.LeakCandidates {
+				leaks = append(leaks, leak{c.Address.Pod, c.Reason})
+			}
+			if !slices.Equal(leaks, tc.wantLeaks) {
+				t.Errorf("leaks = %v, want %v", leaks, tc.wantLeaks)
+			}
+			if r.Unattributed != tc.unattributed {
+				t.Errorf("unattributed = %d, want %d", r.Unattributed, tc.unattributed)
+			}
+			if r.Blocks != 3 || r.Addresses != 6 {
+				t.Errorf("counts = %d blocks, %d addresses", r.Blocks, r.Addresses)
+			}
+		})
+	}
+
+	r := compare(snap, nodes, pods, true, time.Now())
+	if n2 := r.MissingNodes[0]; len(n2.Blocks) != 1 || n2.Addresses != 1 || n2.HasRecord {
+		t.Errorf("n2 = %+v, want 1 block with 1 address and no record", n2)
+	}
+	if n3 := r.MissingNodes[1]; len(n3.Blocks) != 0 || !n3.HasRecord {
+		t.Errorf("n3 = %+v, want only a record", n3)
+	}
+	wantUsage := []Usage{{"default", "n1", 2, 5}, {"default", "n2", 1, 1}}
+	if !slices.Equal(r.Usage, wantUsage) {
+		t.Errorf("usage = %v, want %v", r.Usage, wantUsage)
+	}
+	var out strings.Builder
+	if err := r.WriteTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MISSING NODE", "n2", "ns/gone", "pod-on-other-node (other)", "pod-on-other-node (unscheduled)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestGuards(t *testing.T) {
+	cands := func(n int) []LeakCandidate { return make([]LeakCandidate, n) }
+	tests := []struct {
+		name      string
+		report    Report
+		ratio     float64
+		wantLeak  error
+		wantNodes error
+	}{
+		{name: "healthy", report: Report{Nodes: 3, Pods: 10, PodsChecked: true, Addresses: 10, LeakCandidates: cands(2)}, ratio: 0.5},
+		{name: "nothing to do", report: Report{PodsChecked: true}, ratio: 0.5},
+		{name: "exactly at the ratio", report: Report{Nodes: 1, Pods: 2, PodsChecked: true, Addresses: 4, LeakCandidates: cands(2)}, ratio: 0.5},
+		{
+			name: "records of missing nodes do not dilute the ratio",
+			report: Report{Nodes: 1, Pods: 1, PodsChecked: true, Addresses: 5, Unattributed: 1, LeakCandidates: cands(2),
+				MissingNodes: []MissingNode{{Name: "gone", Addresses: 1}}},
+			ratio: 0.5, wantLeak: ErrTooManyLeaks,
+		},
+		{name: "over the ratio", report: Report{Nodes: 1, Pods: 1, PodsChecked: true, Addresses: 4, LeakCandidates: cands(3)}, ratio: 0.5, wantLeak: ErrTooManyLeaks},
+		{name: "pods not synced", report: Report{Nodes: 1, Addresses: 4}, ratio: 0.5, wantLeak: ErrNotSynced},
+		{name: "empty pod list", report: Report{Nodes: 1, PodsChecked: true, Addresses: 4, LeakCandidates: cands(1)}, ratio: 1, wantLeak: ErrNoPods},
+		{
+			name:   "empty node list",
+			report: Report{PodsChecked: true, Pods: 3, Addresses: 4, LeakCandidates: cands(1), MissingNodes: []MissingNode{{Name: "a"}}}, ratio: 1,
+			wantLeak: ErrNoNodes, wantNodes: ErrNoNodes,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.report.LeakGuard(tc.ratio); !errors.Is(err, tc.wantLeak) || (err == nil) != (tc.wantLeak == nil) {
+				t.Errorf("LeakGuard = %v, want %v", err, tc.wantLeak)
+			}
+			if err := tc.report.NodeGuard(); !errors.Is(err, tc.wantNodes) || (err == nil) != (tc.wantNodes == nil) {
+				t.Errorf("NodeGuard = %v, want %v", err, tc.wantNodes)
+			}
+		})
+	}
+}
+
+func TestGraceTracker(t *testing.T) {
+	a := addr("n1", 0, 1, "ns", "a")
+	b := addr("n1", 0, 2, "ns", "b")
+	reused := a
+	reused.Revision++ // same address, allocated again: a new record
+	t0 := time.Unix(1000, 0)
+	grace := 10 * time.Second
+	steps := []struct {
+		at    time.Duration
+		cands []model.Address
+		reset bool
+		want  []string // pod names of matured candidates
+	}{
+		{at: 0, cands: []model.Address{a}},
+		{at: 5 * time.Second, cands: []model.Address{a, b}},
+		{at: 10 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
+		// b's pod came back: b is forgotten and starts again later.
+		{at: 12 * time.Second, cands: []model.Address{a}, want: []string{"a"}},
+		{at: 13 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
+		{at: 20 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
+		{at: 23 * time.Second, cands: []model.Address{reused, b}, want: []string{"b"}},
+		// A guard tripped: everything starts again.
+		{at: 24 * time.Second, reset: true},
+		{at: 25 * time.Second, cands: []model.Address{reused, b}},
+		{at: 35 * time.Second, cands: []model.Address{reused, b}, want: []string{"a", "b"}},
+	}
+	tr := newGraceTracker()
+	for i, s := range steps {
+		if s.reset {
+			tr.reset()
+			continue
+		}
+		var cands []LeakCandidate
+		for _, c := range s.cands {
+			cands = append(cands, LeakCandidate{Address: c})
+		}
+		var got []string
+		for _, m := range tr.observe(cands, t0.Add(s.at), grace) {
+			got = append(got, m.Address.Pod)
+		}
+		if !slices.Equal(got, s.want) {
+			t.Errorf("step %d (t+%s): matured %v, want %v", i, s.at, got, s.want)
+		}
+	}
+	if !tr.markReported(b) || tr.markReported(b) {
+		t.Error("markReported should be true once, then false")
+	}
+}

@@ -1,0 +1,471 @@
+// Package controller keeps Coil's state in etcd in step with the cluster:
+// it releases the address blocks of deleted nodes and reclaims addresses
+// whose pod went away without a CNI DEL.
+//
+// The comparison itself is Check, a read-only function that `coilctl check`
+// shares. Controller adds the actions, the safety guards that keep it from
+// freeing live state on a bad view of the cluster, and the timing (watch
+// events for nodes, a periodic sweep for everything). LeaderElection makes
+// sure only one replica acts at a time.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coil-project/coil/model"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// Store is the part of model.Store the controller reads and writes.
+type Store interface {
+	Reader
+	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
+	ForceReleaseBlock(ctx context.Context, b model.Block) (int64, error)
+	DeleteNode(ctx context.Context, name string) error
+	ReleaseAddress(ctx context.Context, a model.Address) error
+}
+
+// Defaults of Options, also the defaults of coil-controller's flags.
+const (
+	DefaultScanInterval    = 5 * time.Minute
+	DefaultLeakGrace       = 10 * time.Minute
+	DefaultMaxReclaimRatio = 0.5
+	DefaultResyncPeriod    = 10 * time.Minute
+)
+
+// minOperationTimeout bounds one node clean-up, and one sweep unless the
+// scan interval is longer.
+const minOperationTimeout = time.Minute
+
+// Event reasons the controller records.
+const (
+	EventBlocksReleased   = "BlocksReleased"
+	EventAddressReclaimed = "AddressReclaimed"
+	EventLeakFound        = "LeakedAddressFound"
+)
+
+// Options tune a Controller. Zero values take the defaults above.
+type Options struct {
+	// ScanInterval is the period of the sweep that compares every address
+	// and block with the API.
+	ScanInterval time.Duration
+	// LeakGrace is how long an address must stay a leak candidate, sweep
+	// after sweep, before it is reclaimed.
+	LeakGrace time.Duration
+	// ReportOnly turns reclaiming of leaked addresses off: they are
+	// logged, counted and announced as events only. (Blocks of deleted
+	// nodes are always released.)
+	ReportOnly bool
+	// MaxReclaimRatio is the largest share of address records that may
+	// look leaked in one sweep; above it nothing is reclaimed.
+	MaxReclaimRatio float64
+	// ResyncPeriod is the informers' resync period.
+	ResyncPeriod time.Duration
+	// Recorder receives Kubernetes events; nil records none.
+	Recorder record.EventRecorder
+	// Metrics receives the metrics; nil keeps them unregistered.
+	Metrics *Metrics
+	// Logger logs; nil uses slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.ScanInterval <= 0 {
+		o.ScanInterval = DefaultScanInterval
+	}
+	if o.LeakGrace < 0 {
+		o.LeakGrace = 0
+	}
+	if o.MaxReclaimRatio <= 0 || o.MaxReclaimRatio > 1 {
+		o.MaxReclaimRatio = DefaultMaxReclaimRatio
+	}
+	if o.ResyncPeriod <= 0 {
+		o.ResyncPeriod = DefaultResyncPeriod
+	}
+	if o.Recorder == nil {
+		o.Recorder = &record.FakeRecorder{} // nil channel: drops events
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Controller reconciles etcd with the cluster. Create it with New and call
+// Run once, only while holding leadership.
+type Controller struct {
+	store  Store
+	client kubernetes.Interface
+	opts   Options
+	log    *slog.Logger
+
+	// Set by Run before any goroutine that reads them starts.
+	nodes       corelisters.NodeLister
+	pods        corelisters.PodLister
+	nodesSynced cache.InformerSynced
+	podsSynced  cache.InformerSynced
+	queue       workqueue.TypedRateLimitingInterface[string]
+
+	// tracker is used by the sweep loop only.
+	tracker *graceTracker
+}
+
+// New returns a controller acting on store and watching the API through
+// client.
+func New(store Store, client kubernetes.Interface, opts Options) *Controller {
+	opts.setDefaults()
+	return &Controller{
+		store:   store,
+		client:  client,
+		opts:    opts,
+		log:     opts.Logger,
+		tracker: newGraceTracker(),
+	}
+}
+
+// Run watches Nodes and Pods, releases the blocks of deleted nodes as soon
+// as their deletion is seen, and sweeps every ScanInterval (starting at
+// once, which cleans up nodes deleted while no controller ran). It returns
+// when ctx is done, after every goroutine it started has stopped.
+func (c *Controller) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(c.client, c.opts.ResyncPeriod,
+		informers.WithTransform(trimObject))
+	nodeInf := factory.Core().V1().Nodes()
+	podInf := factory.Core().V1().Pods()
+	c.nodes, c.pods = nodeInf.Lister(), podInf.Lister()
+	c.nodesSynced, c.podsSynced = nodeInf.Informer().HasSynced, podInf.Informer().HasSynced
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "coil-controller-nodes"})
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: c.onNodeDelete,
+	}); err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+
+	// Informers re-list whenever their watch ends, so a watch that dies
+	// quietly only delays events; the periodic sweep does not depend on
+	// events at all.
+	factory.Start(ctx.Done())
+	var wg sync.WaitGroup
+	defer func() {
+		c.queue.ShutDown()
+		wg.Wait()
+		factory.Shutdown() // returns once the informers' goroutines are gone
+	}()
+
+	c.log.Info("waiting for the node cache to sync")
+	if !cache.WaitForCacheSync(ctx.Done(), c.nodesSynced) {
+		return nil // ctx done
+	}
+	// Pods are not waited for: a pod cache that cannot sync (RBAC, a huge
+	// list) must not stop node clean-up. The sweep checks it each time.
+	wg.Go(func() { c.runNodeWorker(ctx) })
+
+	ticker := time.NewTicker(c.opts.ScanInterval)
+	defer ticker.Stop()
+	for {
+		// A sweep must not hang on a stuck etcd or API server until the
+		// process is restarted: it is cut off when the next one is due.
+		sctx, cancel := context.WithTimeout(ctx, max(c.opts.ScanInterval, minOperationTimeout))
+		err := c.sweep(sctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("sweep did not complete", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+func (c *Controller) onNodeDelete(obj any) {
+	var name string
+	switch o := obj.(type) {
+	case *corev1.Node:
+		name = o.Name
+	case cache.DeletedFinalStateUnknown:
+		// The watch missed the deletion; the re-list noticed it.
+		name = strings.TrimPrefix(o.Key, "/")
+	default:
+		return
+	}
+	c.log.Info("node deleted", "node", name)
+	c.queue.Add(name)
+}
+
+func (c *Controller) runNodeWorker(ctx context.Context) {
+	for {
+		name, shutdown := c.queue.Get()
+		if shutdown {
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, minOperationTimeout)
+		err := c.releaseNode(rctx, name)
+		cancel()
+		switch {
+		case err == nil:
+			c.queue.Forget(name)
+		case ctx.Err() != nil:
+			// Shutting down; the next leader's first sweep finds the node.
+			c.queue.Forget(name)
+		default:
+			c.log.Warn("could not clean up deleted node; will retry", "node", name, "err", err)
+			c.queue.AddRateLimited(name)
+		}
+		c.queue.Done(name)
+	}
+}
+
+// releaseNode frees the blocks and the node record of a node that no
+// longer exists. A node that exists, or whose absence cannot be
+// confirmed, is left alone.
+func (c *Controller) releaseNode(ctx context.Context, name string) error {
+	if !c.nodesSynced() {
+		return fmt.Errorf("nodes: %w", ErrNotSynced)
+	}
+	if _, err := c.nodes.Get(name); err == nil {
+		return nil // it exists (again)
+	}
+	all, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list cached nodes: %w", err)
+	}
+	if len(all) == 0 {
+		return fmt.Errorf("node %s: %w", name, ErrNoNodes)
+	}
+	// Blocks are listed before the API is asked, so a block acquired
+	// after the API confirmed the deletion (a node re-registering under
+	// the same name) is never in the list. Each release is also guarded
+	// by the block's creation revision.
+	blocks, err := c.store.NodeBlocks(ctx, name)
+	if err != nil {
+		return fmt.Errorf("list blocks of node %s: %w", name, err)
+	}
+	// A quorum read, not the cache: the cache may be stale, the API is the
+	// truth about whether the node exists.
+	if _, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+		return nil
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("confirm deletion of node %s: %w", name, err)
+	}
+
+	var released, addresses int64
+	var ips []string
+	for _, b := range blocks {
+		n, err := c.store.ForceReleaseBlock(ctx, b)
+		if errors.Is(err, model.ErrBlockLost) {
+			continue // someone else released it meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("release blocks of node %s: %w", name, err)
+		}
+		released++
+		addresses += n
+		ips = append(ips, b.String())
+		c.opts.Metrics.reclaimedBlocks.Inc()
+		c.opts.Metrics.reclaimedAddresses.WithLabelValues(causeNodeDeleted).Add(float64(n))
+	}
+	if err := c.store.DeleteNode(ctx, name); err != nil {
+		return fmt.Errorf("delete record of node %s: %w", name, err)
+	}
+	if released == 0 {
+		c.log.Info("cleaned up deleted node: no blocks, node record removed", "node", name)
+	}
+	if released > 0 {
+		c.opts.Metrics.deletedNodes.Inc()
+		c.log.Info("released blocks of deleted node", "node", name, "blocks", released, "addresses", addresses)
+		c.opts.Recorder.Eventf(nodeRef(name), corev1.EventTypeNormal, EventBlocksReleased,
+			"Released %d address blocks (%s) holding %d addresses of deleted node %s",
+			released, strings.Join(ips, " "), addresses, name)
+	}
+	return nil
+}
+
+// sweep compares etcd with the informer caches once: it refreshes the
+// metrics, queues the clean-up of missing nodes and reclaims leaked
+// addresses that have stayed candidates for the grace period. Run calls
+// it every ScanInterval; it returns the reason when it skipped a step.
+func (c *Controller) sweep(ctx context.Context) error {
+	if !c.nodesSynced() {
+		c.skipped("nodes-not-synced")
+		return fmt.Errorf("nodes: %w", ErrNotSynced)
+	}
+	nodes, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		c.skipped("api-error")
+		return fmt.Errorf("list cached nodes: %w", err)
+	}
+	// HasSynced is read before the list so a true answer covers it.
+	podsSynced := c.podsSynced()
+	var pods []*corev1.Pod
+	if podsSynced {
+		if pods, err = c.pods.List(labels.Everything()); err != nil {
+			c.skipped("api-error")
+			return fmt.Errorf("list cached pods: %w", err)
+		}
+	}
+	snap, err := readSnapshot(ctx, c.store)
+	if err != nil {
+		c.skipped("etcd-error")
+		return err
+	}
+	rep := compare(snap, nodes, pods, podsSynced, time.Now())
+	c.opts.Metrics.observe(rep)
+
+	if err := rep.NodeGuard(); err != nil {
+		c.skipped(reasonOf(err))
+		c.tracker.reset()
+		return fmt.Errorf("not releasing blocks of missing nodes: %w", err)
+	}
+	for _, m := range rep.MissingNodes {
+		c.queue.Add(m.Name)
+	}
+
+	if err := rep.LeakGuard(c.opts.MaxReclaimRatio); err != nil {
+		c.skipped(reasonOf(err))
+		c.tracker.reset()
+		return fmt.Errorf("not reclaiming addresses: %w", err)
+	}
+	matured := c.tracker.observe(rep.LeakCandidates, rep.Time, c.opts.LeakGrace)
+	if len(rep.LeakCandidates) > 0 {
+		c.log.Info("leak candidates", "candidates", len(rep.LeakCandidates), "past-grace", len(matured))
+	}
+	var firstErr error
+	for _, cand := range matured {
+		if err := c.reclaim(ctx, cand); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		c.skipped("reclaim-error")
+		return firstErr
+	}
+	c.opts.Metrics.lastSweep.SetToCurrentTime()
+	return nil
+}
+
+// reclaim releases one address that has been a candidate for the grace
+// period, after asking the API once more whether its pod is really gone.
+func (c *Controller) reclaim(ctx context.Context, cand LeakCandidate) error {
+	a := cand.Address
+	pod, err := c.client.CoreV1().Pods(a.Namespace).Get(ctx, a.Pod, metav1.GetOptions{})
+	switch {
+	case err == nil && pod.Spec.NodeName == a.Node:
+		c.tracker.forget(a) // the cache was behind; the pod is there
+		return nil
+	case err != nil && !apierrors.IsNotFound(err):
+		return fmt.Errorf("confirm pod %s/%s is gone: %w", a.Namespace, a.Pod, err)
+	}
+	ips := ipList(a.IPs())
+	if c.opts.ReportOnly {
+		if !c.tracker.markReported(a) {
+			return nil // told once already
+		}
+		c.log.Warn("leaked address (not reclaimed: reclaim disabled)", "address", ips, "pod", a.Namespace+"/"+a.Pod,
+			"node", a.Node, "container", a.ContainerID, "reason", cand.Reason)
+		c.opts.Recorder.Eventf(podRef(a), corev1.EventTypeWarning, EventLeakFound,
+			"Address %s on node %s (container %s) looks leaked: %s", ips, a.Node, shortID(a.ContainerID), cand.Reason)
+		return nil
+	}
+	err = c.store.ReleaseAddress(ctx, a)
+	if errors.Is(err, model.ErrNotOwner) {
+		c.tracker.forget(a) // allocated again meanwhile: not ours to free
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reclaim %s of %s/%s: %w", ips, a.Namespace, a.Pod, err)
+	}
+	c.tracker.forget(a)
+	c.opts.Metrics.reclaimedAddresses.WithLabelValues(causeLeak).Inc()
+	c.log.Info("reclaimed leaked address", "address", ips, "pod", a.Namespace+"/"+a.Pod,
+		"node", a.Node, "container", a.ContainerID, "reason", cand.Reason)
+	c.opts.Recorder.Eventf(podRef(a), corev1.EventTypeNormal, EventAddressReclaimed,
+		"Reclaimed address %s on node %s (container %s): %s for longer than %s",
+		ips, a.Node, shortID(a.ContainerID), cand.Reason, c.opts.LeakGrace)
+	return nil
+}
+
+func (c *Controller) skipped(reason string) {
+	c.opts.Metrics.sweepSkipped.WithLabelValues(reason).Inc()
+}
+
+// reasonOf turns a guard error into a metric label.
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, ErrNotSynced):
+		return "pods-not-synced"
+	case errors.Is(err, ErrNoNodes):
+		return "no-nodes"
+	case errors.Is(err, ErrNoPods):
+		return "no-pods"
+	case errors.Is(err, ErrTooManyLeaks):
+		return "too-many-leaks"
+	default:
+		return "error"
+	}
+}
+
+func ipList(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// nodeRef and podRef name objects that are already gone, so events are
+// recorded against a reference rather than a fetched object.
+func nodeRef(name string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}
+}
+
+func podRef(a model.Address) *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: a.Namespace, Name: a.Pod}
+}
+
+// trimObject keeps only what the controller reads of Nodes and Pods, so
+// the caches of a large cluster stay small.
+func trimObject(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return &corev1.Pod{
+			ObjectMeta: trimMeta(o.ObjectMeta),
+			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork},
+			Status:     corev1.PodStatus{Phase: o.Status.Phase},
+		}, nil
+	case *corev1.Node:
+		return &corev1.Node{ObjectMeta: trimMeta(o.ObjectMeta)}, nil
+	default:
+		return obj, nil
+	}
+}
+
+func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID,
+		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp,
+		DeletionTimestamp: m.DeletionTimestamp,
+	}
+}

@@ -1,0 +1,95 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the controller's Prometheus metrics. Gauges describing etcd
+// are refreshed by every sweep of the leader; a standby replica leaves them
+// unset.
+type Metrics struct {
+	blocks             *prometheus.GaugeVec
+	addresses          *prometheus.GaugeVec
+	leakCandidates     prometheus.Gauge
+	reclaimedAddresses *prometheus.CounterVec
+	reclaimedBlocks    prometheus.Counter
+	deletedNodes       prometheus.Counter
+	lastSweep          prometheus.Gauge
+	sweepSkipped       *prometheus.CounterVec
+	leader             prometheus.Gauge
+}
+
+// Reclaim causes, the "cause" label of coil_controller_reclaimed_addresses_total.
+const (
+	causeLeak        = "leak"
+	causeNodeDeleted = "node-deleted"
+)
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		blocks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "coil_controller_blocks",
+			Help: "Address blocks owned, by pool and node.",
+		}, []string{"pool", "node"}),
+		addresses: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "coil_controller_addresses_in_use",
+			Help: "Allocated address records, by pool and node.",
+		}, []string{"pool", "node"}),
+		leakCandidates: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "coil_controller_leak_candidates",
+			Help: "Address records whose pod is gone or on another node, at the last sweep (grace period not applied).",
+		}),
+		reclaimedAddresses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coil_controller_reclaimed_addresses_total",
+			Help: "Address records released by the controller, by cause (leak or node-deleted).",
+		}, []string{"cause"}),
+		reclaimedBlocks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coil_controller_reclaimed_blocks_total",
+			Help: "Address blocks of deleted nodes released by the controller.",
+		}),
+		deletedNodes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coil_controller_deleted_nodes_total",
+			Help: "Deleted nodes whose blocks and node record were cleaned up.",
+		}),
+		lastSweep: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "coil_controller_last_successful_sweep_timestamp_seconds",
+			Help: "Unix time of the last sweep that compared etcd with the API without tripping a safety guard.",
+		}),
+		sweepSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coil_controller_sweep_skipped_total",
+			Help: "Sweeps (or their reclaim step) skipped by a safety guard or an error, by reason.",
+		}, []string{"reason"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "coil_controller_leader",
+			Help: "1 while this replica holds the leader lease and acts, else 0.",
+		}),
+	}
+	m.reclaimedAddresses.WithLabelValues(causeLeak)
+	m.reclaimedAddresses.WithLabelValues(causeNodeDeleted)
+	reg.MustRegister(m.blocks, m.addresses, m.leakCandidates, m.reclaimedAddresses,
+		m.reclaimedBlocks, m.deletedNodes, m.lastSweep, m.sweepSkipped, m.leader)
+	return m
+}
+
+// SetLeader records whether this replica is the acting leader.
+func (m *Metrics) SetLeader(leading bool) {
+	if leading {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
+}
+
+// observe publishes the etcd-derived gauges of a report.
+func (m *Metrics) observe(r Report) {
+	m.blocks.Reset()
+	m.addresses.Reset()
+	for _, u := range r.Usage {
+		m.blocks.WithLabelValues(u.Pool, u.Node).Set(float64(u.Blocks))
+		m.addresses.WithLabelValues(u.Pool, u.Node).Set(float64(u.Addresses))
+	}
+	if r.PodsChecked {
+		m.leakCandidates.Set(float64(len(r.LeakCandidates)))
+	}
+}

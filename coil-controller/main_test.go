@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdtest"
+	"github.com/coil-project/coil/mtest/apiserver"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(*config) bool
+		wantErr bool
+	}{
+		{
+			name: "defaults",
+			check: func(c *config) bool {
+				return c.leaderElect && c.leaderNamespace == "kube-system" && c.scanInterval == 5*time.Minute &&
+					c.leakGrace == 10*time.Minute && c.reclaim && c.maxReclaimRatio == 0.5 && c.kubeconfig == "" &&
+					c.etcd.Prefix == "/coil/"
+			},
+		},
+		{
+			name: "flags",
+			args: []string{"--reclaim=false", "--scan-interval=30s", "--leak-grace=1m", "--max-reclaim-ratio=0.2",
+				"--leader-elect=false", "--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379"},
+			check: func(c *config) bool {
+				return !c.reclaim && c.scanInterval == 30*time.Second && c.leakGrace == time.Minute &&
+					c.maxReclaimRatio == 0.2 && !c.leaderElect && len(c.etcd.Endpoints) == 2
+			},
+		},
+		{
+			name: "environment fills what flags leave",
+			args: []string{"--leak-grace=1m"},
+			env:  map[string]string{"COIL_CONTROLLER_ETCD_PREFIX": "/other/", "COIL_CONTROLLER_LEAK_GRACE": "1h", "COIL_CONTROLLER_RECLAIM": "false"},
+			check: func(c *config) bool {
+				return c.etcd.Prefix == "/other/" && c.leakGrace == time.Minute && !c.reclaim
+			},
+		},
+		{name: "ratio above one", args: []string{"--max-reclaim-ratio=1.5"}, wantErr: true},
+		{name: "zero ratio", args: []string{"--max-reclaim-ratio=0"}, wantErr: true},
+		{name: "zero interval", args: []string{"--scan-interval=0s"}, wantErr: true},
+		{name: "bad prefix", args: []string{"--etcd-prefix=coil"}, wantErr: true},
+		{name: "bad environment", env: map[string]string{"COIL_CONTROLLER_SCAN_INTERVAL": "soon"}, wantErr: true},
+		{name: "stray argument", args: []string{"run"}, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			c, err := parseFlags(tc.args)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parseFlags(%v) error = %v, want error %v", tc.args, err, tc.wantErr)
+			}
+			if err == nil && !tc.check(c) {
+				t.Errorf("parseFlags(%v) = %+v", tc.args, *c)
+			}
+		})
+	}
+}
+
+// TestRun wires the real command together against a real etcd and API
+// server: kubeconfig loading, the schema check, leader election in
+// kube-system, metrics serving and the clean-up of a deleted node.
+func TestRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a kube-apiserver; skipped in -short mode")
+	}
+	etcd, err := etcdtest.Start(etcdtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	api := apiserver.StartForTest(t, etcd.Endpoint, apiserver.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, apiserver.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	admin, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := "/coil-run/"
+	st := model.New(etcd.Client(t), prefix)
+	if err := st.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pool := model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{{IPv4: netip.MustParsePrefix("10.1.0.0/24")}}}
+	if err := st.CreatePool(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"}); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	cfg, err := parseFlags([]string{"--etcd-endpoints=" + etcd.Endpoint, "--etcd-prefix=" + prefix,
+		"--kubeconfig=" + kubeconfig, "--metrics-addr=" + metricsAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		bs, err := st.NodeBlocks(ctx, "gone")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the block of the missing node was not released")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"coil_controller_leader 1", "coil_controller_reclaimed_blocks_total 1", "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	lease, err := admin.CoordinationV1().Leases("kube-system").Get(ctx, "coil-controller", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("leader lease: %v", err)
+	}
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		t.Error("leader lease has no holder")
+	}
+}

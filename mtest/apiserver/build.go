@@ -1,0 +1,204 @@
+// Package apiserver gives tests a real kube-apiserver: it builds the binary
+// from the separate module in mtest/kube-apiserver (once per machine, cached
+// by version), and runs it against an etcd the test provides.
+//
+// The root module never imports k8s.io/kubernetes; the binary is built by
+// the go command in its own module, so the heavy dependency tree stays out
+// of Coil's go.mod.
+package apiserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// CacheDirEnv names the environment variable that chooses where built
+// binaries are kept. The Makefile exports it; the default is
+// $HOME/.cache/coil.
+const CacheDirEnv = "COIL_CACHE_DIR"
+
+// ErrSourceNotFound means the mtest/kube-apiserver module could not be
+// located next to this package's source, e.g. in a binary built with
+// -trimpath and run away from the checkout.
+var ErrSourceNotFound = errors.New("mtest/kube-apiserver source not found")
+
+// SourceDir returns the directory of the mtest/kube-apiserver module,
+// found relative to this file so that tests in any package can build it.
+func SourceDir() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("%w: runtime.Caller failed", ErrSourceNotFound)
+	}
+	dir := filepath.Join(filepath.Dir(file), "..", "kube-apiserver")
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSourceNotFound, err)
+	}
+	return dir, nil
+}
+
+// Version returns the k8s.io/kubernetes version the module in dir pins; it
+// names the cached binary, so bumping the pin builds a new one.
+func Version(dir string) (string, error) {
+	f, err := os.Open(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		return "", fmt.Errorf("read kube-apiserver go.mod: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		// Both "require k8s.io/kubernetes vX" and a line inside a require block.
+		if len(fields) >= 2 && fields[0] == "require" {
+			fields = fields[1:]
+		}
+		if len(fields) >= 2 && fields[0] == "k8s.io/kubernetes" {
+			return fields[1], nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read kube-apiserver go.mod: %w", err)
+	}
+	return "", fmt.Errorf("kube-apiserver go.mod does not require k8s.io/kubernetes")
+}
+
+// CacheDir returns $COIL_CACHE_DIR, or $HOME/.cache/coil when it is unset.
+func CacheDir() (string, error) {
+	if d := os.Getenv(CacheDirEnv); d != "" {
+		return d, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("locate cache directory: %w", err)
+	}
+	return filepath.Join(home, ".cache", "coil"), nil
+}
+
+// Ensure returns the path of the kube-apiserver binary, building it first
+// if the cache does not hold it yet. The first build takes minutes (it
+// compiles Kubernetes); later calls return at once.
+//
+// Parallel callers (test binaries of several packages run at the same
+// time) serialise on a lock file, and the binary appears under its final
+// name only once it is complete, so nobody runs a half-written file.
+func Ensure(ctx context.Context) (string, error) {
+	src, err := SourceDir()
+	if err != nil {
+		return "", err
+	}
+	version, err := Version(src)
+	if err != nil {
+		return "", err
+	}
+	cache, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(cache, "kube-apiserver-"+version)
+	if isExecutable(bin) {
+		return bin, nil
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", fmt.Errorf("create cache directory: %w", err)
+	}
+	unlock, err := lockFile(ctx, bin+".lock")
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	// Another process may have finished the build while we waited.
+	if isExecutable(bin) {
+		return bin, nil
+	}
+	// Holding the lock, no build is running: leftovers of a build that
+	// was killed can go.
+	if stale, _ := filepath.Glob(bin + ".tmp-*"); len(stale) > 0 {
+		for _, f := range stale {
+			os.Remove(f)
+		}
+	}
+	if err := build(ctx, src, bin); err != nil {
+		return "", err
+	}
+	return bin, nil
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// build compiles the module in src into a temporary file beside dst and
+// renames it into place.
+func build(ctx context.Context, src, dst string) error {
+	tmp := fmt.Sprintf("%s.tmp-%d", dst, os.Getpid())
+	defer os.Remove(tmp)
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		// `go test` does not always put go on PATH for the test binary.
+		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	// -buildvcs=false: the binary needs no VCS stamp, and stamping fails
+	// where git is missing or the checkout belongs to another user.
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-buildvcs=false", "-o", tmp, ".")
+	cmd.Dir = src
+	// A go.work above the checkout must not pull this module into it.
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build kube-apiserver in %s: %w\n%s", src, err, tail(out.String(), 4000))
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("install kube-apiserver binary: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "built %s in %s\n", dst, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// lockFile takes an exclusive flock on path, polling so that ctx can
+// cancel the wait (a blocking flock cannot be interrupted). The lock dies
+// with the process, so a crashed build never leaves it stuck.
+func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open build lock: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+				f.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another kube-apiserver build: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}

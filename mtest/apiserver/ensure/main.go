@@ -1,0 +1,28 @@
+// Command ensure builds the test kube-apiserver into the
+// cache ($COIL_CACHE_DIR, default $HOME/.cache/coil) unless it is there
+// already, and prints its path. Run it before `go test` so that no test
+// binary spends its timeout on the first build:
+//
+//	go run ./mtest/apiserver/ensure
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/coil-project/coil/mtest/apiserver"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	path, err := apiserver.Ensure(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ensure kube-apiserver:", err)
+		os.Exit(1)
+	}
+	fmt.Println(path)
+}
