@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// countingKV wraps the KV a model.Store uses and counts every request it
+// sends to etcd, by kind, telling the store's transactions apart by the
+// keys they write: a transaction that puts a block key is a block
+// acquisition, one that puts only an address key an address allocation.
+// A transaction that did not succeed is a lost race (or a guard that
+// fired), counted per kind.
+type countingKV struct {
+	clientv3.KV
+	blocksPart    string // "/blocks/" below the store prefix
+	addressesPart string
+
+	requests atomic.Int64
+	gets     atomic.Int64
+	puts     atomic.Int64
+	deletes  atomic.Int64
+	txns     atomic.Int64
+
+	blockAcquire     atomic.Int64 // committed block acquisitions
+	blockAcquireLost atomic.Int64 // acquisition transactions that failed their guard
+	addrAlloc        atomic.Int64
+	addrAllocLost    atomic.Int64
+	addrRelease      atomic.Int64
+	blockRelease     atomic.Int64
+	blockReleaseLost atomic.Int64
+	blockListings    atomic.Int64 // range requests over a blocks prefix
+}
+
+func newCountingKV(kv clientv3.KV, prefix string) *countingKV {
+	return &countingKV{KV: kv, blocksPart: prefix + "blocks/", addressesPart: prefix + "addresses/"}
+}
+
+// kvCounts is a snapshot of the counters.
+type kvCounts struct {
+	requests, gets, puts, deletes, txns           int64
+	blockAcquire, blockAcquireLost                int64
+	addrAlloc, addrAllocLost, addrRelease         int64
+	blockRelease, blockReleaseLost, blockListings int64
+}
+
+func (c *countingKV) snapshot() kvCounts {
+	return kvCounts{
+		requests: c.requests.Load(), gets: c.gets.Load(), puts: c.puts.Load(),
+		deletes: c.deletes.Load(), txns: c.txns.Load(),
+		blockAcquire: c.blockAcquire.Load(), blockAcquireLost: c.blockAcquireLost.Load(),
+		addrAlloc: c.addrAlloc.Load(), addrAllocLost: c.addrAllocLost.Load(),
+		addrRelease:  c.addrRelease.Load(),
+		blockRelease: c.blockRelease.Load(), blockReleaseLost: c.blockReleaseLost.Load(),
+		blockListings: c.blockListings.Load(),
+	}
+}
+
+func (a kvCounts) sub(b kvCounts) kvCounts {
+	return kvCounts{
+		requests: a.requests - b.requests, gets: a.gets - b.gets, puts: a.puts - b.puts,
+		deletes: a.deletes - b.deletes, txns: a.txns - b.txns,
+		blockAcquire: a.blockAcquire - b.blockAcquire, blockAcquireLost: a.blockAcquireLost - b.blockAcquireLost,
+		addrAlloc: a.addrAlloc - b.addrAlloc, addrAllocLost: a.addrAllocLost - b.addrAllocLost,
+		addrRelease:  a.addrRelease - b.addrRelease,
+		blockRelease: a.blockRelease - b.blockRelease, blockReleaseLost: a.blockReleaseLost - b.blockReleaseLost,
+		blockListings: a.blockListings - b.blockListings,
+	}
+}
+
+func (a kvCounts) add(b kvCounts) kvCounts {
+	var zero kvCounts
+	return a.sub(zero.sub(b))
+}
+
+func (c *countingKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	c.requests.Add(1)
+	c.gets.Add(1)
+	if strings.HasPrefix(key, c.blocksPart) {
+		c.blockListings.Add(1)
+	}
+	return c.KV.Get(ctx, key, opts...)
+}
+
+func (c *countingKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	c.requests.Add(1)
+	c.puts.Add(1)
+	return c.KV.Put(ctx, key, val, opts...)
+}
+
+func (c *countingKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	c.requests.Add(1)
+	c.deletes.Add(1)
+	return c.KV.Delete(ctx, key, opts...)
+}
+
+func (c *countingKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	c.requests.Add(1)
+	return c.KV.Do(ctx, op)
+}
+
+func (c *countingKV) Txn(ctx context.Context) clientv3.Txn {
+	return &countingTxn{Txn: c.KV.Txn(ctx), kv: c}
+}
+
+// countingTxn records what a transaction writes, and counts it when it is
+// committed (one request).
+type countingTxn struct {
+	clientv3.Txn
+	kv   *countingKV
+	then []clientv3.Op
+}
+
+func (t *countingTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+	t.Txn = t.Txn.If(cs...)
+	return t
+}
+
+func (t *countingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.then = append(t.then, ops...)
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+
+func (t *countingTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+
+func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
+	c := t.kv
+	c.requests.Add(1)
+	c.txns.Add(1)
+	resp, err := t.Txn.Commit()
+	if err != nil {
+		return resp, err
+	}
+	var putBlock, putAddr, delBlock, delAddr bool
+	for _, op := range t.then {
+		key := string(op.KeyBytes())
+		switch {
+		case op.IsPut() && strings.HasPrefix(key, c.blocksPart):
+			putBlock = true
+		case op.IsPut() && strings.HasPrefix(key, c.addressesPart):
+			putAddr = true
+		case op.IsDelete() && strings.HasPrefix(key, c.blocksPart):
+			delBlock = true
+		case op.IsDelete() && strings.HasPrefix(key, c.addressesPart):
+			delAddr = true
+		}
+	}
+	ok := resp.Succeeded
+	switch {
+	case putBlock:
+		count(ok, &c.blockAcquire, &c.blockAcquireLost)
+	case putAddr:
+		count(ok, &c.addrAlloc, &c.addrAllocLost)
+	case delBlock:
+		count(ok, &c.blockRelease, &c.blockReleaseLost)
+	case delAddr && ok:
+		c.addrRelease.Add(1)
+	}
+	return resp, nil
+}
+
+func count(ok bool, won, lost *atomic.Int64) {
+	if ok {
+		won.Add(1)
+	} else {
+		lost.Add(1)
+	}
+}

@@ -1,0 +1,314 @@
+// Command bench measures Coil against the physical limits beneath it and
+// against the reference CNI plugins, on one machine, and writes the results
+// to docs/benchmarks.md and docs/benchmarks-throughput.svg.
+//
+//	go run ./mtest/bench            # full run (a few minutes), refreshes docs/
+//	go run ./mtest/bench -quick     # sanity run with small counts, prints only
+//
+// It needs root (network namespaces), the etcd binary ($ETCD_BIN_DIR) and
+// the reference CNI tools ($CNI_BIN_DIR), as `make deps` installs them.
+// Every etcd it starts listens on 127.0.0.1 only, every pod and node is a
+// network namespace it creates, and everything is removed on exit, also on
+// error or interrupt.
+//
+// Three parts:
+//
+//  1. Allocation against the physical limit: raw etcd create-if-absent
+//     transactions versus coild's REST API (POST /ip, DELETE /ip/...) on the
+//     same etcd, at 1 to 16 concurrent clients, and etcd requests per
+//     allocation counted on the store's KV.
+//  2. CNI ADD/DEL through cnitool: coil (with coild running in-process for a
+//     node namespace) versus ptp + host-local.
+//  3. Scale: many simulated nodes, each a real allocator, filling their pods
+//     from one pool against one etcd; then the clean-up of deleted nodes the
+//     way coil-controller does it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	quick      bool
+	writeDocs  bool
+	docsDir    string
+	parts      string
+	phase      time.Duration
+	clients    []int
+	pods       int
+	cniPar     int
+	nodes      int
+	podsNode   int
+	scalePar   int
+	podPar     int
+	gcNodes    int
+	blockBits  int
+	etcdBin    string
+	cniBin     string
+	keep       bool
+	verbose    bool
+	docsForced bool
+	cpuProfile string
+	rounds     int
+	cniTrace   bool
+}
+
+func parseFlags() *options {
+	o := &options{}
+	flag.BoolVar(&o.quick, "quick", false, "sanity run with small counts; prints results, writes docs only if -write-docs is given")
+	flag.BoolVar(&o.writeDocs, "write-docs", true, "write docs/benchmarks.md and docs/benchmarks-throughput.svg")
+	flag.StringVar(&o.docsDir, "docs", "", "directory of the docs to write (default: docs/ of the module root)")
+	flag.StringVar(&o.parts, "parts", "alloc,cni,scale", "comma-separated parts to run: alloc, cni, scale")
+	flag.DurationVar(&o.phase, "phase", 3*time.Second, "duration of each allocation throughput phase")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds per concurrency level, alternating raw etcd and coild")
+	clients := flag.String("clients", "1,2,4,8,16", "concurrency levels of the allocation benchmark")
+	flag.IntVar(&o.pods, "pods", 200, "pods (network namespaces) of the CNI benchmark")
+	flag.IntVar(&o.cniPar, "cni-parallel", 8, "concurrent CNI commands in the concurrent CNI run")
+	flag.BoolVar(&o.cniTrace, "cni-trace", true, "after the CNI benchmark, trace single ADDs and DELs with strace (if installed) and show where the time goes")
+	flag.IntVar(&o.nodes, "nodes", 1000, "simulated nodes of the scale benchmark")
+	flag.IntVar(&o.podsNode, "pods-per-node", 110, "pods each simulated node fills")
+	flag.IntVar(&o.scalePar, "scale-parallel", 16, "simulated nodes allocating at once")
+	flag.IntVar(&o.podPar, "pod-parallel", 2, "concurrent allocations within one simulated node")
+	flag.IntVar(&o.gcNodes, "gc-nodes", 500, "deleted nodes whose blocks are reclaimed in the GC benchmark")
+	flag.IntVar(&o.blockBits, "block-bits", 5, "block size of the benchmark pools in bits (5: 32 addresses, the documented default)")
+	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
+	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1)")
+	flag.BoolVar(&o.verbose, "v", false, "log progress details")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (clients, coild, allocators) to the file")
+	flag.Parse()
+
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "write-docs" {
+			o.docsForced = true
+		}
+	})
+	for _, s := range strings.Split(*clients, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
+			fatalf("-clients: bad level %q", s)
+		}
+		o.clients = append(o.clients, n)
+	}
+	if o.quick {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		def := func(name string, apply func()) {
+			if !set[name] {
+				apply()
+			}
+		}
+		def("phase", func() { o.phase = 300 * time.Millisecond })
+		def("rounds", func() { o.rounds = 1 })
+		def("pods", func() { o.pods = 16 })
+		def("cni-parallel", func() { o.cniPar = 4 })
+		def("nodes", func() { o.nodes = 40 })
+		def("gc-nodes", func() { o.gcNodes = 20 })
+		def("scale-parallel", func() { o.scalePar = 8 })
+		if !o.docsForced {
+			o.writeDocs = false
+		}
+	}
+	if o.gcNodes > o.nodes {
+		o.gcNodes = o.nodes
+	}
+	return o
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(2)
+}
+
+func main() {
+	o := parseFlags()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, o)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func (o *options) has(part string) bool {
+	for _, p := range strings.Split(o.parts, ",") {
+		if strings.TrimSpace(p) == part {
+			return true
+		}
+	}
+	return false
+}
+
+// run executes the selected parts. Everything started is registered with
+// the cleanup stack, which runs whatever happens, interrupts included.
+func run(ctx context.Context, o *options) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root: the CNI benchmark creates network namespaces")
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	if o.docsDir == "" {
+		o.docsDir = filepath.Join(root, "docs")
+	}
+	if o.etcdBin == "" {
+		o.etcdBin = filepath.Join(envOr("ETCD_BIN_DIR", filepath.Join(cacheDir(), "etcd-v3.6.16")), "etcd")
+	}
+	if o.cniBin == "" {
+		o.cniBin = envOr("CNI_BIN_DIR", filepath.Join(cacheDir(), "cni-v1.3.1-plugins-v1.9.1"))
+	}
+	if _, err := os.Stat(o.etcdBin); err != nil {
+		return fmt.Errorf("etcd binary %s: %w (run `make deps` or set ETCD_BIN_DIR)", o.etcdBin, err)
+	}
+
+	cl := &cleanups{}
+	defer func() {
+		if cerr := cl.run(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
+		}
+	}()
+	sweepStaleNetns()
+
+	tmp, err := os.MkdirTemp("", "coil-bench-")
+	if err != nil {
+		return err
+	}
+	cl.add("remove "+tmp, func() error { return os.RemoveAll(tmp) })
+
+	verbose = o.verbose
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	res := &results{started: time.Now(), opts: o}
+	res.machine = machineInfo()
+	res.load = startLoad(res.machine.cpus)
+	logf("machine: %s; load average %s", res.machine.summary(), res.load.loadAtStart)
+
+	if o.has("alloc") {
+		if err := runAllocBench(ctx, o, tmp, cl, res); err != nil {
+			return fmt.Errorf("allocation benchmark: %w", err)
+		}
+	}
+	if o.has("cni") {
+		if err := runCNIBench(ctx, o, root, tmp, cl, res); err != nil {
+			return fmt.Errorf("CNI benchmark: %w", err)
+		}
+	}
+	if o.has("scale") {
+		if err := runScaleBench(ctx, o, tmp, cl, res); err != nil {
+			return fmt.Errorf("scale benchmark: %w", err)
+		}
+	}
+	res.finished = time.Now()
+	res.load.finish()
+	logf("%s", res.load)
+	if res.load.otherShare > 0.1 {
+		logf("WARNING: the machine was busy with other work; results are disturbed by it")
+	}
+
+	tables := res.tables()
+	fmt.Println()
+	for _, t := range tables {
+		fmt.Print(t.text())
+		fmt.Println()
+	}
+	if o.writeDocs {
+		if err := writeDocs(o.docsDir, res, tables); err != nil {
+			return err
+		}
+		fmt.Printf("wrote %s and %s\n", filepath.Join(o.docsDir, docsFile), filepath.Join(o.docsDir, svgFile))
+	}
+	return nil
+}
+
+// cleanups is a stack of undo actions, run last-in first-out.
+type cleanups struct {
+	fns []namedFn
+}
+
+type namedFn struct {
+	name string
+	fn   func() error
+}
+
+func (c *cleanups) add(name string, fn func() error) {
+	c.fns = append(c.fns, namedFn{name, fn})
+}
+
+func (c *cleanups) run() error {
+	var errs []error
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		if err := c.fns[i].fn(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.fns[i].name, err))
+		}
+	}
+	c.fns = nil
+	return errors.Join(errs...)
+}
+
+var verbose bool
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func debugf(format string, args ...any) {
+	if verbose {
+		logf(format, args...)
+	}
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func cacheDir() string {
+	if d := os.Getenv("COIL_CACHE_DIR"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "coil")
+}
+
+// moduleRoot finds the directory of go.mod above the working directory.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("run from inside the Coil module: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}

@@ -1,0 +1,586 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// results collects every part's outcome for the report.
+type results struct {
+	started, finished time.Time
+	opts              *options
+	machine           machine
+	alloc             *allocResults
+	cni               *cniResults
+	scale             *scaleResults
+	load              *machineLoad
+}
+
+// Reference figures of a first measurement on a machine of the project's
+// kind (2 cores), shown beside this run's own references.
+const (
+	refRaw1      = 1300.0
+	refRaw16     = 5900.0
+	refPtpAddP50 = "22-26 ms"
+	refPtpDelP50 = "37-44 ms"
+	refV1Seq     = 24.0
+	refV1At16    = 60.0
+)
+
+type machine struct {
+	cpus    int
+	cpu     string
+	memory  int64
+	kernel  string
+	goVer   string
+	date    time.Time
+	arch    string
+	hostEnv string
+}
+
+func machineInfo() machine {
+	m := machine{cpus: runtime.NumCPU(), goVer: runtime.Version(), date: time.Now().UTC(), arch: runtime.GOOS + "/" + runtime.GOARCH}
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		var b []byte
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		m.kernel = string(b)
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int64
+				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+				m.memory = kb << 10
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+func (m machine) summary() string {
+	return fmt.Sprintf("%d CPUs (%s), %s memory, kernel %s, %s %s", m.cpus, m.cpu, fmtBytes(m.memory), m.kernel, m.goVer, m.arch)
+}
+
+func (r *results) etcdVersion() string {
+	switch {
+	case r.alloc != nil:
+		return r.alloc.etcd.version
+	case r.scale != nil:
+		return r.scale.etcdAfter.version
+	}
+	return "(not run)"
+}
+
+// table is one result table, rendered as aligned text or Markdown.
+type table struct {
+	id     string
+	title  string
+	note   string
+	header []string
+	rows   [][]string
+}
+
+func (t table) text() string {
+	widths := make([]int, len(t.header))
+	for i, h := range t.header {
+		widths[i] = len(h)
+	}
+	for _, r := range t.rows {
+		for i, c := range r {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "== %s ==\n", t.title)
+	line := func(cells []string) {
+		for i, c := range cells {
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			if i == 0 {
+				fmt.Fprintf(&b, "%-*s", widths[i], c)
+			} else {
+				fmt.Fprintf(&b, "%*s", widths[i], c)
+			}
+		}
+		b.WriteString("\n")
+	}
+	line(t.header)
+	seps := make([]string, len(t.header))
+	for i := range seps {
+		seps[i] = strings.Repeat("-", widths[i])
+	}
+	line(seps)
+	for _, r := range t.rows {
+		line(r)
+	}
+	if t.note != "" {
+		b.WriteString(wrap(t.note, 100))
+	}
+	return b.String()
+}
+
+func (t table) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "### %s\n\n", t.title)
+	b.WriteString("| " + strings.Join(t.header, " | ") + " |\n")
+	b.WriteString("|")
+	for i := range t.header {
+		if i == 0 {
+			b.WriteString(" --- |")
+		} else {
+			b.WriteString(" ---: |")
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range t.rows {
+		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
+	}
+	if t.note != "" {
+		b.WriteString("\n" + t.note + "\n")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func wrap(s string, width int) string {
+	var b strings.Builder
+	n := 0
+	for _, w := range strings.Fields(s) {
+		if n > 0 && n+1+len(w) > width {
+			b.WriteString("\n")
+			n = 0
+		} else if n > 0 {
+			b.WriteString(" ")
+			n++
+		}
+		b.WriteString(w)
+		n += len(w)
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// verdict is one target's outcome.
+type verdict struct {
+	target, measured, goal, outcome string
+	met                             bool
+}
+
+func missBy(got, limit float64, higherIsBetter bool) string {
+	if higherIsBetter {
+		return fmt.Sprintf("MISSED by %.0f%%", (limit-got)/limit*100)
+	}
+	return fmt.Sprintf("MISSED by %.0f%%", (got-limit)/limit*100)
+}
+
+func (r *results) verdicts() []verdict {
+	var vs []verdict
+	if a := r.alloc; a != nil && len(a.coildAlloc) > 0 {
+		var owned, allocs int64
+		for _, k := range a.allocKV {
+			owned += k.requests - 3*(k.blockAcquire+k.blockAcquireLost)
+			allocs += k.addrAlloc
+		}
+		per := float64(owned) / float64(max(allocs, 1))
+		v := verdict{target: "etcd requests per allocation in an owned block", measured: fmt.Sprintf("%.3f (%s requests / %s allocations)", per, fmtCount(owned), fmtCount(allocs)), goal: "exactly 1"}
+		v.met = owned == allocs
+		vs = append(vs, v)
+
+		i := len(a.coildAlloc) - 1
+		for j, rc := range a.coildAlloc {
+			if rc.clients == 16 {
+				i = j
+			}
+		}
+		ratio := a.coildAlloc[i].rate() / a.rawCreate[i].rate()
+		v = verdict{target: fmt.Sprintf("coild alloc throughput at %d clients vs raw etcd", a.coildAlloc[i].clients),
+			measured: fmt.Sprintf("%s vs %s = %s", fmtRate(a.coildAlloc[i].rate()), fmtRate(a.rawCreate[i].rate()), fmtRatio(ratio)), goal: ">= 0.80x"}
+		v.met = ratio >= 0.8
+		if !v.met {
+			v.outcome = missBy(ratio, 0.8, true)
+		}
+		vs = append(vs, v)
+	}
+	if c := r.cni; c != nil {
+		for mi, par := range c.parallel {
+			mode := "sequential"
+			if par > 1 {
+				mode = fmt.Sprintf("%d concurrent", par)
+			}
+			for _, op := range []string{"ADD", "DEL"} {
+				m := c.add
+				if op == "DEL" {
+					m = c.del
+				}
+				coil, ptp := m["coil"][mi], m["ptp"][mi]
+				r50 := float64(coil.p50) / float64(ptp.p50)
+				r99 := float64(coil.p99) / float64(ptp.p99)
+				v := verdict{target: fmt.Sprintf("CNI %s %s vs ptp+host-local", op, mode),
+					measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(coil.p50), fmtDur(ptp.p50), fmtRatio(r99), fmtDur(coil.p99), fmtDur(ptp.p99)),
+					goal:     "p50 <= 0.80x, p99 <= 1.00x"}
+				v.met = r50 <= 0.8 && r99 <= 1.0
+				if !v.met {
+					var parts []string
+					if r50 > 0.8 {
+						parts = append(parts, "p50 "+missBy(r50, 0.8, false))
+					}
+					if r99 > 1.0 {
+						parts = append(parts, "p99 "+missBy(r99, 1.0, false))
+					}
+					v.outcome = strings.Join(parts, ", ")
+				}
+				vs = append(vs, v)
+			}
+		}
+	}
+	if s := r.scale; s != nil {
+		v := verdict{target: fmt.Sprintf("allocator memory per node (%d pods)", s.podsPerNode), measured: fmtBytes(s.perNode), goal: "well under 1 MiB"}
+		v.met = s.perNode < 1<<20
+		if !v.met {
+			v.outcome = missBy(float64(s.perNode), 1<<20, false)
+		}
+		vs = append(vs, v)
+		v = verdict{target: fmt.Sprintf("GC of %d deleted nodes", s.gcNodes), measured: fmtSeconds(s.gcTime), goal: "< 10 s (500 nodes)"}
+		limit := 10 * time.Second * time.Duration(s.gcNodes) / 500
+		v.met = s.gcTime < limit && s.gcLeft == 0
+		if s.gcLeft > 0 {
+			v.outcome = fmt.Sprintf("FAILED: %d blocks left", s.gcLeft)
+		} else if !v.met {
+			v.outcome = missBy(s.gcTime.Seconds(), limit.Seconds(), false)
+		}
+		if s.gcNodes != 500 {
+			v.goal = fmt.Sprintf("< %s (10 s per 500 nodes)", fmtSeconds(limit))
+		}
+		vs = append(vs, v)
+	}
+	for i := range vs {
+		if vs[i].outcome == "" {
+			if vs[i].met {
+				vs[i].outcome = "met"
+			} else {
+				vs[i].outcome = "MISSED"
+			}
+		}
+	}
+	return vs
+}
+
+func (r *results) tables() []table {
+	var ts []table
+	if a := r.alloc; a != nil {
+		t := table{id: "alloc", title: "1. Allocation: raw etcd create-if-absent vs coild POST /ip",
+			header: []string{"clients", "raw etcd ops/s", "raw p50", "raw p99", "raw+guard ops/s", "coild ops/s", "coild p50", "coild p99", "coild/raw", "coild/raw+guard", "etcd req/alloc", "raw CPU/op", "coild CPU/op"}}
+		for i, raw := range a.rawCreate {
+			c := a.coildAlloc[i]
+			g := a.guardedCreate[i]
+			k := a.allocKV[i]
+			t.rows = append(t.rows, []string{fmt.Sprint(raw.clients), fmtRate(raw.rate()), fmtDur(raw.p50), fmtDur(raw.p99), fmtRate(g.rate()),
+				fmtRate(c.rate()), fmtDur(c.p50), fmtDur(c.p99), fmtRatio(c.rate() / raw.rate()), fmtRatio(c.rate() / g.rate()),
+				fmt.Sprintf("%.3f", float64(k.requests)/float64(max(c.ops, 1))), raw.cpu.perOp(raw.ops), c.cpu.perOp(c.ops)})
+		}
+		t.note = fmt.Sprintf("Each level runs %d rounds of %v per side, raw and coild alternating, on one etcd (the etcd binary, %s, fsync on, data on local disk). Raw: one transaction per key, "+
+			"If CreateRevision(key)==0 Then Put (a %d-byte value, the size of coild's address record), all clients sharing one etcd client; raw+guard: the same with coild's "+
+			"second compare (a block key's CreateRevision), i.e. exactly coild's transaction. "+
+			"coild: the real REST handler (coild/server) over a real ipam.Allocator and model.Store, %s; the node already owns its blocks "+
+			"(blocks of %d addresses). CPU/op: CPU time of the etcd process + CPU time of this process (clients, and for coild the REST server and allocator) per operation, over %d cores. First measurement reference: raw %s (1 client), %s (16); coil v1: %s sequential, %s at 16 clients.",
+			r.opts.rounds, r.opts.phase, a.etcd.version, a.valueLength, a.transport, a.blockSize, r.machine.cpus, fmtRate(refRaw1), fmtRate(refRaw16), fmtRate(refV1Seq), fmtRate(refV1At16))
+		ts = append(ts, t)
+
+		t = table{id: "release", title: "1b. Release: raw etcd guarded delete vs coild DELETE /ip/...",
+			header: []string{"clients", "raw etcd ops/s", "raw p50", "raw p99", "raw+guard ops/s", "coild ops/s", "coild p50", "coild p99", "coild/raw", "coild/raw+guard", "etcd req/release", "raw CPU/op", "coild CPU/op"}}
+		for i, raw := range a.rawDelete {
+			c := a.coildRelease[i]
+			g := a.guardedDelete[i]
+			k := a.releaseKV[i]
+			t.rows = append(t.rows, []string{fmt.Sprint(raw.clients), fmtRate(raw.rate()), fmtDur(raw.p50), fmtDur(raw.p99), fmtRate(g.rate()),
+				fmtRate(c.rate()), fmtDur(c.p50), fmtDur(c.p99), fmtRatio(c.rate() / raw.rate()), fmtRatio(c.rate() / g.rate()),
+				fmt.Sprintf("%.3f", float64(k.requests)/float64(max(c.ops, 1))), raw.cpu.perOp(raw.ops), c.cpu.perOp(c.ops)})
+		}
+		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseAddress does."
+		ts = append(ts, t)
+
+		var owned, allocs, acq, lost int64
+		for _, k := range a.allocKV {
+			owned += k.requests - 3*(k.blockAcquire+k.blockAcquireLost)
+			allocs += k.addrAlloc
+			acq += k.blockAcquire
+			lost += k.addrAllocLost
+		}
+		t = table{id: "requests", title: "1c. etcd requests per allocation",
+			header: []string{"case", "allocations", "etcd requests", "per allocation", "reference"}}
+		t.rows = append(t.rows,
+			[]string{"in an owned block (all coild phases above)", fmtCount(allocs), fmtCount(owned), fmt.Sprintf("%.3f", float64(owned)/float64(max(allocs, 1))), "target 1; coil v1: 66 reads at 2,000 pods"},
+			[]string{fmt.Sprintf("fills that took new blocks (%d blocks taken)", a.coldBlocks), fmtCount(int64(a.coldAllocs)), fmtCount(a.cold.requests),
+				fmt.Sprintf("%.3f", float64(a.cold.requests)/float64(max(a.coldAllocs, 1))),
+				fmt.Sprintf("%.3f = 1 + 2 reads per new block", 1+2*float64(a.coldBlocks)/float64(max(a.coldAllocs, 1)))},
+		)
+		t.note = fmt.Sprintf("Counted on the store's KV (model.NewWithKV with a counting wrapper). Blocks acquired during the HTTP phases: %d; "+
+			"address transactions that lost a race: %d. A block acquisition is 3 requests (read pool, list block keys, one transaction that "+
+			"takes the block and its first address).", acq, lost)
+		ts = append(ts, t)
+	}
+	if c := r.cni; c != nil {
+		t := table{id: "cni", title: fmt.Sprintf("2. CNI ADD/DEL of %d pods through cnitool: coil vs ptp+host-local", c.pods),
+			header: []string{"run", "op", "coil p50", "coil p99", "ptp+host-local p50", "ptp+host-local p99", "p50 ratio", "p99 ratio", "coil ops/s", "ptp ops/s", "coil CPU/op", "ptp CPU/op"}}
+		for mi, par := range c.parallel {
+			mode := "sequential"
+			if par > 1 {
+				mode = fmt.Sprintf("%d concurrent", par)
+			}
+			for _, op := range []string{"ADD", "DEL"} {
+				m := c.add
+				if op == "DEL" {
+					m = c.del
+				}
+				coil, ptp := m["coil"][mi], m["ptp"][mi]
+				t.rows = append(t.rows, []string{mode, op, fmtDur(coil.p50), fmtDur(coil.p99), fmtDur(ptp.p50), fmtDur(ptp.p99),
+					fmtRatio(float64(coil.p50) / float64(ptp.p50)), fmtRatio(float64(coil.p99) / float64(ptp.p99)),
+					fmtRate(coil.rate()), fmtRate(ptp.rate()), cpuPerOp(coil), cpuPerOp(ptp)})
+			}
+		}
+		t.note = fmt.Sprintf("Latency of one cnitool run (process start to exit), executed inside a node namespace; each pod is its own "+
+			"network namespace, all %d pods ADDed, then all DELeted. coil: the plugin built from this tree, coild running in-process for the "+
+			"node (daemon.Run with HostNS, a fake API server, unix socket, real etcd). ptp: ipMasq off, host-local over %s with its dataDir "+
+			"in a temporary directory. CPU/op: CPU time of every process involved (cnitool, plugins, coild, etcd) per command. First measurement reference for ptp+host-local: ADD p50 %s, DEL p50 %s.", c.pods, ptpSubnet, refPtpAddP50, refPtpDelP50)
+		if len(c.traces) > 0 {
+			t.note += " Process timelines of single commands (strace of execve and exit_group, relative to cnitool's start): " + strings.Join(c.traces, "; ") + "."
+		}
+		ts = append(ts, t)
+	}
+	if s := r.scale; s != nil {
+		rate := float64(s.allocs) / s.fill.Seconds()
+		t := table{id: "scale", title: fmt.Sprintf("3. Scale: %s nodes x %d pods from one pool", fmtCount(int64(s.nodes)), s.podsPerNode),
+			header: []string{"metric", "value", "reference"}}
+		t.rows = [][]string{
+			{"total time to fill", fmtSeconds(s.fill), ""},
+			{"allocations", fmtCount(int64(s.allocs)), ""},
+			{"allocations/s", fmtRate(rate), fmt.Sprintf("coil v1: %s at 16 clients", fmtRate(refV1At16))},
+			{"allocation latency p50 / p99", fmtDur(s.allocP50) + " / " + fmtDur(s.allocP99), ""},
+			{"node start-up (node record + restore) p50 / p99", fmtDur(s.restoreP50) + " / " + fmtDur(s.restoreP99), ""},
+			{"etcd requests per allocation", fmt.Sprintf("%.3f", float64(s.kv.requests)/float64(max(s.allocs, 1))), fmt.Sprintf("1 + 2/%d with acquisitions", s.blockSize)},
+			{"block acquisitions", fmtCount(s.kv.blockAcquire), fmt.Sprintf("%s needed at the least", fmtCount(int64(s.minBlocks)))},
+			{"lost block races (acquisition transactions that failed)", fmtCount(s.kv.blockAcquireLost), "0 ideal"},
+			{"lost address races", fmtCount(s.kv.addrAllocLost), "0 ideal"},
+			{"blocks per node (max)", fmt.Sprint(s.maxPerNode), fmt.Sprint((s.podsPerNode + s.blockSize - 1) / s.blockSize)},
+			{"etcd keys (all)", fmtCount(s.etcdAfter.keys), ""},
+			{"address records", fmtCount(s.addressKeys), fmtCount(int64(s.allocs))},
+			{"etcd database size (in use)", fmtBytes(s.etcdAfter.dbSize) + " (" + fmtBytes(s.etcdAfter.dbSizeInUse) + ")", ""},
+			{"allocator memory per node (heap delta after GC / nodes)", fmtBytes(s.perNode), "well under 1 MiB"},
+		}
+		t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process, all sharing one model.Store and one etcd client; %d nodes start "+
+			"(node record, Restore from etcd) and fill at a time, %d allocations at a time within a node. Pool %s, blocks of %d addresses, "+
+			"one fresh etcd.", s.parallel, s.podParallel, s.poolSubnet, s.blockSize)
+		ts = append(ts, t)
+
+		t = table{id: "gc", title: fmt.Sprintf("3b. GC of %d deleted nodes", s.gcNodes), header: []string{"metric", "value", "target"}}
+		t.rows = [][]string{
+			{"time to release all their blocks and records", fmtSeconds(s.gcTime), "< 10 s for 500"},
+			{"  of which listing blocks (NodeBlocks per node)", fmtSeconds(s.gcScan), ""},
+			{"blocks released", fmtCount(int64(s.gcBlocks)), ""},
+			{"addresses released", fmtCount(s.gcAddresses), ""},
+			{"etcd requests", fmtCount(s.gcKV.requests), ""},
+			{"blocks of deleted nodes left", fmt.Sprint(s.gcLeft), "0"},
+			{"etcd keys left after both GC runs", fmtCount(s.etcdAfterGC.keys), ""},
+		}
+		if s.gcAltNodes > 0 {
+			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes with ONE block listing for the batch", s.gcAltNodes),
+				fmtSeconds(s.gcAltTime) + " (listing " + fmtSeconds(s.gcAltScan) + ")", "what batching would give"})
+		}
+		t.note = "As coil-controller releases a deleted node (its releaseNode is unexported, so the bench makes the same calls): one worker, " +
+			"per node model.Store.NodeBlocks, then ForceReleaseBlock for each block (guarded by the block's creation revision) and DeleteNode."
+		ts = append(ts, t)
+	}
+	if vs := r.verdicts(); len(vs) > 0 {
+		t := table{id: "targets", title: "Targets", header: []string{"target", "measured", "goal", "verdict"}}
+		for _, v := range vs {
+			t.rows = append(t.rows, []string{v.target, v.measured, v.goal, v.outcome})
+		}
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+const (
+	docsFile    = "benchmarks.md"
+	svgFile     = "benchmarks-throughput.svg"
+	beginMarker = "<!-- BEGIN GENERATED BY `go run ./mtest/bench`: edit outside these markers only -->"
+	endMarker   = "<!-- END GENERATED -->"
+)
+
+// writeDocs replaces the generated part of docs/benchmarks.md, keeping what
+// was written around it by hand, and writes the chart.
+func writeDocs(dir string, r *results, tables []table) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var gen strings.Builder
+	gen.WriteString(beginMarker + "\n\n")
+	fmt.Fprintf(&gen, "Run of %s UTC, %s in total.\n\n", r.machine.date.Format("2006-01-02 15:04"), r.finished.Sub(r.started).Round(time.Second))
+	gen.WriteString("| machine | |\n| --- | --- |\n")
+	fmt.Fprintf(&gen, "| CPUs (nproc) | %d × %s |\n", r.machine.cpus, r.machine.cpu)
+	fmt.Fprintf(&gen, "| memory | %s |\n", fmtBytes(r.machine.memory))
+	fmt.Fprintf(&gen, "| kernel | %s |\n", r.machine.kernel)
+	fmt.Fprintf(&gen, "| Go | %s %s |\n", r.machine.goVer, r.machine.arch)
+	fmt.Fprintf(&gen, "| etcd | %s (binary built from the etcd module, single member, fsync on) |\n", r.etcdVersion())
+	fmt.Fprintf(&gen, "| date | %s |\n", r.machine.date.Format("2006-01-02"))
+	if r.load != nil && r.load.measuredFinish {
+		fmt.Fprintf(&gen, "| other load | %s |\n", r.load)
+	}
+	fmt.Fprintf(&gen, "| command | `go run ./mtest/bench %s` |\n\n", strings.Join(os.Args[1:], " "))
+	for _, t := range tables {
+		if t.id == "alloc" && r.alloc != nil {
+			gen.WriteString(t.markdown())
+			fmt.Fprintf(&gen, "![Allocation throughput against concurrency](%s)\n\n", svgFile)
+			continue
+		}
+		gen.WriteString(t.markdown())
+	}
+	gen.WriteString(endMarker + "\n")
+
+	path := filepath.Join(dir, docsFile)
+	old, err := os.ReadFile(path)
+	var out string
+	switch {
+	case err == nil && bytes.Contains(old, []byte(beginMarker)) && bytes.Contains(old, []byte(endMarker)):
+		s := string(old)
+		i := strings.Index(s, beginMarker)
+		j := strings.Index(s, endMarker) + len(endMarker)
+		if j < len(s) && s[j] == '\n' {
+			j++
+		}
+		out = s[:i] + gen.String() + s[j:]
+	case err == nil:
+		return fmt.Errorf("%s exists without the generated-section markers; move it away or add %q and %q", path, beginMarker, endMarker)
+	default:
+		out = "# Benchmarks\n\n`make bench` (or `go run ./mtest/bench` as root after `make deps`) measures Coil against the " +
+			"limits beneath it and the reference plugins, and rewrites the section below and the chart.\n\n" +
+			gen.String() + "\n## Reading\n\n(Write the interpretation of the run here; the bench keeps this part.)\n"
+	}
+	if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+		return err
+	}
+	if r.alloc != nil {
+		return os.WriteFile(filepath.Join(dir, svgFile), []byte(throughputSVG(r.alloc)), 0o644)
+	}
+	return nil
+}
+
+// throughputSVG draws allocations (and releases) per second against the
+// number of clients, raw etcd beside coild.
+func throughputSVG(a *allocResults) string {
+	const (
+		w, h                     = 820, 440
+		left, right, top, bottom = 80, 230, 50, 60
+	)
+	type series struct {
+		name, color, dash string
+		pts               []phaseResult
+	}
+	ss := []series{
+		{"raw etcd create-if-absent", "#1f77b4", "", a.rawCreate},
+		{"coild POST /ip", "#d62728", "", a.coildAlloc},
+		{"raw etcd guarded delete", "#1f77b4", "6,4", a.rawDelete},
+		{"coild DELETE /ip", "#d62728", "6,4", a.coildRelease},
+		{"raw etcd + block guard", "#7f7f7f", "2,3", a.guardedCreate},
+	}
+	maxRate := 1.0
+	for _, s := range ss {
+		for _, p := range s.pts {
+			maxRate = math.Max(maxRate, p.rate())
+		}
+	}
+	step := niceStep(maxRate / 5)
+	yMax := math.Ceil(maxRate/step) * step
+	n := len(a.rawCreate)
+	pw, ph := float64(w-left-right), float64(h-top-bottom)
+	x := func(i int) float64 {
+		if n == 1 {
+			return left + pw/2
+		}
+		return left + pw*float64(i)/float64(n-1)
+	}
+	y := func(v float64) float64 { return top + ph*(1-v/yMax) }
+
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", w, h, w, h)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
+	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="15" font-weight="bold">Address allocation throughput vs concurrent clients (one etcd, %d cores)</text>`+"\n", left, runtime.NumCPU())
+	for v := 0.0; v <= yMax+step/2; v += step {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", left, y(v), w-right, y(v))
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-8, y(v)+4, fmtCount(int64(v)))
+	}
+	for i, p := range a.rawCreate {
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`+"\n", x(i), top, x(i), h-bottom)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", x(i), h-bottom+18, p.clients)
+	}
+	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">concurrent clients</text>`+"\n", left+pw/2, h-bottom+40)
+	fmt.Fprintf(&b, `<text transform="translate(18,%.1f) rotate(-90)" text-anchor="middle">operations per second</text>`+"\n", top+ph/2)
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, h-bottom, w-right, h-bottom)
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, top, left, h-bottom)
+	for si, s := range ss {
+		var pts []string
+		for i, p := range s.pts {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(i), y(p.rate())))
+		}
+		dash := ""
+		if s.dash != "" {
+			dash = fmt.Sprintf(` stroke-dasharray="%s"`, s.dash)
+		}
+		fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>`+"\n", strings.Join(pts, " "), s.color, dash)
+		for i, p := range s.pts {
+			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", x(i), y(p.rate()), s.color)
+			if s.dash == "" {
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="%s">%s</text>`+"\n", x(i), y(p.rate())-8, s.color, fmtCount(int64(math.Round(p.rate()))))
+			}
+		}
+		ly := top + 10 + si*22
+		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>`+"\n", w-right+15, ly, w-right+45, ly, s.color, dash)
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", w-right+50, ly+4, s.name)
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+// niceStep rounds a grid step to 1, 2 or 5 times a power of ten.
+func niceStep(raw float64) float64 {
+	if raw <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*p >= raw {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+// cpuPerOp shows the CPU time of a phase per operation in milliseconds.
+func cpuPerOp(p phaseResult) string {
+	if p.cpu == nil || p.ops == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f ms", float64(p.cpu.selfCPU+p.cpu.etcdCPU)/float64(time.Millisecond)/float64(p.ops))
+}

@@ -1,0 +1,405 @@
+package mtest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coil-project/coil/nodenet"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getuid() != 0 {
+		fmt.Fprintln(os.Stderr, "mtest needs root: it builds the cluster out of network namespaces")
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func newCluster(t *testing.T, opts Options) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := NewCluster(ctx, opts)
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range c.Nodes {
+				t.Logf("coild log of %s:\n%s", n.Name, n.CoildLog())
+			}
+			if c.controller != nil {
+				t.Logf("coil-controller log:\n%s", c.controllerLog())
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+func mustCoilctl(t *testing.T, c *Cluster, args ...string) string {
+	t.Helper()
+	out, err := c.Coilctl(args...)
+	if err != nil {
+		t.Fatalf("coilctl %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func mustStartPod(t *testing.T, n *Node, namespace, name string) *Pod {
+	t.Helper()
+	p, err := n.StartPod(context.Background(), namespace, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func pingEventually(t *testing.T, from *Pod, to netip.Addr) {
+	t.Helper()
+	if err := Eventually(20*time.Second, func() error { return from.Ping(to) }); err != nil {
+		t.Fatalf("%s/%s on %s cannot reach %s: %v", from.Namespace, from.Name, from.Node.Name, to, err)
+	}
+}
+
+// exportTable returns the prefixes coild exported in the node's table 119.
+func exportTable(t *testing.T, n *Node) []string {
+	t.Helper()
+	var out []string
+	for _, fam := range []string{"-4", "-6"} {
+		routes, err := n.Routes(fam, "119")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			out = append(out, r.Dst)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nodeBlocks returns the blocks etcd says node owns, as CIDR strings.
+func nodeBlocks(t *testing.T, c *Cluster, node string) []string {
+	t.Helper()
+	var view struct {
+		Blocks []struct {
+			IPv4 string `json:"ipv4"`
+			IPv6 string `json:"ipv6"`
+		} `json:"blocks"`
+	}
+	out := mustCoilctl(t, c, "node", "blocks", node, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &view); err != nil {
+		t.Fatalf("coilctl node blocks -o json: %v: %s", err, out)
+	}
+	var cidrs []string
+	for _, b := range view.Blocks {
+		for _, p := range []string{b.IPv4, b.IPv6} {
+			if p != "" {
+				cidrs = append(cidrs, p)
+			}
+		}
+	}
+	slices.Sort(cidrs)
+	return cidrs
+}
+
+func inPrefix(t *testing.T, cidr string, a netip.Addr) bool {
+	t.Helper()
+	return netip.MustParsePrefix(cidr).Contains(a)
+}
+
+// addressRecords counts the address keys in etcd.
+func addressRecords(t *testing.T, c *Cluster) int {
+	t.Helper()
+	out, err := c.Etcdctl("get", "--prefix", "--keys-only", "/coil/addresses/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimSpace(l) != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// step runs a scenario that later ones build on: a failure stops the test.
+func step(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		t.FailNow()
+	}
+}
+
+// TestFlatL2 runs the main scenarios on a 3-node cluster where coild routes
+// between nodes itself (flat L2), with coil-controller running.
+func TestFlatL2(t *testing.T) {
+	c := newCluster(t, Options{Nodes: 3, FlatL2: true, Controller: true,
+		ControllerArgs: []string{"--scan-interval", "2s", "--leak-grace", "4s"}})
+	ctx := context.Background()
+	mustCoilctl(t, c, "pool", "create", "default", "10.100.0.0/16", "5", "--ipv6", "fd00:10:100::/112")
+	mustCoilctl(t, c, "pool", "create", "tenant", "10.101.0.0/16", "4")
+	if err := c.CreateNamespace(ctx, "tenant-a", map[string]string{"coil.cybozu.com/pool": "tenant"}); err != nil {
+		t.Fatal(err)
+	}
+
+	var pods []*Pod
+	step(t, "pools", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			p := mustStartPod(t, n, "default", "web-"+n.Name)
+			if !inPrefix(t, "10.100.0.0/16", p.IPv4()) || !inPrefix(t, "fd00:10:100::/112", p.IPv6()) {
+				t.Fatalf("default pod got %v, want addresses of pool default", p.IPs)
+			}
+			pods = append(pods, p)
+		}
+		p := mustStartPod(t, c.Nodes[0], "tenant-a", "app")
+		if len(p.IPs) != 1 || !inPrefix(t, "10.101.0.0/16", p.IPv4()) {
+			t.Fatalf("pod of annotated namespace got %v, want an address of pool tenant", p.IPs)
+		}
+		pods = append(pods, p)
+	})
+
+	step(t, "cross-node traffic", func(t *testing.T) {
+		for i, from := range pods[:3] {
+			to := pods[(i+1)%3]
+			pingEventually(t, from, to.IPv4())
+			pingEventually(t, from, to.IPv6())
+		}
+		pingEventually(t, pods[1], pods[3].IPv4())
+	})
+
+	step(t, "export table holds exactly the node's blocks", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			want := nodeBlocks(t, c, n.Name)
+			if err := Eventually(10*time.Second, func() error {
+				if got := exportTable(t, n); !slices.Equal(got, want) {
+					return fmt.Errorf("table 119 of %s = %v, etcd says %v", n.Name, got, want)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	step(t, "delete and recreate pods", func(t *testing.T) {
+		n := c.Nodes[1]
+		p := mustStartPod(t, n, "default", "short-lived")
+		veth := nodenet.HostVethName(p.Namespace, p.Name)
+		if err := p.Remove(ctx); err != nil {
+			t.Fatal(err)
+		}
+		routes, err := n.Routes("-4", "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r.Dev == veth || r.Dst == p.IPv4().String() {
+				t.Fatalf("host route %+v of deleted pod remains", r)
+			}
+		}
+		again := mustStartPod(t, n, "default", "short-lived")
+		pingEventually(t, pods[0], again.IPv4())
+		pods = append(pods, again)
+	})
+
+	step(t, "half-cleaned node", func(t *testing.T) {
+		n := c.Nodes[2]
+		veth := nodenet.HostVethName("default", "stale")
+		// A host veth with the pod's name left behind by a crash.
+		if _, err := run("ip", "-n", n.NetNS, "link", "add", veth, "type", "veth", "peer", "name", "stale-peer"); err != nil {
+			t.Fatal(err)
+		}
+		p := mustStartPod(t, n, "default", "stale")
+		pingEventually(t, pods[0], p.IPv4())
+		pods = append(pods, p)
+	})
+
+	step(t, "coild SIGKILL during a burst of ADDs", func(t *testing.T) {
+		n := c.Nodes[0]
+		before := addressRecords(t, c)
+		burst := make([]*Pod, 50)
+		for i := range burst {
+			p, err := n.NewPod(ctx, "burst", fmt.Sprintf("b%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			burst[i] = p
+		}
+		var wg sync.WaitGroup
+		var done atomic.Int32
+		killed := make(chan struct{})
+		errs := make([]error, len(burst))
+		for i, p := range burst {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = p.Add()
+				// Crash coild once a fifth of the burst is through, with
+				// the rest in flight.
+				if done.Add(1) == int32(len(burst)/5) {
+					n.KillCoild()
+					close(killed)
+				}
+			}()
+		}
+		wg.Wait()
+		select {
+		case <-killed:
+		default:
+			t.Fatal("coild was never killed")
+		}
+		if err := n.StartCoild(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WaitReady(60 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// Like kubelet: a failed sandbox is deleted and created again.
+		failed := 0
+		for i, p := range burst {
+			if errs[i] == nil {
+				continue
+			}
+			failed++
+			if err := Eventually(30*time.Second, func() error {
+				if err := p.Del(); err != nil {
+					return err
+				}
+				return p.Add()
+			}); err != nil {
+				t.Fatalf("retry of %s: %v", p.Name, err)
+			}
+		}
+		t.Logf("%d of %d ADDs failed while coild was down and succeeded on retry", failed, len(burst))
+		seen := map[netip.Addr]string{}
+		for _, p := range burst {
+			for _, a := range p.IPs {
+				if other, dup := seen[a]; dup {
+					t.Fatalf("%s given to %s and %s", a, other, p.Name)
+				}
+				seen[a] = p.Name
+			}
+		}
+		if got := addressRecords(t, c); got != before+len(burst) {
+			t.Fatalf("etcd holds %d address records, want %d (%d before + %d pods): leak or loss", got, before+len(burst), before, len(burst))
+		}
+		for _, p := range burst {
+			if err := p.Remove(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := addressRecords(t, c); got != before {
+			t.Fatalf("after deleting the burst etcd holds %d address records, want %d", got, before)
+		}
+	})
+
+	step(t, "etcd down: ADD fails with code 11, then recovers", func(t *testing.T) {
+		n := c.Nodes[1]
+		c.StopEtcdMember(0)
+		p, err := n.NewPod(ctx, "default", "while-etcd-down")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.AddPlugin()
+		var cniErr *CNIError
+		if !errors.As(err, &cniErr) || cniErr.Code != 11 {
+			t.Fatalf("ADD with etcd down = %v, want CNI error code 11", err)
+		}
+		if err := c.RestartEtcdMember(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(60*time.Second, func() error { return p.Add() }); err != nil {
+			t.Fatalf("ADD after etcd returned: %v", err)
+		}
+		pingEventually(t, pods[0], p.IPv4())
+	})
+
+	step(t, "deleting a Node frees its blocks and others drop routes", func(t *testing.T) {
+		gone := c.Nodes[2]
+		blocks := nodeBlocks(t, c, gone.Name)
+		if len(blocks) == 0 {
+			t.Fatal("node has no blocks to free")
+		}
+		gone.StopCoild()
+		if err := c.Kube.CoreV1().Nodes().Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(30*time.Second, func() error {
+			if b := nodeBlocks(t, c, gone.Name); len(b) != 0 {
+				return fmt.Errorf("etcd still holds blocks %v of deleted node", b)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Nodes[:2] {
+			if err := Eventually(15*time.Second, func() error {
+				routes, err := n.Routes("-4", "main")
+				if err != nil {
+					return err
+				}
+				for _, r := range routes {
+					if r.Gateway == gone.V4.String() {
+						return fmt.Errorf("%s still routes %s via %s", n.Name, r.Dst, r.Gateway)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestBIRD routes between nodes with BIRD: coild only exports its blocks to
+// table 119; BIRD advertises them through a route reflector.
+func TestBIRD(t *testing.T) {
+	c := newCluster(t, Options{Nodes: 2, BIRD: true})
+	mustCoilctl(t, c, "pool", "create", "default", "10.110.0.0/16", "5")
+	a := mustStartPod(t, c.Nodes[0], "default", "a")
+	b := mustStartPod(t, c.Nodes[1], "default", "b")
+	pingEventually(t, a, b.IPv4())
+	pingEventually(t, b, a.IPv4())
+	routes, err := c.Nodes[0].Routes("-4", "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := nodeBlocks(t, c, c.Nodes[1].Name)
+	found := false
+	for _, r := range routes {
+		if slices.Contains(blocks, r.Dst) && r.Gateway == c.Nodes[1].V4.String() && r.Protocol == "bird" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("node1 has no BIRD route to node2's blocks %v via %s: %+v", blocks, c.Nodes[1].V4, routes)
+	}
+}
+
+// TestEtcdMemberDown: with one of three etcd members stopped, allocation
+// goes on.
+func TestEtcdMemberDown(t *testing.T) {
+	c := newCluster(t, Options{Nodes: 2, EtcdMembers: 3, FlatL2: true})
+	mustCoilctl(t, c, "pool", "create", "default", "10.120.0.0/16", "5")
+	a := mustStartPod(t, c.Nodes[0], "default", "a")
+	c.StopEtcdMember(1)
+	b := mustStartPod(t, c.Nodes[1], "default", "b")
+	for i := range 5 {
+		mustStartPod(t, c.Nodes[0], "default", fmt.Sprintf("more%d", i))
+	}
+	pingEventually(t, a, b.IPv4())
+}
