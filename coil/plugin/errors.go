@@ -27,7 +27,7 @@ func coildError(what string, err error) *types.Error {
 			fmt.Sprintf("coil: %s: coild is unreachable, try again later", what), err.Error())
 	case errors.Is(err, api.ErrUnavailable):
 		return types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("coil: %s: coild is unavailable, try again later: %s", what, detail), "")
+			fmt.Sprintf("coil: %s: try again later: %s", what, detail), "")
 	case errors.Is(err, api.ErrPoolExhausted):
 		return types.NewError(ErrCodePoolExhausted,
 			fmt.Sprintf("pool exhausted: %s: %s", what, detail), "")

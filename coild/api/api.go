@@ -120,7 +120,9 @@ type StatusResponse struct {
 	Status int `json:"status"`
 	// AddressBlocks maps pool names to the blocks this node owns.
 	AddressBlocks map[string][]string `json:"address-blocks"`
-	// Pods maps "<namespace>/<pod>" to its addresses.
+	// Pods maps container ids ("<container-id>/<interface>" for
+	// interfaces other than DefaultInterface) to their addresses, joined
+	// by commas.
 	Pods map[string]string `json:"pods"`
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/coil-project/coil/coild/ipam"
@@ -92,6 +93,10 @@ type daemon struct {
 	store    *model.Store
 	alloc    *ipam.Allocator
 	exporter *nodenet.Exporter
+	// exportMu serialises the writers of the export table: a Sync from a
+	// snapshot of the blocks taken just before a block came or went would
+	// undo the observer's Export or Withdraw until the next scan.
+	exportMu sync.Mutex
 	ready    chan struct{}
 }
 
@@ -269,13 +274,7 @@ func (d *daemon) inHostNS(fn func() error) error {
 // restores pod host routes, and removes host veths of pods that hold no
 // address any more. Failures are logged: the next scan tries again.
 func (d *daemon) reconcileKernel() {
-	var prefixes []netip.Prefix
-	for _, blocks := range d.alloc.Blocks() {
-		for _, b := range blocks {
-			prefixes = append(prefixes, b.Prefixes()...)
-		}
-	}
-	if err := d.exporter.Sync(prefixes); err != nil {
+	if err := d.syncExports(); err != nil {
 		d.log.Error("sync export table", "error", err)
 	}
 	keep := map[string]bool{}
@@ -326,16 +325,24 @@ func (d *daemon) houseKeeping(ctx context.Context) error {
 		if err != nil {
 			d.log.Error("release empty blocks", "error", err)
 		}
-		var prefixes []netip.Prefix
-		for _, blocks := range d.alloc.Blocks() {
-			for _, b := range blocks {
-				prefixes = append(prefixes, b.Prefixes()...)
-			}
-		}
-		if err := d.inHostNS(func() error { return d.exporter.Sync(prefixes) }); err != nil {
+		if err := d.inHostNS(d.syncExports); err != nil {
 			d.log.Error("sync export table", "error", err)
 		}
 	}
+}
+
+// syncExports makes the export table of the calling thread's netns hold
+// exactly the blocks the node owns now.
+func (d *daemon) syncExports() error {
+	d.exportMu.Lock()
+	defer d.exportMu.Unlock()
+	var prefixes []netip.Prefix
+	for _, blocks := range d.alloc.Blocks() {
+		for _, b := range blocks {
+			prefixes = append(prefixes, b.Prefixes()...)
+		}
+	}
+	return d.exporter.Sync(prefixes)
 }
 
 // routePeers keeps the main table's routes to other nodes' blocks in step
@@ -413,6 +420,8 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 type exportObserver struct{ d *daemon }
 
 func (o exportObserver) BlockAcquired(b model.Block) {
+	o.d.exportMu.Lock()
+	defer o.d.exportMu.Unlock()
 	for _, p := range b.Prefixes() {
 		if err := o.d.inHostNS(func() error { return o.d.exporter.Export(p) }); err != nil {
 			o.d.log.Error("export block route", "block", p.String(), "error", err)
@@ -421,6 +430,8 @@ func (o exportObserver) BlockAcquired(b model.Block) {
 }
 
 func (o exportObserver) BlockReleased(b model.Block) {
+	o.d.exportMu.Lock()
+	defer o.d.exportMu.Unlock()
 	for _, p := range b.Prefixes() {
 		if err := o.d.inHostNS(func() error { return o.d.exporter.Withdraw(p) }); err != nil {
 			o.d.log.Error("withdraw block route", "block", p.String(), "error", err)

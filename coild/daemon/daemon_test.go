@@ -1,0 +1,806 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/sha512"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/coil-project/coil/coil/plugin"
+	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdtest"
+	"github.com/coil-project/coil/nodenet"
+)
+
+// pool returns a pool of subnets given as "v4" or "v4,v6".
+func pool(t testing.TB, name string, blockSizeBits int, subnets ...string) model.Pool {
+	t.Helper()
+	p := model.Pool{Name: name, BlockSizeBits: blockSizeBits}
+	for _, s := range subnets {
+		first, second, _ := strings.Cut(s, ",")
+		sub, err := model.ParseSubnet(first, second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Subnets = append(p.Subnets, sub)
+	}
+	return p
+}
+
+func prefixesContain(ps []netip.Prefix, a netip.Addr) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// TestAddFromPool checks that ADD gives each pod an address of the pool its
+// namespace selects, wires it so that it reaches the node and other pods,
+// runs the chained plugins, and that the node exports exactly its blocks.
+func TestAddFromPool(t *testing.T) {
+	n := newNode(t, nodeOptions{
+		pools: []model.Pool{
+			pool(t, "default", 4, "10.10.0.0/24"),
+			pool(t, "tenant-a", 4, "10.11.0.0/24"),
+			pool(t, "tenant-b", 4, "10.12.0.0/24"),
+		},
+		namespaces: []*corev1.Namespace{
+			namespace("plain", ""),
+			namespace("team-a", "tenant-a"),
+			namespace("tenant-b", ""), // v1 compatibility: pool named like the namespace
+		},
+	})
+	nodeListener := listen(t, n.ns, nodeIPv4, 0)
+
+	tests := []struct {
+		namespace string
+		subnet    netip.Prefix
+	}{
+		{"default", netip.MustParsePrefix("10.10.0.0/24")},
+		{"plain", netip.MustParsePrefix("10.10.0.0/24")},
+		{"team-a", netip.MustParsePrefix("10.11.0.0/24")},
+		{"tenant-b", netip.MustParsePrefix("10.12.0.0/24")},
+	}
+	var all []netip.Addr
+	byContainer := map[string]string{}
+	for _, tt := range tests {
+		t.Run(tt.namespace, func(t *testing.T) {
+			var addrs []netip.Addr
+			var pods []*pod
+			for i := range 2 {
+				p := newPod(t, tt.namespace, fmt.Sprintf("web-%d", i))
+				got := n.add(p)
+				if len(got) != 1 || !tt.subnet.Contains(got[0]) {
+					t.Fatalf("pod %s/%s got %v, want one address of %s", p.namespace, p.name, got, tt.subnet)
+				}
+				if on := podAddrs(t, p); !slices.Equal(on, got) {
+					t.Errorf("eth0 of the pod holds %v, the result says %v", on, got)
+				}
+				if gws := podDefaultGateways(t, p); !slices.Equal(gws, []netip.Addr{nodenet.GatewayIPv4}) {
+					t.Errorf("default gateways of the pod: %v, want %v", gws, nodenet.GatewayIPv4)
+				}
+				if want := []netip.Prefix{netip.PrefixFrom(got[0], 32)}; !slices.Equal(n.hostRoutes(p.hostVeth()), want) {
+					t.Errorf("node routes through %s: %v, want %v", p.hostVeth(), n.hostRoutes(p.hostVeth()), want)
+				}
+				if v := podSysctl(t, p, "net.core.somaxconn"); v != tuningSomaxconn {
+					t.Errorf("somaxconn in pod = %s, want %s set by the chained tuning plugin", v, tuningSomaxconn)
+				}
+				if err := n.check(p); err != nil {
+					t.Errorf("CHECK: %v", err)
+				}
+				addrs = append(addrs, got[0])
+				pods = append(pods, p)
+				byContainer[p.containerID] = got[0].String()
+			}
+			if addrs[0] == addrs[1] {
+				t.Fatalf("two pods got the same address %s", addrs[0])
+			}
+			if err := dial(pods[0].ns, nodeListener); err != nil {
+				t.Errorf("pod cannot reach the node: %v", err)
+			}
+			peer := listen(t, pods[1].ns, addrs[1], 0)
+			if err := dial(pods[0].ns, peer); err != nil {
+				t.Errorf("pod cannot reach a second pod on the node: %v", err)
+			}
+			all = append(all, addrs...)
+		})
+	}
+
+	st := n.status()
+	poolSubnets := map[string]netip.Prefix{
+		"default":  netip.MustParsePrefix("10.10.0.0/24"),
+		"tenant-a": netip.MustParsePrefix("10.11.0.0/24"),
+		"tenant-b": netip.MustParsePrefix("10.12.0.0/24"),
+	}
+	if len(st.AddressBlocks) != len(poolSubnets) {
+		t.Errorf("/status blocks %v, want one block in each of the 3 pools", st.AddressBlocks)
+	}
+	for name, blocks := range st.AddressBlocks {
+		for _, b := range blocks {
+			if p := netip.MustParsePrefix(b); len(blocks) != 1 || !poolSubnets[name].Overlaps(p) || p.Bits() != 28 {
+				t.Errorf("pool %s has blocks %v, want one /28 of %s", name, blocks, poolSubnets[name])
+			}
+		}
+	}
+	if !maps.Equal(st.Pods, byContainer) {
+		t.Errorf("/status pods %v, want %v (by container id)", st.Pods, byContainer)
+	}
+	slices.SortFunc(all, netip.Addr.Compare)
+	if got, want := n.statusAddresses(), all; !slices.Equal(got, want) {
+		t.Errorf("/status lists %v, pods hold %v", got, want)
+	}
+	blocks := n.waitExportMatchesStatus()
+	for _, a := range all {
+		if !prefixesContain(blocks, a) {
+			t.Errorf("no exported block holds pod address %s (blocks %v)", a, blocks)
+		}
+	}
+	if recs := n.addressRecords(); len(recs) != len(all) {
+		t.Errorf("etcd holds %d address records, want %d", len(recs), len(all))
+	}
+
+	t.Run("across pools", func(t *testing.T) {
+		a, b := newPod(t, "team-a", "client"), newPod(t, "tenant-b", "server")
+		n.add(a)
+		addr := n.add(b)
+		if err := dial(a.ns, listen(t, b.ns, addr[0], 0)); err != nil {
+			t.Errorf("pods of two pools on one node cannot talk: %v", err)
+		}
+	})
+
+	t.Run("portmap", func(t *testing.T) {
+		server := newPod(t, "default", "hostport")
+		server.portMappings = []portMapping{{HostPort: 18080, ContainerPort: 80, Protocol: "tcp"}}
+		addr := n.add(server)
+		listen(t, server.ns, addr[0], 80)
+		client := newPod(t, "default", "hostport-client")
+		n.add(client)
+		if err := dial(client.ns, netip.AddrPortFrom(nodeIPv4, 18080)); err != nil {
+			t.Errorf("host port of a pod unreachable through the chained portmap plugin: %v", err)
+		}
+		n.del(server)
+		if err := dial(client.ns, netip.AddrPortFrom(nodeIPv4, 18080)); err == nil {
+			t.Errorf("host port still forwarded after DEL")
+		}
+	})
+}
+
+// TestDel checks that DEL removes the pod's veth and host routes and frees
+// its address, that ADD is idempotent per container and DEL may repeat, and
+// that an emptied block is returned and withdrawn from the export table.
+func TestDel(t *testing.T) {
+	n := newNode(t, nodeOptions{
+		pools:      []model.Pool{pool(t, "default", 4, "10.10.0.0/24")},
+		blockGrace: time.Nanosecond,
+	})
+	p := newPod(t, "default", "db-0")
+	first := n.add(p)
+	second := n.add(p)
+	if !slices.Equal(first, second) {
+		t.Errorf("ADD twice for container %s: %v then %v", p.containerID, first, second)
+	}
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK after the repeated ADD: %v", err)
+	}
+	if err := dial(p.ns, listen(t, n.ns, nodeIPv4, 0)); err != nil {
+		t.Errorf("pod cannot reach the node after the repeated ADD: %v", err)
+	}
+	if recs := n.addressRecords(); len(recs) != 1 {
+		t.Errorf("etcd holds %d address records after ADD twice, want 1", len(recs))
+	}
+	if len(n.waitExportMatchesStatus()) != 1 {
+		t.Errorf("want one exported block")
+	}
+
+	n.del(p)
+	if n.linkExists(p.hostVeth()) {
+		t.Errorf("host veth %s still exists after DEL", p.hostVeth())
+	}
+	if left := n.routesTo(first); len(left) > 0 {
+		t.Errorf("node still routes %v after DEL", left)
+	}
+	if got := n.statusAddresses(); slices.Contains(got, first[0]) {
+		t.Errorf("/status still lists %s after DEL: %v", first[0], got)
+	}
+	if recs := n.addressRecords(); len(recs) != 0 {
+		t.Errorf("etcd still holds address records after DEL: %+v", recs)
+	}
+	_, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+	if !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("GET after DEL = %v, want not found", err)
+	}
+	if err := n.tryDel(p); err != nil {
+		t.Errorf("second DEL: %v", err)
+	}
+
+	// With no grace, the empty block goes back to the pool and its route
+	// leaves the export table.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(n.statusBlocks()) > 0 || len(n.exported()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("empty block not released: /status %v, export table %v", n.statusBlocks(), n.exported())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// DEL of a pod whose netns is gone (the runtime removed it first).
+	q := newPod(t, "default", "db-1")
+	n.add(q)
+	q.ns.Close()
+	if err := testutils.UnmountNS(q.ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.tryDel(q); err != nil {
+		t.Errorf("DEL after the pod netns is gone: %v", err)
+	}
+	if recs := n.addressRecords(); len(recs) != 0 {
+		t.Errorf("etcd still holds address records after DEL: %+v", recs)
+	}
+}
+
+// TestRestart checks that a restarted coild serves the state it had, keeps
+// live pods' veths and removes a leftover veth of a pod without address.
+func TestRestart(t *testing.T) {
+	n := newNode(t, nodeOptions{pools: []model.Pool{pool(t, "default", 4, "10.10.0.0/24")}})
+	var old []*pod
+	var oldAddrs []netip.Addr
+	for i := range 3 {
+		p := newPod(t, "default", fmt.Sprintf("old-%d", i))
+		oldAddrs = append(oldAddrs, n.add(p)...)
+		old = append(old, p)
+	}
+	before := n.status()
+	exportedBefore := n.waitExportMatchesStatus()
+
+	n.stop()
+
+	// While coild is down, the plugin tells the runtime to try again later
+	// and STATUS says the plugin is not available.
+	_, err := n.tryAdd(newPod(t, "default", "while-down"))
+	if e := cniError(t, err); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "unreachable") {
+		t.Errorf("ADD while coild is down: %v (code %d), want code %d saying coild is unreachable", err, e.Code, types.ErrTryAgainLater)
+	}
+	if e := cniError(t, n.cniStatus()); e.Code != types.ErrPluginNotAvailable {
+		t.Errorf("STATUS while coild is down: %v, want code %d", e, types.ErrPluginNotAvailable)
+	}
+
+	// What a crash or an operator may leave behind: a host veth of a pod
+	// that holds no address, a link of another plugin, a flushed host
+	// route, a stale exported block and a route of another daemon in the
+	// export table.
+	gone := nodenet.HostVethName("ns", "gone")
+	stale := netip.MustParsePrefix("10.99.0.0/28")
+	foreign := netip.MustParsePrefix("10.98.0.0/28")
+	inNS(t, n.ns, func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: gone}, PeerName: "gone-peer"}); err != nil {
+			return err
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vethother0"}, PeerName: "other-peer"}); err != nil {
+			return err
+		}
+		link, err := netlink.LinkByName(old[1].hostVeth())
+		if err != nil {
+			return err
+		}
+		if err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostNet(oldAddrs[1]), Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("flush host route: %w", err)
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, r := range []struct {
+			dst   netip.Prefix
+			proto netlink.RouteProtocol
+		}{{stale, exportProtocol}, {foreign, exportProtocol + 1}} {
+			route := &netlink.Route{Table: exportTable, Protocol: r.proto, LinkIndex: lo.Attrs().Index, Dst: prefixNet(r.dst), Scope: netlink.SCOPE_LINK}
+			if err := netlink.RouteAdd(route); err != nil {
+				return fmt.Errorf("add %v: %w", route, err)
+			}
+		}
+		return nil
+	})
+
+	n.start()
+	if err := n.cniStatus(); err != nil {
+		t.Errorf("STATUS after restart: %v", err)
+	}
+
+	if after := n.status(); !statusEqual(before, after) {
+		t.Errorf("/status changed over the restart:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if got := n.waitExportMatchesStatus(); !slices.Equal(got, exportedBefore) {
+		t.Errorf("export table after restart %v, before %v", got, exportedBefore)
+	}
+	if n.linkExists(gone) || n.linkExists("gone-peer") {
+		t.Errorf("leftover veth %s of a pod without address survived the restart", gone)
+	}
+	if !n.linkExists("vethother0") {
+		t.Errorf("coild removed vethother0, which is not named like a Coil veth")
+	}
+	if routes := n.hostRoutes(old[1].hostVeth()); !slices.Equal(routes, []netip.Prefix{netip.PrefixFrom(oldAddrs[1], 32)}) {
+		t.Errorf("flushed host route of %s not restored at start-up: routes %v", old[1].name, routes)
+	}
+	var others []netlink.Route
+	inNS(t, n.ns, func() error {
+		var err error
+		others, err = netlink.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{Table: exportTable, Protocol: exportProtocol + 1},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		return err
+	})
+	if len(others) != 1 {
+		t.Errorf("another daemon's route %s in the export table was touched: %v", foreign, others)
+	}
+	for i, p := range old {
+		if !n.linkExists(p.hostVeth()) {
+			t.Errorf("veth %s of live pod %s was removed", p.hostVeth(), p.name)
+		}
+		resp, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+		if err != nil || resp.Address != oldAddrs[i].String() {
+			t.Errorf("GET %s after restart = %+v, %v; want %s", p.name, resp, err, oldAddrs[i])
+		}
+		if err := n.check(p); err != nil {
+			t.Errorf("CHECK %s after restart: %v", p.name, err)
+		}
+	}
+	nodeListener := listen(t, n.ns, nodeIPv4, 0)
+	for i := range 3 {
+		p := newPod(t, "default", fmt.Sprintf("new-%d", i))
+		got := n.add(p)
+		if slices.Contains(oldAddrs, got[0]) {
+			t.Errorf("new pod got %s, which old pod holds (old: %v)", got[0], oldAddrs)
+		}
+		oldAddrs = append(oldAddrs, got[0])
+		if err := dial(p.ns, nodeListener); err != nil {
+			t.Errorf("new pod cannot reach the node: %v", err)
+		}
+	}
+	if err := dial(old[0].ns, nodeListener); err != nil {
+		t.Errorf("old pod cannot reach the node after restart: %v", err)
+	}
+}
+
+func statusEqual(a, b api.StatusResponse) bool {
+	norm := func(s api.StatusResponse) string {
+		for _, v := range s.AddressBlocks {
+			slices.Sort(v)
+		}
+		out, _ := json.Marshal(s)
+		return string(out)
+	}
+	return norm(a) == norm(b)
+}
+
+// TestConcurrentAdds runs 100 ADDs at once, then 100 DELs at once.
+func TestConcurrentAdds(t *testing.T) {
+	const pods = 100
+	subnet := netip.MustParsePrefix("10.20.0.0/22")
+	n := newNode(t, nodeOptions{pools: []model.Pool{pool(t, "default", 5, subnet.String())}})
+	ps := make([]*pod, pods)
+	for i := range ps {
+		ps[i] = newPod(t, "default", fmt.Sprintf("burst-%d", i))
+	}
+	addrs := make([]netip.Addr, pods)
+	errs := make([]error, pods)
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() {
+			res, err := n.tryAdd(p)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if len(res.IPs) != 1 {
+				errs[i] = fmt.Errorf("result has %d addresses", len(res.IPs))
+				return
+			}
+			addrs[i], _ = netip.AddrFromSlice(res.IPs[0].Address.IP)
+			addrs[i] = addrs[i].Unmap()
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent ADDs failed: %v", err)
+	}
+	seen := map[netip.Addr]int{}
+	for i, a := range addrs {
+		if j, dup := seen[a]; dup {
+			t.Errorf("pods %d and %d both got %s", j, i, a)
+		}
+		seen[a] = i
+		if !subnet.Contains(a) {
+			t.Errorf("pod %d got %s outside %s", i, a, subnet)
+		}
+	}
+	if got := len(n.statusAddresses()); got != pods {
+		t.Errorf("/status lists %d addresses, want %d", got, pods)
+	}
+	if recs := n.addressRecords(); len(recs) != pods {
+		t.Errorf("etcd holds %d address records, want %d", len(recs), pods)
+	}
+	// Blocks are acquired one at a time per pool: 100 addresses fit in 4
+	// blocks of 32, and a burst must not grab more.
+	if blocks := n.waitExportMatchesStatus(); len(blocks) != 4 {
+		t.Errorf("100 pods took %d blocks of 32 (%v), want 4", len(blocks), blocks)
+	}
+	if veths := n.hostVeths(); len(veths) != pods {
+		t.Errorf("node has %d host veths, want %d", len(veths), pods)
+	}
+
+	for i, p := range ps {
+		wg.Go(func() { errs[i] = n.tryDel(p) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent DELs failed: %v", err)
+	}
+	if recs := n.addressRecords(); len(recs) != 0 {
+		t.Errorf("etcd still holds %d address records after DEL of every pod", len(recs))
+	}
+	if got := n.statusAddresses(); len(got) != 0 {
+		t.Errorf("/status still lists %v", got)
+	}
+	if veths := n.hostVeths(); len(veths) != 0 {
+		t.Errorf("host veths left after DEL of every pod: %v", veths)
+	}
+	if left := n.routesTo(addrs); len(left) > 0 {
+		t.Errorf("node still routes %v", left)
+	}
+}
+
+// TestExportNeverWithdrawsOwnedBlock checks that the export table never
+// loses, even for a moment, the route of a block the node owns: a routing
+// daemon would withdraw it from the network and cut the block's pods off.
+// Every ADD takes a new block here while house-keeping re-syncs the table
+// all the time.
+func TestExportNeverWithdrawsOwnedBlock(t *testing.T) {
+	const pods = 40
+	n := newNode(t, nodeOptions{
+		pools:        []model.Pool{pool(t, "default", 0, "10.50.0.0/24")},
+		scanInterval: time.Millisecond,
+	})
+	var deleted []netip.Prefix
+	var mu sync.Mutex
+	updates := make(chan netlink.RouteUpdate, 1024)
+	done := make(chan struct{})
+	watching := make(chan struct{})
+	inNS(t, n.ns, func() error {
+		return netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{
+			ReceiveBufferSize: 1 << 20,
+			ErrorCallback: func(err error) {
+				select {
+				case <-done: // the monitor's socket is closed at the end
+				default:
+					t.Errorf("route monitor: %v", err)
+				}
+			},
+		})
+	})
+	go func() {
+		defer close(watching)
+		for u := range updates {
+			if u.Table != exportTable || u.Protocol != exportProtocol || u.Type != unix.RTM_DELROUTE || u.Dst == nil {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(u.Dst.IP)
+			ones, _ := u.Dst.Mask.Size()
+			mu.Lock()
+			deleted = append(deleted, netip.PrefixFrom(a.Unmap(), ones))
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { close(done); <-watching })
+
+	var wg sync.WaitGroup
+	errs := make([]error, pods)
+	for i := range pods {
+		p := newPod(t, "default", fmt.Sprintf("flap-%d", i))
+		wg.Go(func() { _, errs[i] = n.tryAdd(p) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if blocks := n.waitExportMatchesStatus(); len(blocks) != pods {
+		t.Errorf("%d pods in blocks of one address own %d blocks", pods, len(blocks))
+	}
+	time.Sleep(50 * time.Millisecond) // let the monitor drain
+	mu.Lock()
+	defer mu.Unlock()
+	if len(deleted) > 0 {
+		t.Errorf("house-keeping withdrew routes of owned blocks from the export table: %v", deleted)
+	}
+}
+
+// TestCnitool drives ADD and DEL through the reference CNI client, the way
+// an operator debugging a node would.
+func TestCnitool(t *testing.T) {
+	n := newNode(t, nodeOptions{pools: []model.Pool{pool(t, "default", 4, "10.10.0.0/24")}})
+	confDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(confDir, "10-coil.conflist"), n.conflist(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := newPod(t, "default", "cnitool-pod")
+	// cnitool names the container after the netns path.
+	sum := sha512.Sum512([]byte(p.ns.Path()))
+	p.containerID = fmt.Sprintf("cnitool-%x", sum[:10])
+
+	run := func(cmd string) []byte {
+		t.Helper()
+		var out []byte
+		inNS(t, n.ns, func() error {
+			c := exec.Command(filepath.Join(binDir, "cnitool"), cmd, networkName, p.ns.Path())
+			c.Env = append(os.Environ(),
+				"NETCONFPATH="+confDir,
+				"CNI_PATH="+binDir,
+				"CNI_IFNAME=eth0",
+				"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.namespace+";K8S_POD_NAME="+p.name,
+			)
+			var stderr strings.Builder
+			c.Stderr = &stderr
+			var err error
+			if out, err = c.Output(); err != nil {
+				return fmt.Errorf("cnitool %s: %w: %s%s", cmd, err, stderr.String(), out)
+			}
+			return nil
+		})
+		return out
+	}
+
+	out := run("add")
+	res, err := current.NewResult(out)
+	if err != nil {
+		t.Fatalf("cnitool printed no CNI result: %v\n%s", err, out)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resultAddrs(t, r)
+	if len(got) != 1 || !netip.MustParsePrefix("10.10.0.0/24").Contains(got[0]) {
+		t.Fatalf("cnitool add gave %v", got)
+	}
+	if on := podAddrs(t, p); !slices.Equal(on, got) {
+		t.Errorf("eth0 holds %v, result says %v", on, got)
+	}
+	if routes := n.hostRoutes(p.hostVeth()); !slices.Equal(routes, []netip.Prefix{netip.PrefixFrom(got[0], 32)}) {
+		t.Errorf("node routes through %s: %v", p.hostVeth(), routes)
+	}
+	resp, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+	if err != nil || resp.Address != got[0].String() {
+		t.Errorf("coild holds %+v, %v for container %s; want %s", resp, err, p.containerID, got[0])
+	}
+	if err := dial(p.ns, listen(t, n.ns, nodeIPv4, 0)); err != nil {
+		t.Errorf("pod set up by cnitool cannot reach the node: %v", err)
+	}
+
+	run("del")
+	if n.linkExists(p.hostVeth()) {
+		t.Errorf("host veth left after cnitool del")
+	}
+	if left := n.routesTo(got); len(left) > 0 {
+		t.Errorf("node still routes %v after cnitool del", left)
+	}
+	if recs := n.addressRecords(); len(recs) != 0 {
+		t.Errorf("etcd holds address records after cnitool del: %+v", recs)
+	}
+}
+
+// TestDualStack checks that a pod of a dual-stack pool gets both families
+// and reaches the node over both.
+func TestDualStack(t *testing.T) {
+	v4net, v6net := netip.MustParsePrefix("10.30.0.0/24"), netip.MustParsePrefix("fd00:30::/120")
+	n := newNode(t, nodeOptions{pools: []model.Pool{pool(t, "default", 4, v4net.String()+","+v6net.String())}})
+	a, b := newPod(t, "default", "dual-a"), newPod(t, "default", "dual-b")
+	got := n.add(a)
+	if len(got) != 2 || !v4net.Contains(got[0]) || !v6net.Contains(got[1]) {
+		t.Fatalf("dual-stack pod got %v, want one address of %s and one of %s", got, v4net, v6net)
+	}
+	if on := podAddrs(t, a); !slices.Equal(on, got) {
+		t.Errorf("eth0 holds %v, result says %v", on, got)
+	}
+	if gws := podDefaultGateways(t, a); !slices.Equal(gws, []netip.Addr{nodenet.GatewayIPv4, nodenet.GatewayIPv6}) {
+		t.Errorf("default gateways %v, want %v and %v", gws, nodenet.GatewayIPv4, nodenet.GatewayIPv6)
+	}
+	wantRoutes := []netip.Prefix{netip.PrefixFrom(got[0], 32), netip.PrefixFrom(got[1], 128)}
+	if routes := n.hostRoutes(a.hostVeth()); !slices.Equal(routes, wantRoutes) {
+		t.Errorf("node routes through %s: %v, want %v", a.hostVeth(), routes, wantRoutes)
+	}
+	for _, target := range []netip.Addr{nodeIPv4, nodeIPv6} {
+		if err := dial(a.ns, listen(t, n.ns, target, 0)); err != nil {
+			t.Errorf("pod cannot reach the node at %s: %v", target, err)
+		}
+	}
+	other := n.add(b)
+	for _, target := range other {
+		if err := dial(a.ns, listen(t, b.ns, target, 0)); err != nil {
+			t.Errorf("pod cannot reach a second pod at %s: %v", target, err)
+		}
+	}
+	blocks := n.waitExportMatchesStatus()
+	if len(blocks) != 2 || !v4net.Contains(blocks[0].Addr()) || !v6net.Contains(blocks[1].Addr()) {
+		t.Errorf("exported blocks %v, want one IPv4 and one IPv6 prefix of the block", blocks)
+	}
+	if err := n.check(a); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	n.del(a)
+	if left := n.routesTo(got); len(left) > 0 {
+		t.Errorf("node still routes %v after DEL", left)
+	}
+}
+
+// TestAddErrors checks what the runtime (and the user reading kubelet's
+// events) gets when an ADD cannot succeed, and that a failed ADD leaves
+// nothing behind.
+func TestAddErrors(t *testing.T) {
+	t.Run("pool exhausted", func(t *testing.T) {
+		n := newNode(t, nodeOptions{
+			pools:      []model.Pool{pool(t, "default", 4, "10.10.0.0/24"), pool(t, "tiny", 1, "10.40.0.0/31")},
+			namespaces: []*corev1.Namespace{namespace("small", "tiny")},
+		})
+		for i := range 2 {
+			n.add(newPod(t, "small", fmt.Sprintf("fits-%d", i)))
+		}
+		p := newPod(t, "small", "one-too-many")
+		_, err := n.tryAdd(p)
+		e := cniError(t, err)
+		if e.Code != plugin.ErrCodePoolExhausted {
+			t.Errorf("ADD in a full pool: code %d (%v), want %d", e.Code, err, plugin.ErrCodePoolExhausted)
+		}
+		if !strings.Contains(e.Msg, "exhausted") || !strings.Contains(e.Error(), "tiny") {
+			t.Errorf("error %q should say pool tiny is exhausted", e.Error())
+		}
+		assertNothingLeft(t, n, p, 2)
+		// Other pools are not affected.
+		n.add(newPod(t, "default", "elsewhere"))
+	})
+
+	t.Run("missing pool", func(t *testing.T) {
+		n := newNode(t, nodeOptions{
+			pools:      []model.Pool{pool(t, "default", 4, "10.10.0.0/24")},
+			namespaces: []*corev1.Namespace{namespace("typo", "no-such-pool")},
+		})
+		p := newPod(t, "typo", "web")
+		_, err := n.tryAdd(p)
+		e := cniError(t, err)
+		if e.Code != types.ErrTryAgainLater {
+			t.Errorf("ADD with a missing pool: code %d, want %d (an admin may create the pool)", e.Code, types.ErrTryAgainLater)
+		}
+		if !strings.Contains(e.Error(), `"no-such-pool"`) && !strings.Contains(e.Error(), "=no-such-pool") {
+			t.Errorf("error %q does not name the missing pool", e.Error())
+		}
+		if !strings.Contains(e.Error(), "does not exist") {
+			t.Errorf("error %q does not say the pool does not exist", e.Error())
+		}
+		assertNothingLeft(t, n, p, 0)
+	})
+
+	t.Run("etcd unreachable", func(t *testing.T) {
+		srv, err := etcdtest.Start(etcdtest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := false
+		t.Cleanup(func() {
+			if !closed {
+				srv.Close()
+			}
+		})
+		n := newNode(t, nodeOptions{etcd: srv, pools: []model.Pool{pool(t, "default", 4, "10.10.0.0/24")}})
+		srv.Close() // takes etcd's request timeout: coild's watch stream holds it
+		closed = true
+
+		p := newPod(t, "default", "web")
+		start := time.Now()
+		_, err = n.tryAdd(p)
+		e := cniError(t, err)
+		if e.Code != types.ErrTryAgainLater {
+			t.Errorf("ADD with etcd down: code %d (%v), want %d", e.Code, err, types.ErrTryAgainLater)
+		}
+		if !strings.Contains(e.Error(), "try again later") || !strings.Contains(e.Error(), "etcd") {
+			t.Errorf("error %q should say etcd is unavailable and to try again later", e.Error())
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("ADD took %v to fail", d)
+		}
+		if n.linkExists(p.hostVeth()) {
+			t.Errorf("failed ADD left host veth %s", p.hostVeth())
+		}
+	})
+}
+
+// TestEtcdOutage checks that while etcd is unreachable ADD and DEL fail with
+// "try again later", and that coild serves again, without a restart, once
+// etcd is back.
+func TestEtcdOutage(t *testing.T) {
+	proxy := newTCPProxy(t, strings.TrimPrefix(etcdServer.Endpoint, "http://"))
+	n := newNode(t, nodeOptions{
+		etcdEndpoint: proxy.URL(),
+		pools:        []model.Pool{pool(t, "default", 4, "10.10.0.0/24")},
+	})
+	before := newPod(t, "default", "before")
+	n.add(before)
+
+	proxy.setCut(true)
+	during := newPod(t, "default", "during")
+	_, err := n.tryAdd(during)
+	if e := cniError(t, err); e.Code != types.ErrTryAgainLater || !strings.Contains(e.Msg, "etcd") {
+		t.Errorf("ADD during the outage: %v (code %d), want code %d naming etcd", err, e.Code, types.ErrTryAgainLater)
+	}
+	assertNothingLeft(t, n, during, 1)
+	err = n.tryDel(before)
+	if e := cniError(t, err); e.Code != types.ErrTryAgainLater {
+		t.Errorf("DEL during the outage: %v (code %d), want code %d", err, e.Code, types.ErrTryAgainLater)
+	}
+	if recs := n.addressRecords(); len(recs) != 1 {
+		t.Errorf("etcd holds %d records after a failed DEL, want 1", len(recs))
+	}
+
+	proxy.setCut(false)
+	// The etcd client reconnects with back-off; kubelet retries likewise.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := n.tryAdd(during)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ADD still fails 30s after etcd came back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	n.del(before) // kubelet's retry of the failed DEL
+	recs := n.addressRecords()
+	if len(recs) != 1 || recs[0].ContainerID != during.containerID {
+		t.Errorf("etcd records after the outage: %+v, want only pod %s", recs, during.name)
+	}
+	if err := dial(during.ns, listen(t, n.ns, nodeIPv4, 0)); err != nil {
+		t.Errorf("pod added after the outage cannot reach the node: %v", err)
+	}
+}
+
+// assertNothingLeft checks that a failed ADD of p left no veth, no record
+// and no listing, with want records remaining from other pods.
+func assertNothingLeft(t *testing.T, n *node, p *pod, want int) {
+	t.Helper()
+	if n.linkExists(p.hostVeth()) {
+		t.Errorf("failed ADD left host veth %s", p.hostVeth())
+	}
+	if recs := n.addressRecords(); len(recs) != want {
+		t.Errorf("etcd holds %d address records, want %d", len(recs), want)
+	}
+	if _, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("coild holds an address for the failed pod: %v", err)
+	}
+	var links []string
+	inNS(t, p.ns, func() error {
+		all, err := netlink.LinkList()
+		for _, l := range all {
+			if l.Attrs().Name != "lo" {
+				links = append(links, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if len(links) > 0 {
+		t.Errorf("failed ADD left links %v in the pod", links)
+	}
+}
