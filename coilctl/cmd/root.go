@@ -105,6 +105,7 @@ COILCTL_ETCD_TLS_CA, and so on. A flag on the command line wins.`,
 		newNodeCommand(o),
 		newAddressCommand(o),
 		newCompletionCommand(o),
+		newCheckCommand(o),
 	)
 	return root
 }

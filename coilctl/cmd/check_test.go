@@ -1,0 +1,95 @@
+package cmd_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/mtest/apiserver"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// coilctl check against a real kube-apiserver: a node that is gone and a
+// pod that is gone are reported, live ones are not, and nothing changes.
+func TestCheck(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	api := apiserver.StartForTest(t, server.Endpoint, apiserver.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, apiserver.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "running", Namespace: "default"},
+		Spec:       corev1.PodSpec{NodeName: "alive", Containers: []corev1.Container{{Name: "c", Image: "pause"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.ok("pool", "create", "default", "10.60.0.0/24", "2")
+	own := func(node, pod string) model.Owner {
+		return model.Owner{Node: node, Namespace: "default", Pod: pod, ContainerID: "c-" + pod, Interface: "eth0"}
+	}
+	if _, _, err := h.st.AcquireBlock(ctx, "default", own("alive", "running")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.st.AcquireBlock(ctx, "default", own("alive", "gone-pod")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.st.AcquireBlock(ctx, "default", own("gone-node", "orphan")); err != nil {
+		t.Fatal(err)
+	}
+	before := fmt.Sprint(h.dump(t))
+
+	var report struct {
+		Nodes        int `json:"nodes"`
+		MissingNodes []struct {
+			Name string `json:"name"`
+		} `json:"missingNodes"`
+		LeakCandidates []struct {
+			Pod    string `json:"pod"`
+			Reason string `json:"reason"`
+		} `json:"leakCandidates"`
+	}
+	out := h.ok("check", "--kubeconfig", kubeconfig, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if report.Nodes != 1 || len(report.MissingNodes) != 1 || report.MissingNodes[0].Name != "gone-node" {
+		t.Fatalf("missing nodes = %+v (report %s)", report.MissingNodes, out)
+	}
+	for _, l := range report.LeakCandidates {
+		if l.Pod == "running" {
+			t.Fatalf("live pod reported as leak: %s", out)
+		}
+	}
+	found := false
+	for _, l := range report.LeakCandidates {
+		found = found || (l.Pod == "gone-pod" && l.Reason == "pod-not-found")
+	}
+	if !found {
+		t.Fatalf("deleted pod not reported: %s", out)
+	}
+	table := h.ok("check", "--kubeconfig", kubeconfig)
+	if !strings.Contains(table, "gone-node") || !strings.Contains(table, "default/gone-pod") {
+		t.Fatalf("table lacks findings:\n%s", table)
+	}
+	if after := fmt.Sprint(h.dump(t)); after != before {
+		t.Fatalf("check changed etcd:\nbefore %s\nafter  %s", before, after)
+	}
+	if r := h.run("check", "--kubeconfig", filepath.Join(t.TempDir(), "nope")); r.code != 1 || !strings.Contains(r.stderr, "kubeconfig") {
+		t.Fatalf("missing kubeconfig: %v", r)
+	}
+}
