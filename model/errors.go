@@ -1,8 +1,13 @@
 package model
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Sentinel errors. Callers branch on them with errors.Is; every error the
@@ -46,8 +51,33 @@ var (
 	ErrCorrupt = errors.New("corrupt record")
 )
 
-// etcdErr marks an error returned by the etcd client so callers can tell
-// an infrastructure failure (retry later) from a logical one.
+// ErrEtcd marks a request etcd answered with a refusal that retrying will
+// not fix: authentication, permissions, quota, a request too large.
+var ErrEtcd = errors.New("etcd refused the request")
+
+// etcdErr wraps an error of the etcd client so callers can tell a transient
+// failure (ErrUnavailable: retry later) from a refusal (ErrEtcd: an
+// operator must act, retrying in a loop would only hide it).
 func etcdErr(op string, err error) error {
-	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	if transient(err) {
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w: %w", op, ErrEtcd, err)
+}
+
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	code := status.Code(err)
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	switch code {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.Unknown:
+		// Unknown covers errors that never reached the server.
+		return true
+	}
+	return false
 }

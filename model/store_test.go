@@ -309,3 +309,18 @@ func TestTLSClientCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestEtcdRefusalIsNotUnavailable(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newStore(t)
+	// etcd refuses values over its request size limit (1.5 MiB by default):
+	// retrying cannot help, so it must not look like an outage.
+	huge := model.Node{Name: "big"}
+	for range 200000 {
+		huge.Addresses = append(huge.Addresses, netip.MustParseAddr("10.0.0.1"))
+	}
+	err := st.PutNode(ctx, huge)
+	if err == nil || errors.Is(err, model.ErrUnavailable) || !errors.Is(err, model.ErrEtcd) {
+		t.Fatalf("oversized put = %v, want ErrEtcd and not ErrUnavailable", err)
+	}
+}
