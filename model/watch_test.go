@@ -16,7 +16,10 @@ func TestWatchPoolsAndTopology(t *testing.T) {
 	pools := make(chan []model.Pool, 16)
 	topo := make(chan model.Topology, 16)
 	done := make(chan struct{}, 2)
-	go func() { st.WatchPools(ctx, 100*time.Millisecond, func(p []model.Pool) { pools <- p }); done <- struct{}{} }()
+	go func() {
+		st.WatchPools(ctx, 100*time.Millisecond, func(p []model.Pool) { pools <- p })
+		done <- struct{}{}
+	}()
 	go func() {
 		st.WatchTopology(ctx, 10*time.Millisecond, 100*time.Millisecond, func(tp model.Topology) { topo <- tp })
 		done <- struct{}{}

@@ -448,7 +448,7 @@ func writeDocs(dir string, r *results, tables []table) error {
 	if r.load != nil && r.load.measuredFinish {
 		fmt.Fprintf(&gen, "| other load | %s |\n", r.load)
 	}
-	fmt.Fprintf(&gen, "| command | `go run ./mtest/bench %s` |\n\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&gen, "| command | `%s` |\n\n", strings.TrimSpace("go run ./mtest/bench "+strings.Join(os.Args[1:], " ")))
 	for _, t := range tables {
 		if t.id == "alloc" && r.alloc != nil {
 			gen.WriteString(t.markdown())
@@ -552,7 +552,12 @@ func throughputSVG(a *allocResults) string {
 		for i, p := range s.pts {
 			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", x(i), y(p.rate()), s.color)
 			if s.dash == "" {
-				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="%s">%s</text>`+"\n", x(i), y(p.rate())-8, s.color, fmtCount(int64(math.Round(p.rate()))))
+				// Raw above its points, coild below, so labels do not collide.
+				dy := -8.0
+				if si == 1 {
+					dy = 18
+				}
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="%s">%s</text>`+"\n", x(i), y(p.rate())+dy, s.color, fmtCount(int64(math.Round(p.rate()))))
 			}
 		}
 		ly := top + 10 + si*22
