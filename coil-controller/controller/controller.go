@@ -36,7 +36,6 @@ import (
 // Store is the part of model.Store the controller reads and writes.
 type Store interface {
 	Reader
-	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
 	ForceReleaseBlock(ctx context.Context, b model.Block) (int64, error)
 	DeleteNode(ctx context.Context, name string) error
 	ReleaseAddress(ctx context.Context, a model.Address) error
@@ -215,33 +214,76 @@ func (c *Controller) onNodeDelete(obj any) {
 	c.queue.Add(name)
 }
 
+// maxNodeBatch bounds how many deleted nodes one pass cleans up.
+const maxNodeBatch = 1000
+
 func (c *Controller) runNodeWorker(ctx context.Context) {
 	for {
 		name, shutdown := c.queue.Get()
 		if shutdown {
 			return
 		}
-		rctx, cancel := context.WithTimeout(ctx, minOperationTimeout)
-		err := c.releaseNode(rctx, name)
-		cancel()
-		switch {
-		case err == nil:
-			c.queue.Forget(name)
-		case ctx.Err() != nil:
-			// Shutting down; the next leader's first sweep finds the node.
-			c.queue.Forget(name)
-		default:
-			c.log.Warn("could not clean up deleted node; will retry", "node", name, "err", err)
-			c.queue.AddRateLimited(name)
+		// Take every deletion already queued: the blocks of all of them
+		// are then found with one list of the blocks instead of one per
+		// node (a rack going away deletes many nodes at once).
+		names := []string{name}
+		for c.queue.Len() > 0 && len(names) < maxNodeBatch {
+			n, shutdown := c.queue.Get()
+			if shutdown {
+				break
+			}
+			names = append(names, n)
 		}
-		c.queue.Done(name)
+		rctx, cancel := context.WithTimeout(ctx, minOperationTimeout)
+		errs := c.releaseNodes(rctx, names)
+		cancel()
+		for i, name := range names {
+			switch err := errs[i]; {
+			case err == nil:
+				c.queue.Forget(name)
+			case ctx.Err() != nil:
+				// Shutting down; the next leader's first sweep finds the node.
+				c.queue.Forget(name)
+			default:
+				c.log.Warn("could not clean up deleted node; will retry", "node", name, "err", err)
+				c.queue.AddRateLimited(name)
+			}
+			c.queue.Done(name)
+		}
 	}
+}
+
+// releaseNodes runs releaseNode for each name, listing the blocks once.
+// It returns one error (or nil) per name.
+func (c *Controller) releaseNodes(ctx context.Context, names []string) []error {
+	errs := make([]error, len(names))
+	// Blocks are listed before the API is asked about any node, so a block
+	// acquired after the API confirmed a deletion (a node re-registering
+	// under the same name) is never in the list.
+	all, err := c.store.ListBlocks(ctx, "")
+	if err != nil {
+		for i := range errs {
+			errs[i] = fmt.Errorf("list blocks: %w", err)
+		}
+		return errs
+	}
+	byNode := map[string][]model.Block{}
+	for _, b := range all {
+		byNode[b.Node] = append(byNode[b.Node], b)
+	}
+	for i, name := range names {
+		errs[i] = c.releaseNode(ctx, name, byNode[name])
+	}
+	return errs
 }
 
 // releaseNode frees the blocks and the node record of a node that no
 // longer exists. A node that exists, or whose absence cannot be
 // confirmed, is left alone.
-func (c *Controller) releaseNode(ctx context.Context, name string) error {
+//
+// blocks are the node's blocks, listed before this call; each release is
+// also guarded by the block's creation revision.
+func (c *Controller) releaseNode(ctx context.Context, name string, blocks []model.Block) error {
 	if !c.nodesSynced() {
 		return fmt.Errorf("nodes: %w", ErrNotSynced)
 	}
@@ -254,14 +296,6 @@ func (c *Controller) releaseNode(ctx context.Context, name string) error {
 	}
 	if len(all) == 0 {
 		return fmt.Errorf("node %s: %w", name, ErrNoNodes)
-	}
-	// Blocks are listed before the API is asked, so a block acquired
-	// after the API confirmed the deletion (a node re-registering under
-	// the same name) is never in the list. Each release is also guarded
-	// by the block's creation revision.
-	blocks, err := c.store.NodeBlocks(ctx, name)
-	if err != nil {
-		return fmt.Errorf("list blocks of node %s: %w", name, err)
 	}
 	// A quorum read, not the cache: the cache may be stale, the API is the
 	// truth about whether the node exists.
