@@ -2,7 +2,6 @@ package model_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"testing"
 
@@ -14,15 +13,7 @@ import (
 var server *etcdtest.Server
 
 func TestMain(m *testing.M) {
-	s, err := etcdtest.Start(etcdtest.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	server = s
-	code := m.Run()
-	s.Close()
-	os.Exit(code)
+	os.Exit(etcdtest.Main(m, func(s *etcdtest.Server) { server = s }))
 }
 
 // newStore returns a store under a prefix of the test's own, and the client.

@@ -21,15 +21,7 @@ import (
 var server *etcdtest.Server
 
 func TestMain(m *testing.M) {
-	s, err := etcdtest.Start(etcdtest.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	server = s
-	code := m.Run()
-	s.Close()
-	os.Exit(code)
+	os.Exit(etcdtest.Main(m, func(s *etcdtest.Server) { server = s }))
 }
 
 // result is what one coilctl invocation produced.

@@ -23,15 +23,7 @@ import (
 var etcd *etcdtest.Server
 
 func TestMain(m *testing.M) {
-	s, err := etcdtest.Start(etcdtest.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	etcd = s
-	code := m.Run()
-	s.Close()
-	os.Exit(code)
+	os.Exit(etcdtest.Main(m, func(s *etcdtest.Server) { etcd = s }))
 }
 
 // fixedPool sends every namespace to one pool, except "missing".

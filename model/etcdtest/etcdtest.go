@@ -160,3 +160,20 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Main starts a server shared by a test binary's tests, hands it to set,
+// runs the tests and stops the server. It returns the exit code:
+//
+//	func TestMain(m *testing.M) {
+//		os.Exit(etcdtest.Main(m, func(s *etcdtest.Server) { server = s }))
+//	}
+func Main(m *testing.M, set func(*Server)) int {
+	s, err := Start(Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer s.Close()
+	set(s)
+	return m.Run()
+}
