@@ -16,13 +16,16 @@ ETCD_BIN := $(CACHE_DIR)/etcd-$(ETCD_VERSION)
 
 APT_PACKAGES := iproute2 iputils-ping nftables bird2
 
-BINARIES := coil coild coilctl coil-controller
+BINARIES := coil coild coilctl coil-controller coil-installer
+
+# The runtime image; `make image` needs a Docker engine.
+IMAGE ?= ghcr.io/coil-project/coil:dev
 
 export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build test vet mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build image test vet mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -86,6 +89,11 @@ $(ETCD_BIN)/.done:
 	$(GO) build -o $(ETCD_BIN)/etcd go.etcd.io/etcd/server/v3
 	$(GO) build -o $(ETCD_BIN)/etcdctl go.etcd.io/etcd/etcdctl/v3
 	@touch $@
+
+# The runtime image (needs a Docker engine with BuildKit).
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers 'docker info'; run 'docker build -t $(IMAGE) .' where one does" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf bin

@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Coil's image: coil, coild, coilctl, coil-controller and coil-installer,
+# plus the reference CNI plugins the default configuration list chains
+# (installed on a node only where it has none). `make image` builds it.
+
+FROM golang:1.26 AS build
+WORKDIR /src
+ENV CGO_ENABLED=0 GOFLAGS=-trimpath
+
+# Dependencies first, so that a source change does not download them again.
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
+
+COPY . .
+RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    go build -ldflags="-s -w" -o /out/bin/ ./coil ./coild ./coilctl ./coil-controller ./coil-installer
+
+# The reference plugins, at the version go.mod pins for the tests.
+RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    version=$(go list -m -f '{{.Version}}' github.com/containernetworking/plugins) && \
+    GOBIN=/out/cni-plugins GOFLAGS="$GOFLAGS -mod=mod" go install -ldflags="-s -w" \
+      github.com/containernetworking/plugins/plugins/meta/tuning@"$version" \
+      github.com/containernetworking/plugins/plugins/meta/portmap@"$version" \
+      github.com/containernetworking/plugins/plugins/meta/bandwidth@"$version" \
+      github.com/containernetworking/plugins/plugins/main/loopback@"$version"
+
+# Static binaries need no libc. The image runs as root by default: coild
+# needs it (and its capabilities); the manifests run the other containers
+# as an unprivileged user.
+FROM gcr.io/distroless/static-debian12
+COPY --from=build /out/bin/ /usr/local/bin/
+COPY --from=build /out/cni-plugins/ /opt/coil/cni-plugins/
