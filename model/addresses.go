@@ -17,6 +17,10 @@ type Owner struct {
 	Pod         string `json:"pod"`
 	ContainerID string `json:"containerID"`
 	Interface   string `json:"interface"`
+	// NetNS is the path of the pod's network namespace, when the runtime
+	// gave it: coild enters it to keep the pod's egress tunnels in step,
+	// also after a restart. Records written before it existed lack it.
+	NetNS string `json:"netns,omitempty"`
 }
 
 // Address is one allocated address (a pair in a dual-stack pool).

@@ -14,7 +14,8 @@ import (
 // package returns wraps one of them (or an etcd error wrapped in
 // ErrUnavailable) with the context of what was being done.
 var (
-	// ErrInvalidName: a pool name that is not a DNS-1123 label.
+	// ErrInvalidName: a pool, namespace or egress name that is not a
+	// DNS-1123 label.
 	ErrInvalidName = errors.New("invalid name")
 	// ErrInvalidCIDR: a subnet that does not parse, is not canonical
 	// (host bits set), or mixes families wrongly.
@@ -49,6 +50,16 @@ var (
 	ErrUnavailable = errors.New("etcd unavailable")
 	// ErrCorrupt: a value in etcd could not be decoded.
 	ErrCorrupt = errors.New("corrupt record")
+	// ErrNoDestination: an egress without destinations.
+	ErrNoDestination = errors.New("egress has no destination")
+	// ErrDuplicateDestination: a destination given twice in one egress.
+	ErrDuplicateDestination = errors.New("duplicate egress destination")
+	// ErrEgressExists: an egress of that namespace and name already exists.
+	ErrEgressExists = errors.New("egress already exists")
+	// ErrEgressNotFound: no egress of that namespace and name.
+	ErrEgressNotFound = errors.New("egress not found")
+	// ErrVNIExhausted: every VNI is held by some egress.
+	ErrVNIExhausted = errors.New("no free VNI")
 )
 
 // ErrEtcd marks a request etcd answered with a refusal that retrying will

@@ -1,4 +1,5 @@
-// Package model is Coil's state in etcd: pools, blocks, addresses and nodes.
+// Package model is Coil's state in etcd: pools, blocks, addresses, nodes
+// and egresses.
 //
 // Every record is its own key holding JSON, so that `etcdctl get --prefix`
 // shows who holds what, and every write is a transaction with a

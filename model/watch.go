@@ -13,18 +13,33 @@ import (
 // ctx ends. A broken or compacted watch is re-established from a fresh list,
 // so no change is missed; a failing list is retried every retry interval.
 func (s *Store) WatchPools(ctx context.Context, retry time.Duration, fn func([]Pool)) error {
+	return s.watchList(ctx, "pools", s.poolsPrefix(), retry, func(ctx context.Context) (int64, error) {
+		snap, err := s.poolSnapshot(ctx)
+		if err != nil {
+			return 0, err
+		}
+		fn(snap.pools)
+		return snap.revision, nil
+	})
+}
+
+// watchList runs load, which lists the records under prefix, hands them on
+// and returns the revision of the list, now and again after each change
+// under prefix, until ctx ends. Each change costs one fresh list, so a
+// broken or compacted watch misses nothing; a failing list is retried
+// every retry interval.
+func (s *Store) watchList(ctx context.Context, what, prefix string, retry time.Duration, load func(context.Context) (int64, error)) error {
 	if s.watcher == nil {
-		return errors.New("watch pools: store has no watcher")
+		return fmt.Errorf("watch %s: store has no watcher", what)
 	}
 	for ctx.Err() == nil {
-		snap, err := s.poolSnapshot(ctx)
+		rev, err := load(ctx)
 		if err != nil {
 			sleep(ctx, retry)
 			continue
 		}
-		fn(snap.pools)
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		ch := s.watcher.Watch(wctx, s.poolsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(snap.revision+1))
+		ch := s.watcher.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		changed := false
 		for resp := range ch {
 			if resp.Err() != nil || resp.Canceled {
@@ -42,7 +57,7 @@ func (s *Store) WatchPools(ctx context.Context, retry time.Duration, fn func([]P
 			sleep(ctx, retry)
 		}
 	}
-	return fmt.Errorf("watch pools: %w", context.Cause(ctx))
+	return fmt.Errorf("watch %s: %w", what, context.Cause(ctx))
 }
 
 // Topology is every block and node record at one revision: what a node

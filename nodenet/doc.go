@@ -18,6 +18,11 @@
 // the pod send to its gateway without ARP or NDP, and the host routes
 // return the traffic.
 //
+// The egress NAT data path lives here too (egress*.go): the VXLAN tunnel,
+// policy routing and nftables masquerade of client and gateway pods, each
+// function taking the pod's netns path and leaving exactly one copy of
+// what it programs however often it runs.
+//
 // Functions that act on "the host" act on the network namespace of the
 // calling OS thread; callers that are not in the node's root namespace (such
 // as tests) must lock the thread and enter the namespace first, for example

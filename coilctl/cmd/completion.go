@@ -15,7 +15,7 @@ func newCompletionCommand(o *rootOptions) *cobra.Command {
 		Use:   "completion bash|zsh",
 		Short: "Print a shell completion script",
 		Long: `Print a completion script for bash or zsh. Besides commands and flags it
-completes pool names and node names, read from etcd with the same --etcd-*
+completes pool, node and egress names, read from etcd with the same --etcd-*
 flags and COILCTL_* variables as the commands themselves.`,
 		Example: `  # bash, current shell (needs the bash-completion package)
   source <(coilctl completion bash)

@@ -1,5 +1,5 @@
 // Package cmd implements coilctl, the operator CLI that edits Coil's address
-// pools and inspects their state directly in etcd.
+// pools and egresses and inspects their state directly in etcd.
 //
 // The command tree is built by NewRootCommand and run by Run, which is all
 // that coilctl's main does; tests drive the very same tree with their own
@@ -64,10 +64,10 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	o := &rootOptions{stdout: stdout}
 	root := &cobra.Command{
 		Use:   "coilctl",
-		Short: "Manage Coil address pools and inspect IPAM state in etcd",
-		Long: `coilctl edits Coil's address pools and shows which node owns which
-address block and which pod holds which address. It talks to etcd directly,
-so it works even when no coild is running.
+		Short: "Manage Coil address pools and egresses, and inspect IPAM state in etcd",
+		Long: `coilctl edits Coil's address pools and egresses, and shows which node owns
+which address block and which pod holds which address. It talks to etcd
+directly, so it works even when no coild is running.
 
 Every --etcd-* flag can also be given as an environment variable:
 --etcd-endpoints is read from COILCTL_ETCD_ENDPOINTS, --etcd-tls-ca from
@@ -104,6 +104,7 @@ COILCTL_ETCD_TLS_CA, and so on. A flag on the command line wins.`,
 		newPoolCommand(o),
 		newNodeCommand(o),
 		newAddressCommand(o),
+		newEgressCommand(o),
 		newCompletionCommand(o),
 		newCheckCommand(o),
 	)

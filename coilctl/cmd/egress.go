@@ -1,0 +1,247 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coil-project/coil/model"
+	"github.com/spf13/cobra"
+)
+
+func newEgressCommand(o *rootOptions) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "egress",
+		Short: "Create, inspect and delete egress NAT definitions",
+		Long: `An egress sends the traffic of opted-in client pods to some destinations
+through gateway pods, which NAT it to their own addresses.
+
+Gateways are the pods of the egress's NAMESPACE labelled
+` + model.EgressGatewayLabel + `=NAME. A client pod of any namespace opts in with
+the annotation ` + model.EgressClientAnnotationPrefix + `NAMESPACE: NAME.`,
+	}
+	makeGroup(c)
+	c.AddCommand(
+		newEgressCreateCommand(o),
+		newEgressListCommand(o),
+		newEgressShowCommand(o),
+		newEgressDeleteCommand(o),
+	)
+	return c
+}
+
+// egressJSON is an egress as "egress list" and "egress show" print it.
+type egressJSON struct {
+	Namespace    string    `json:"namespace"`
+	Name         string    `json:"name"`
+	VNI          uint32    `json:"vni"`
+	Destinations []string  `json:"destinations"`
+	CreatedAt    time.Time `json:"createdAt"`
+}
+
+// egressListJSON is the output of "egress list".
+type egressListJSON struct {
+	Egresses []egressJSON `json:"egresses"`
+}
+
+func newEgressJSON(e model.Egress) egressJSON {
+	return egressJSON{
+		Namespace: e.Namespace, Name: e.Name, VNI: e.VNI,
+		Destinations: destinationStrings(e.Destinations), CreatedAt: e.CreatedAt,
+	}
+}
+
+func destinationStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func newEgressCreateCommand(o *rootOptions) *cobra.Command {
+	var destinations []string
+	c := &cobra.Command{
+		Use:   "create NAMESPACE NAME --destinations CIDR[,CIDR...]",
+		Short: "Create an egress",
+		Long: `Create the egress NAME in NAMESPACE for the destinations given.
+
+Each destination is an IPv4 or IPv6 CIDR in canonical form; 0.0.0.0/0 and
+::/0 send everything that is not a pod, link-local or gateway address. The
+egress gets a VXLAN network identifier (VNI) no other egress has.
+
+Then run gateway pods in NAMESPACE labelled ` + model.EgressGatewayLabel + `=NAME,
+with addresses from a pool that can reach the destinations, and annotate
+client pods ` + model.EgressClientAnnotationPrefix + `NAMESPACE=NAME.`,
+		Example: `  coilctl egress create internet nat --destinations 0.0.0.0/0,::/0
+  coilctl egress create partners api --destinations 192.0.2.0/24 --destinations 2001:db8::/32`,
+		Args: exactArgs("NAMESPACE", "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(destinations) == 0 {
+				return usagef("%q needs --destinations CIDR[,CIDR...]", cmd.CommandPath())
+			}
+			e := model.Egress{Namespace: args[0], Name: args[1]}
+			var err error
+			if e.Destinations, err = model.ParseDestinations(destinations); err != nil {
+				return fmt.Errorf("create egress %s: %w", e.Key(), err)
+			}
+			if err := e.Validate(); err != nil {
+				return fmt.Errorf("create egress %s: %w", e.Key(), err)
+			}
+			return o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				if err := initSchema(ctx, st); err != nil {
+					return err
+				}
+				created, err := st.CreateEgress(ctx, e)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(o.stdout, "egress %q created: VNI %d, destinations %s\n",
+					created.Key(), created.VNI, strings.Join(destinationStrings(created.Destinations), ","))
+				return nil
+			})
+		},
+	}
+	c.Flags().StringSliceVar(&destinations, "destinations", nil, "destination CIDRs, comma-separated or repeated (required)")
+	return c
+}
+
+func newEgressListCommand(o *rootOptions) *cobra.Command {
+	var out *outputOptions
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List egresses",
+		Example: `  coilctl egress list
+  coilctl egress list -o json`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := out.resolve()
+			if err != nil {
+				return err
+			}
+			var all []model.Egress
+			err = o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				all, err = st.ListEgresses(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				view := egressListJSON{Egresses: make([]egressJSON, 0, len(all))}
+				for _, e := range all {
+					view.Egresses = append(view.Egresses, newEgressJSON(e))
+				}
+				return writeJSON(o.stdout, view)
+			}
+			t := newTable(o.stdout, "NAMESPACE", "NAME", "VNI", "DESTINATIONS")
+			for _, e := range all {
+				t.row(e.Namespace, e.Name, strconv.FormatUint(uint64(e.VNI), 10), strings.Join(destinationStrings(e.Destinations), ","))
+			}
+			return t.flush()
+		},
+	}
+	out = addOutputFlags(c)
+	return c
+}
+
+func newEgressShowCommand(o *rootOptions) *cobra.Command {
+	var out *outputOptions
+	c := &cobra.Command{
+		Use:   "show NAMESPACE NAME",
+		Short: "Show an egress",
+		Example: `  coilctl egress show internet nat
+  coilctl egress show internet nat --json`,
+		Args:              exactArgs("NAMESPACE", "NAME"),
+		ValidArgsFunction: o.completeEgresses,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			format, err := out.resolve()
+			if err != nil {
+				return err
+			}
+			var e model.Egress
+			err = o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				e, err = st.GetEgress(ctx, args[0], args[1])
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeJSON(o.stdout, newEgressJSON(e))
+			}
+			f := newFields(o.stdout)
+			f.add("Namespace", "%s", e.Namespace)
+			f.add("Name", "%s", e.Name)
+			f.add("VNI", "%d", e.VNI)
+			f.add("Destinations", "%s", strings.Join(destinationStrings(e.Destinations), ","))
+			f.add("Created", "%s", e.CreatedAt.Format(time.RFC3339))
+			f.add("Gateways", "pods of namespace %s labelled %s=%s", e.Namespace, model.EgressGatewayLabel, e.Name)
+			f.add("Clients", "pods annotated %s%s=%s", model.EgressClientAnnotationPrefix, e.Namespace, e.Name)
+			return f.flush()
+		},
+	}
+	out = addOutputFlags(c)
+	return c
+}
+
+func newEgressDeleteCommand(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAMESPACE NAME",
+		Short: "Delete an egress",
+		Long: `Delete the egress NAME of NAMESPACE. Every node removes its tunnels from
+the clients and gateways; the clients' traffic to its destinations takes
+the normal path again.`,
+		Example:           `  coilctl egress delete internet nat`,
+		Args:              exactArgs("NAMESPACE", "NAME"),
+		ValidArgsFunction: o.completeEgresses,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				// Read first: an egress that does not exist is reported
+				// without the schema write of initSchema.
+				if _, err := st.GetEgress(ctx, args[0], args[1]); err != nil {
+					return err
+				}
+				if err := initSchema(ctx, st); err != nil {
+					return err
+				}
+				if err := st.DeleteEgress(ctx, args[0], args[1]); err != nil {
+					return err
+				}
+				fmt.Fprintf(o.stdout, "egress \"%s/%s\" deleted\n", args[0], args[1])
+				return nil
+			})
+		},
+	}
+}
+
+// completeEgresses offers the namespaces of egresses for the first
+// argument and the egresses of that namespace for the second.
+func (o *rootOptions) completeEgresses(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 1 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	seen := map[string]bool{}
+	_ = o.complete(cmd, func(ctx context.Context, st *model.Store) error {
+		all, err := st.ListEgresses(ctx)
+		for _, e := range all {
+			v := e.Namespace
+			if len(args) == 1 {
+				if e.Namespace != args[0] {
+					continue
+				}
+				v = e.Name
+			}
+			if !seen[v] {
+				seen[v] = true
+				out = append(out, v)
+			}
+		}
+		return err
+	})
+	return out, cobra.ShellCompDirectiveNoFileComp
+}

@@ -1,0 +1,250 @@
+package model_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coil-project/coil/model"
+)
+
+func mustPrefixes(t *testing.T, ss ...string) []netip.Prefix {
+	t.Helper()
+	ps, err := model.ParseDestinations(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+func TestEgressValidate(t *testing.T) {
+	dst := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	tests := []struct {
+		name string
+		e    model.Egress
+		want error
+	}{
+		{"ok", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst}, nil},
+		{"dual", model.Egress{Namespace: "a", Name: "b", Destinations: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}, nil},
+		{"bad namespace", model.Egress{Namespace: "Internet", Name: "nat", Destinations: dst}, model.ErrInvalidName},
+		{"empty namespace", model.Egress{Name: "nat", Destinations: dst}, model.ErrInvalidName},
+		{"bad name", model.Egress{Namespace: "internet", Name: "nat_1", Destinations: dst}, model.ErrInvalidName},
+		{"long name", model.Egress{Namespace: "internet", Name: strings.Repeat("a", 64), Destinations: dst}, model.ErrInvalidName},
+		{"no destination", model.Egress{Namespace: "internet", Name: "nat"}, model.ErrNoDestination},
+		{"not canonical", model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}}, model.ErrInvalidCIDR},
+		{"mapped", model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("::ffff:192.0.2.0/120")}}, model.ErrInvalidCIDR},
+		{"duplicate", model.Egress{Namespace: "internet", Name: "nat", Destinations: append(slices.Clone(dst), dst...)}, model.ErrDuplicateDestination},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.e.Validate(); !errors.Is(err, tt.want) {
+				t.Fatalf("Validate = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	for _, bad := range []string{"10.0.0.1/8", "nonsense", "10.0.0.0"} {
+		if _, err := model.ParseDestinations([]string{bad}); !errors.Is(err, model.ErrInvalidCIDR) {
+			t.Errorf("ParseDestinations(%q) = %v, want ErrInvalidCIDR", bad, err)
+		}
+	}
+}
+
+func TestEgressLifecycle(t *testing.T) {
+	ctx := context.Background()
+	st, cli := newStore(t)
+	e, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: mustPrefixes(t, "0.0.0.0/0", "2001:db8::/32")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.VNI != model.PreferredVNI("internet", "nat") || e.CreatedAt.IsZero() {
+		t.Errorf("created %+v, want VNI %d and a creation time", e, model.PreferredVNI("internet", "nat"))
+	}
+	got, err := st.GetEgress(ctx, "internet", "nat")
+	if err != nil || got.VNI != e.VNI || !slices.Equal(got.Destinations, e.Destinations) {
+		t.Fatalf("GetEgress = %+v, %v; want %+v", got, err, e)
+	}
+
+	cases := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"create again", func() error {
+			_, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: mustPrefixes(t, "10.0.0.0/8")})
+			return err
+		}, model.ErrEgressExists},
+		{"create invalid", func() error {
+			_, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "x"})
+			return err
+		}, model.ErrNoDestination},
+		{"get unknown", func() error { _, err := st.GetEgress(ctx, "internet", "nope"); return err }, model.ErrEgressNotFound},
+		{"delete unknown", func() error { return st.DeleteEgress(ctx, "internet", "nope") }, model.ErrEgressNotFound},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := dump(t, cli, st.Prefix())
+			if err := c.do(); !errors.Is(err, c.want) {
+				t.Fatalf("error = %v, want %v", err, c.want)
+			}
+			if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Fatalf("a failed call changed etcd:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+
+	// The record is plain JSON under egresses/<namespace>/<name>.
+	resp, err := cli.Get(ctx, st.Prefix()+"egresses/internet/nat")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("egress key: %v, %v", resp, err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(resp.Kvs[0].Value, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"namespace", "name", "destinations", "vni", "createdAt"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("egress record lacks %q: %s", k, resp.Kvs[0].Value)
+		}
+	}
+
+	if err := st.DeleteEgress(ctx, "internet", "nat"); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := st.ListEgresses(ctx); err != nil || len(all) != 0 {
+		t.Fatalf("after delete ListEgresses = %v, %v", all, err)
+	}
+}
+
+// TestEgressVNI checks that VNIs are unique: a taken preferred VNI moves to
+// the next free one, and concurrent creations never share one.
+func TestEgressVNI(t *testing.T) {
+	ctx := context.Background()
+	st, cli := newStore(t)
+	// A record holding the VNI "b/b" would get.
+	want := model.PreferredVNI("b", "b")
+	squatter := model.Egress{Namespace: "a", Name: "a", Destinations: mustPrefixes(t, "10.0.0.0/8"), VNI: want}
+	b, _ := json.Marshal(squatter)
+	if _, err := cli.Put(ctx, st.Prefix()+"egresses/a/a", string(b)); err != nil {
+		t.Fatal(err)
+	}
+	e, err := st.CreateEgress(ctx, model.Egress{Namespace: "b", Name: "b", Destinations: mustPrefixes(t, "10.0.0.0/8")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.VNI != want%model.MaxVNI+1 {
+		t.Errorf("VNI %d taken: got %d, want the next one %d", want, e.VNI, want%model.MaxVNI+1)
+	}
+
+	const n = 24
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = st.CreateEgress(ctx, model.Egress{Namespace: "c", Name: fmt.Sprintf("e%d", i), Destinations: mustPrefixes(t, "10.0.0.0/8")})
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	all, err := st.ListEgresses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint32]string{}
+	for _, e := range all {
+		if e.VNI == 0 || e.VNI > model.MaxVNI {
+			t.Errorf("%s has VNI %d", e.Key(), e.VNI)
+		}
+		if other, dup := seen[e.VNI]; dup {
+			t.Errorf("%s and %s share VNI %d", e.Key(), other, e.VNI)
+		}
+		seen[e.VNI] = e.Key()
+	}
+	if len(all) != n+2 {
+		t.Errorf("%d egresses, want %d", len(all), n+2)
+	}
+	if !slices.IsSortedFunc(all, func(a, b model.Egress) int {
+		if a.Key() < b.Key() {
+			return -1
+		}
+		return 1
+	}) {
+		t.Errorf("ListEgresses is not sorted: %v", all)
+	}
+}
+
+func TestWatchEgresses(t *testing.T) {
+	st, _ := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan []model.Egress, 16)
+	done := make(chan error, 1)
+	go func() { done <- st.WatchEgresses(ctx, 100*time.Millisecond, func(e []model.Egress) { events <- e }) }()
+	next := func(want int) {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case e := <-events:
+				if len(e) == want {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no event with %d egresses", want)
+			}
+		}
+	}
+	next(0)
+	if _, err := st.CreateEgress(ctx, model.Egress{Namespace: "x", Name: "y", Destinations: mustPrefixes(t, "10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+	next(1)
+	if err := st.DeleteEgress(ctx, "x", "y"); err != nil {
+		t.Fatal(err)
+	}
+	next(0)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("WatchEgresses returned %v, want the context's end", err)
+	}
+}
+
+// TestAddressNetNS: the netns of an address survives the round trip, and
+// records written before the field existed still decode.
+func TestAddressNetNS(t *testing.T) {
+	ctx := context.Background()
+	st, cli := newStore(t)
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, "10.40.0.0/24", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	b, a, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "n1", Namespace: "ns", Pod: "p", ContainerID: "c1", Interface: "eth0", NetNS: "/var/run/netns/cni-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.NetNS != "/var/run/netns/cni-1" {
+		t.Errorf("allocated %+v, want the netns kept", a)
+	}
+	old := `{"pool":"default","subnet":0,"block":0,"offset":1,"ipv4":"10.40.0.1","node":"n1","namespace":"ns","pod":"q","containerID":"c2","interface":"eth0","createdAt":"2026-01-01T00:00:00Z"}`
+	if _, err := cli.Put(ctx, st.Prefix()+"addresses/default/0/0/1", old); err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := st.BlockAddresses(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range addrs {
+		got[a.ContainerID] = a.NetNS
+	}
+	if want := map[string]string{"c1": "/var/run/netns/cni-1", "c2": ""}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("netns by container = %v, want %v", got, want)
+	}
+}

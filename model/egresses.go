@@ -1,0 +1,223 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// How pods relate to an egress. Only admins should be able to create pods
+// in an egress's namespace, since its gateways are chosen by label there.
+const (
+	// EgressGatewayLabel, with the egress's name as value, makes a pod of
+	// the egress's namespace one of its gateways.
+	EgressGatewayLabel = "coil.cybozu.com/egress"
+	// EgressClientAnnotationPrefix plus the egress's namespace is the
+	// annotation key by which a pod of any namespace opts in; its value
+	// names the egress (several names may be comma-separated).
+	EgressClientAnnotationPrefix = "egress.coil.cybozu.com/"
+)
+
+// MaxVNI is the largest VXLAN network identifier; VNIs are 24 bits and 0
+// is never handed out.
+const MaxVNI = 1<<24 - 1
+
+// Egress is a set of destinations that client pods reach through gateway
+// pods of one namespace, which NAT the traffic to their own addresses.
+// Gateways are the pods of Namespace labelled coil.cybozu.com/egress=Name;
+// clients opt in with the annotation egress.coil.cybozu.com/<Namespace>:
+// <Name>. Only the record lives in etcd; pods are Kubernetes' business.
+type Egress struct {
+	Namespace    string         `json:"namespace"`
+	Name         string         `json:"name"`
+	Destinations []netip.Prefix `json:"destinations"`
+	// VNI identifies the egress's tunnels; unique among egresses.
+	VNI       uint32    `json:"vni"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Key is "<namespace>/<name>", how egresses are named everywhere.
+func (e Egress) Key() string { return e.Namespace + "/" + e.Name }
+
+// ParseDestinations parses CIDRs as given on a command line. Each must be
+// canonical (no host bits set).
+func ParseDestinations(cidrs []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := parseCanonical(strings.TrimSpace(c))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Validate checks an egress on its own: names, destinations.
+func (e *Egress) Validate() error {
+	for _, n := range []struct{ what, v string }{{"namespace", e.Namespace}, {"egress name", e.Name}} {
+		if len(n.v) > 63 || !dns1123Label.MatchString(n.v) {
+			return fmt.Errorf("%w: %s %q must be a DNS-1123 label (lower-case letters, digits and '-', at most 63)", ErrInvalidName, n.what, n.v)
+		}
+	}
+	if len(e.Destinations) == 0 {
+		return fmt.Errorf("%w: egress %s", ErrNoDestination, e.Key())
+	}
+	seen := map[netip.Prefix]bool{}
+	for _, d := range e.Destinations {
+		if !d.IsValid() || d.Addr().Is4In6() || d.Addr().Zone() != "" || d.Masked() != d {
+			return fmt.Errorf("%w: destination %s of egress %s is not a canonical CIDR", ErrInvalidCIDR, d, e.Key())
+		}
+		if seen[d] {
+			return fmt.Errorf("%w: %s in egress %s", ErrDuplicateDestination, d, e.Key())
+		}
+		seen[d] = true
+	}
+	return nil
+}
+
+// PreferredVNI is the VNI an egress gets unless another egress holds it
+// already: a hash of its namespace and name into 1..MaxVNI. Deriving it
+// keeps VNIs stable when an egress is deleted and created again.
+func PreferredVNI(namespace, name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(namespace + "/" + name))
+	return h.Sum32()%MaxVNI + 1
+}
+
+func (s *Store) egressesPrefix() string { return s.prefix + "egresses/" }
+func (s *Store) egressKey(namespace, name string) string {
+	return s.egressesPrefix() + namespace + "/" + name
+}
+
+// egressSnapshot lists every egress and the revision of the list.
+func (s *Store) egressSnapshot(ctx context.Context) ([]Egress, int64, error) {
+	resp, err := s.kv.Get(ctx, s.egressesPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, etcdErr("list egresses", err)
+	}
+	out := make([]Egress, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var e Egress
+		if err := decode(string(kv.Key), kv.Value, &e); err != nil {
+			return nil, 0, err
+		}
+		out = append(out, e)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// CreateEgress validates e, gives it a VNI no other egress holds and
+// stores it; it returns the stored record. Fails with ErrEgressExists, a
+// validation error or ErrVNIExhausted, changing nothing.
+//
+// Like CreatePool, the VNI is chosen on a view of every egress and
+// committed only if no egress key changed since that view, so two
+// concurrent creations never get the same VNI.
+func (s *Store) CreateEgress(ctx context.Context, e Egress) (Egress, error) {
+	if err := e.Validate(); err != nil {
+		return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), err)
+	}
+	key := s.egressKey(e.Namespace, e.Name)
+	for {
+		all, rev, err := s.egressSnapshot(ctx)
+		if err != nil {
+			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), err)
+		}
+		used := make(map[uint32]bool, len(all))
+		for _, o := range all {
+			if o.Namespace == e.Namespace && o.Name == e.Name {
+				return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), ErrEgressExists)
+			}
+			used[o.VNI] = true
+		}
+		vni, ok := freeVNI(PreferredVNI(e.Namespace, e.Name), used)
+		if !ok {
+			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), ErrVNIExhausted)
+		}
+		rec := e
+		rec.VNI = vni
+		rec.CreatedAt = time.Now().UTC()
+		resp, err := s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.egressesPrefix()), "<", rev+1).WithPrefix(),
+				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, encode(rec))).
+			Commit()
+		if err != nil {
+			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), etcdErr("commit", err))
+		}
+		if resp.Succeeded {
+			return rec, nil
+		}
+		// Another egress came or went: choose again on a fresh view.
+	}
+}
+
+// freeVNI returns the first VNI from want on (wrapping, skipping 0) that
+// used lacks.
+func freeVNI(want uint32, used map[uint32]bool) (uint32, bool) {
+	if len(used) >= MaxVNI {
+		return 0, false
+	}
+	v := want
+	for used[v] {
+		v = v%MaxVNI + 1
+	}
+	return v, true
+}
+
+// GetEgress returns one egress or ErrEgressNotFound.
+func (s *Store) GetEgress(ctx context.Context, namespace, name string) (Egress, error) {
+	key := s.egressKey(namespace, name)
+	resp, err := s.kv.Get(ctx, key)
+	if err != nil {
+		return Egress{}, fmt.Errorf("get egress %s/%s: %w", namespace, name, etcdErr("get", err))
+	}
+	if len(resp.Kvs) == 0 {
+		return Egress{}, fmt.Errorf("get egress %s/%s: %w", namespace, name, ErrEgressNotFound)
+	}
+	var e Egress
+	return e, decode(key, resp.Kvs[0].Value, &e)
+}
+
+// ListEgresses returns every egress, sorted by namespace and name.
+func (s *Store) ListEgresses(ctx context.Context) ([]Egress, error) {
+	all, _, err := s.egressSnapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(all, func(a, b Egress) int { return strings.Compare(a.Key(), b.Key()) })
+	return all, nil
+}
+
+// DeleteEgress removes an egress; ErrEgressNotFound if there is none.
+// Nodes see it go through WatchEgresses and remove the tunnels.
+func (s *Store) DeleteEgress(ctx context.Context, namespace, name string) error {
+	resp, err := s.kv.Delete(ctx, s.egressKey(namespace, name))
+	if err != nil {
+		return fmt.Errorf("delete egress %s/%s: %w", namespace, name, etcdErr("delete", err))
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("delete egress %s/%s: %w", namespace, name, ErrEgressNotFound)
+	}
+	return nil
+}
+
+// WatchEgresses calls fn with every egress now and again after each
+// change, until ctx ends, like WatchPools.
+func (s *Store) WatchEgresses(ctx context.Context, retry time.Duration, fn func([]Egress)) error {
+	return s.watchList(ctx, "egresses", s.egressesPrefix(), retry, func(ctx context.Context) (int64, error) {
+		all, rev, err := s.egressSnapshot(ctx)
+		if err != nil {
+			return 0, err
+		}
+		fn(all)
+		return rev, nil
+	})
+}

@@ -1,0 +1,353 @@
+package nodenet
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// EgressNFTable is the nftables table (family inet) of a gateway pod.
+const EgressNFTable = "coil-egress"
+
+// EgressGatewayClient is one client pod a gateway serves.
+type EgressGatewayClient struct {
+	// Outer is the client's address its tunnel packets come from.
+	Outer netip.Addr
+	// IPv4 and IPv6 are the client's addresses replies return to (either
+	// may be zero).
+	IPv4, IPv6 netip.Addr
+}
+
+// EgressGateway is the whole egress configuration of one gateway pod.
+type EgressGateway struct {
+	// VNI identifies the egress the pod is a gateway of.
+	VNI uint32
+	// IPv4 and IPv6 are the gateway pod's addresses; it gets a tunnel
+	// device per family it has.
+	IPv4, IPv6 netip.Addr
+	// Uplink is the pod interface traffic leaves and replies arrive by;
+	// "eth0" if empty.
+	Uplink string
+	// Clients are the client pods the gateway serves now.
+	Clients []EgressGatewayClient
+}
+
+func (g *EgressGateway) defaults() {
+	if g.Uplink == "" {
+		g.Uplink = "eth0"
+	}
+	g.IPv4, g.IPv6 = g.IPv4.Unmap(), g.IPv6.Unmap()
+}
+
+func (g *EgressGateway) validate() error {
+	var problems []string
+	if g.VNI == 0 || g.VNI > MaxVNI {
+		problems = append(problems, fmt.Sprintf("VNI %d not in 1..%d", g.VNI, MaxVNI))
+	}
+	if !g.IPv4.IsValid() && !g.IPv6.IsValid() {
+		problems = append(problems, "the gateway has no address")
+	}
+	if g.IPv4.IsValid() && !g.IPv4.Is4() || g.IPv6.IsValid() && (!g.IPv6.Is6() || g.IPv6.Is4In6()) {
+		problems = append(problems, fmt.Sprintf("addresses %s and %s are not IPv4 and IPv6", g.IPv4, g.IPv6))
+	}
+	for _, c := range g.Clients {
+		if !g.local(c.Outer).IsValid() {
+			problems = append(problems, fmt.Sprintf("client %s is of a family the gateway has no address of", c.Outer))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %v", ErrInvalidEgress, problems)
+	}
+	return nil
+}
+
+// local returns the gateway's address of the family of a.
+func (g *EgressGateway) local(a netip.Addr) netip.Addr {
+	if !a.IsValid() {
+		return netip.Addr{}
+	}
+	if a.Unmap().Is4() {
+		return g.IPv4
+	}
+	return g.IPv6
+}
+
+// SyncEgressGateway makes the gateway pod whose network namespace is at
+// netnsPath serve exactly cfg:
+//
+//   - forwarding on, reverse-path filtering off for the tunnel (packets of
+//     clients arrive on it while main routes their sources via the uplink);
+//   - per family of the pod's addresses, a vxlan device
+//     EgressGatewayLinkName with MAC EgressGatewayMAC(VNI) and, per client
+//     of that outer family, an FDB entry to the client and permanent
+//     neighbours of its addresses;
+//   - in EgressGatewayTable, a route to each client address through its
+//     device, looked up (EgressGatewayPriority) for packets that carry
+//     EgressMark and came in by the uplink: the de-NATed replies. The
+//     kernel's own outer tunnel packets are locally generated, so they
+//     keep using main and leave through the uplink;
+//   - the nftables table EgressNFTable: connections entering through the
+//     tunnel get conntrack mark EgressMark, their replies the packet mark,
+//     and they are masqueraded when they leave through the uplink.
+//
+// The table is rebuilt in one atomic transaction, so however often this
+// runs there is exactly one copy of each rule.
+func SyncEgressGateway(netnsPath string, cfg EgressGateway) error {
+	cfg.defaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error { return syncGateway(podNS, &cfg) })
+	if err != nil {
+		return fmt.Errorf("sync egress gateway in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// TeardownEgressGateway removes every egress gateway setting from the
+// pod's namespace (forwarding stays on). A namespace that is gone already
+// is success.
+func TeardownEgressGateway(netnsPath string) error {
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error {
+		var errs []error
+		if err := syncRules([]int{EgressGatewayPriority}, nil); err != nil {
+			errs = append(errs, err)
+		}
+		if err := syncTableRoutes(EgressGatewayTable, nil); err != nil {
+			errs = append(errs, err)
+		}
+		if err := deleteVXLANs("egg", nil); err != nil {
+			errs = append(errs, err)
+		}
+		if err := deleteGatewayNFT(int(podNS.Fd())); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil && !netnsGone(err) {
+		return fmt.Errorf("tear down egress gateway in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// syncGateway runs inside the gateway pod's namespace.
+func syncGateway(podNS ns.NetNS, cfg *EgressGateway) error {
+	if err := EnableForwarding(); err != nil {
+		return err
+	}
+	// Effective rp_filter is the larger of "all" and the device's.
+	if err := writeSysctl("net/ipv4/conf/all/rp_filter", "0"); err != nil {
+		return err
+	}
+	mtu, err := uplinkMTU(cfg.Uplink)
+	if err != nil {
+		return err
+	}
+
+	var errs []error
+	var routes []*netlink.Route
+	keep := map[string]bool{}
+	var devices []string
+	for _, local := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
+		if !local.IsValid() {
+			continue
+		}
+		name := EgressGatewayLinkName(cfg.VNI, local)
+		link, err := ensureVXLAN(vxlanSpec{
+			name:  name,
+			vni:   cfg.VNI,
+			local: local,
+			mac:   EgressGatewayMAC(cfg.VNI),
+			mtu:   tunnelMTU(mtu, local),
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		keep[name] = true
+		devices = append(devices, name)
+		if err := writeSysctl(filepath.Join("net/ipv4/conf", name, "rp_filter"), "0"); err != nil {
+			errs = append(errs, err)
+		}
+		var fdb []fdbEntry
+		var neighs []neighEntry
+		seen := map[netip.Addr]bool{}
+		for _, c := range cfg.Clients {
+			if cfg.local(c.Outer) != local {
+				continue
+			}
+			mac := EgressClientMAC(c.Outer)
+			fdb = append(fdb, fdbEntry{mac: mac, dst: c.Outer})
+			for _, a := range []netip.Addr{c.IPv4.Unmap(), c.IPv6.Unmap()} {
+				if !a.IsValid() || seen[a] {
+					continue
+				}
+				seen[a] = true
+				neighs = append(neighs, neighEntry{ip: a, mac: mac})
+				routes = append(routes, &netlink.Route{
+					Dst:       hostNet(a),
+					LinkIndex: link.Attrs().Index,
+					Scope:     netlink.SCOPE_LINK,
+				})
+			}
+		}
+		if err := syncFDB(link, fdb); err != nil {
+			errs = append(errs, err)
+		}
+		if err := syncNeighs(link, neighs); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := syncTableRoutes(EgressGatewayTable, dedupRoutes(routes)); err != nil {
+		errs = append(errs, err)
+	}
+	var rules []*netlink.Rule
+	for _, a := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
+		if !a.IsValid() {
+			continue
+		}
+		r := newRule(familyOf(a), EgressGatewayPriority, EgressGatewayTable)
+		r.Mark = EgressMark
+		r.IifName = cfg.Uplink
+		rules = append(rules, r)
+	}
+	if err := syncRules([]int{EgressGatewayPriority}, rules); err != nil {
+		errs = append(errs, err)
+	}
+	if err := programGatewayNFT(int(podNS.Fd()), cfg.Uplink, devices); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteVXLANs("egg", keep); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// dedupRoutes keeps the first route per destination: an address cannot
+// return through two tunnels.
+func dedupRoutes(routes []*netlink.Route) []*netlink.Route {
+	seen := map[string]bool{}
+	return slices.DeleteFunc(routes, func(r *netlink.Route) bool {
+		k := r.Dst.String()
+		if seen[k] {
+			return true
+		}
+		seen[k] = true
+		return false
+	})
+}
+
+// deleteVXLANs deletes the vxlan devices named prefix* that keep lacks.
+func deleteVXLANs(prefix string, keep map[string]bool) error {
+	links, err := vxlanLinks(prefix)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, l := range links {
+		if keep[l.Attrs().Name] {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil && !isLinkNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nftIfName is an interface name as nftables compares it: IFNAMSIZ bytes,
+// NUL-padded.
+func nftIfName(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// programGatewayNFT replaces the gateway's nftables table with one built
+// for uplink and the tunnel devices, in a single transaction:
+//
+//	table inet coil-egress {
+//	  chain prerouting { type filter hook prerouting priority mangle;
+//	    iifname "egg4-…" ct mark set 0xc011
+//	    iifname "eth0" ct mark 0xc011 meta mark set 0xc011 }
+//	  chain postrouting { type nat hook postrouting priority srcnat;
+//	    oifname "eth0" ct mark 0xc011 masquerade }
+//	}
+func programGatewayNFT(nsFd int, uplink string, devices []string) error {
+	conn, err := nftables.New(nftables.WithNetNSFd(nsFd))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: EgressNFTable}
+	// Add (a no-op if it exists), delete, add: the transaction replaces
+	// whatever an earlier run or crash left with exactly this.
+	conn.AddTable(t)
+	conn.DelTable(t)
+	conn.AddTable(t)
+	pre := conn.AddChain(&nftables.Chain{
+		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
+	})
+	post := conn.AddChain(&nftables.Chain{
+		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	})
+	mark := binaryutil.NativeEndian.PutUint32(EgressMark)
+	for _, dev := range devices {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(dev)},
+			&expr.Immediate{Register: 1, Data: mark},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+		}})
+	}
+	conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(uplink)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
+		&expr.Immediate{Register: 1, Data: mark},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+	}})
+	conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(uplink)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
+		&expr.Masq{},
+	}})
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("program nftables table %s: %w", EgressNFTable, err)
+	}
+	return nil
+}
+
+// deleteGatewayNFT removes the gateway's nftables table if it exists.
+func deleteGatewayNFT(nsFd int) error {
+	conn, err := nftables.New(nftables.WithNetNSFd(nsFd))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == EgressNFTable {
+			conn.DelTable(t)
+			if err := conn.Flush(); err != nil {
+				return fmt.Errorf("delete nftables table %s: %w", EgressNFTable, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package nodenet
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// EgressSummary counts what egress has programmed in one pod's network
+// namespace; the zero value means nothing. Tests and diagnostics compare
+// it before and after a restart or a second run: programming is
+// idempotent, so the counts never grow.
+type EgressSummary struct {
+	// Links are the egress tunnel devices (client and gateway).
+	Links int
+	// FDB and Neighs are the FDB entries and permanent neighbours on them.
+	FDB, Neighs int
+	// Rules are the policy rules egress owns (protocol 30).
+	Rules int
+	// ClientRoutes and GatewayRoutes are the routes of EgressClientTable
+	// and EgressGatewayTable.
+	ClientRoutes, GatewayRoutes int
+	// NFTTable tells whether the table EgressNFTable exists; NFTRules
+	// counts the rules in its chains.
+	NFTTable bool
+	NFTRules int
+}
+
+// SummarizeEgress counts the egress settings in the namespace at netnsPath.
+func SummarizeEgress(netnsPath string) (EgressSummary, error) {
+	var sum EgressSummary
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error {
+		links, err := retryDump("links", netlink.LinkList)
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			name := l.Attrs().Name
+			if l.Type() != "vxlan" || !strings.HasPrefix(name, "egc-") && !strings.HasPrefix(name, "egg") {
+				continue
+			}
+			sum.Links++
+			idx := l.Attrs().Index
+			fdb, err := retryDump("fdb", func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, unix.AF_BRIDGE) })
+			if err != nil {
+				return err
+			}
+			sum.FDB += len(fdb)
+			neighs, err := retryDump("neighbours", func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, netlink.FAMILY_ALL) })
+			if err != nil {
+				return err
+			}
+			for _, n := range neighs {
+				if n.State&netlink.NUD_PERMANENT != 0 && (n.Family == unix.AF_INET || n.Family == unix.AF_INET6) {
+					sum.Neighs++
+				}
+			}
+		}
+		rules, err := retryDump("rules", func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_ALL) })
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if r.Protocol == egressProtocol {
+				sum.Rules++
+			}
+		}
+		for table, count := range map[int]*int{EgressClientTable: &sum.ClientRoutes, EgressGatewayTable: &sum.GatewayRoutes} {
+			routes, err := retryDump("routes", func() ([]netlink.Route, error) {
+				return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+			})
+			if err != nil {
+				return err
+			}
+			*count = len(routes)
+		}
+		return summarizeNFT(int(podNS.Fd()), &sum)
+	})
+	if err != nil {
+		return EgressSummary{}, fmt.Errorf("summarize egress in %s: %w", netnsPath, err)
+	}
+	return sum, nil
+}
+
+func summarizeNFT(nsFd int, sum *EgressSummary) error {
+	conn, err := nftables.New(nftables.WithNetNSFd(nsFd))
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name != EgressNFTable {
+			continue
+		}
+		sum.NFTTable = true
+		chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return fmt.Errorf("list nftables chains: %w", err)
+		}
+		for _, c := range chains {
+			if c.Table.Name != EgressNFTable {
+				continue
+			}
+			rules, err := conn.GetRules(t, c)
+			if err != nil {
+				return fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+			}
+			sum.NFTRules += len(rules)
+		}
+	}
+	return nil
+}
