@@ -20,7 +20,7 @@ import (
 
 func main() {
 	var cfg daemon.Config
-	var nodeAddrs []string
+	var nodeAddrs, egressBypass []string
 	fs := pflag.NewFlagSet("coild", pflag.ExitOnError)
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("COIL_NODE_NAME"), "name of this node (env COIL_NODE_NAME)")
 	fs.StringSliceVar(&nodeAddrs, "node-address", nil, "addresses other nodes route this node's blocks through (default: the node's global addresses)")
@@ -34,6 +34,7 @@ func main() {
 	fs.DurationVar(&cfg.ScanInterval, "scan-interval", time.Minute, "interval of house-keeping: empty blocks, route re-sync")
 	fs.DurationVar(&cfg.BlockReleaseGrace, "block-release-grace", 5*time.Minute, "how long a block stays empty before it returns to its pool")
 	fs.BoolVar(&cfg.FlatL2, "flat-l2", false, "route other nodes' blocks via their node addresses (all nodes on one L2 segment, no routing daemon)")
+	fs.StringSliceVar(&egressBypass, "egress-bypass", nil, "CIDRs egress clients always reach directly besides pool subnets (service and node networks)")
 	fs.Parse(os.Args[1:])
 	if err := etcdconfig.ApplyEnv(fs, "COILD"); err != nil {
 		fail(err)
@@ -44,6 +45,13 @@ func main() {
 			fail(fmt.Errorf("--node-address %q: %w", s, err))
 		}
 		cfg.NodeAddresses = append(cfg.NodeAddresses, a)
+	}
+	for _, s := range egressBypass {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			fail(fmt.Errorf("--egress-bypass %q: %w", s, err))
+		}
+		cfg.EgressBypass = append(cfg.EgressBypass, p.Masked())
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 

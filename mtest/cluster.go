@@ -6,6 +6,8 @@
 //	ctl ns:     eth0 192.168.100.2: etcd member(s), kube-apiserver, coil-controller
 //	node<i> ns: eth0 192.168.100.1<i>, fd00:100::1<i>: coild (and BIRD)
 //	pod ns:     one per pod, set up by the coil plugin through cnitool
+//	ext ns:     (Options.External) a host outside the cluster, 203.0.113.2,
+//	            fd00:203::2, behind the fabric, which routes to it
 package mtest
 
 import (
@@ -56,6 +58,9 @@ type Options struct {
 	// Detached daemons outlive the process that started the cluster (the
 	// demo); Teardown removes them.
 	Detached bool
+	// External adds a host outside the cluster behind the fabric, for
+	// egress: see Cluster.External.
+	External bool
 }
 
 // Cluster is a running test bed.
@@ -79,6 +84,8 @@ type Cluster struct {
 	controller *process
 	Nodes      []*Node
 	rr         *process
+	// External is the host outside the cluster (Options.External).
+	External *External
 
 	mu      sync.Mutex
 	pids    []int
@@ -127,6 +134,11 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if err := c.buildNetwork(); err != nil {
 		return nil, fmt.Errorf("build network: %w", err)
+	}
+	if opts.External {
+		if c.External, err = c.buildExternal(); err != nil {
+			return nil, fmt.Errorf("build external host: %w", err)
+		}
 	}
 	if err := c.startEtcd(); err != nil {
 		return nil, err
@@ -448,6 +460,8 @@ func (n *Node) StartCoild() error {
 		"--kubeconfig", n.c.kubeconfig,
 		"--socket", n.Socket,
 		"--scan-interval", "2s",
+		// The node network stays direct for egress clients.
+		"--egress-bypass", "192.168.100.0/24,fd00:100::/64",
 	}
 	if n.c.opts.FlatL2 {
 		args = append(args, "--flat-l2")
@@ -549,6 +563,9 @@ func (c *Cluster) Close() {
 	wg.Wait()
 	if c.apiserver != nil {
 		c.apiserver.Stop()
+	}
+	if c.External != nil {
+		c.External.close()
 	}
 	for _, p := range c.etcd {
 		p.kill()

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
@@ -70,12 +71,22 @@ func (c *Cluster) CreateNamespace(ctx context.Context, name string, annotations 
 // NewPod creates the Pod object and the pod's network namespace, but does
 // not run CNI ADD yet.
 func (n *Node) NewPod(ctx context.Context, namespace, name string) (*Pod, error) {
+	return n.NewPodWith(ctx, namespace, name, PodMeta{})
+}
+
+// PodMeta are the labels and annotations of a Pod object.
+type PodMeta struct {
+	Labels, Annotations map[string]string
+}
+
+// NewPodWith is NewPod for a Pod object with labels and annotations.
+func (n *Node) NewPodWith(ctx context.Context, namespace, name string, meta PodMeta) (*Pod, error) {
 	c := n.c
 	if err := c.CreateNamespace(ctx, namespace, nil); err != nil {
 		return nil, err
 	}
 	_, err := c.Kube.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: meta.Labels, Annotations: meta.Annotations},
 		Spec: corev1.PodSpec{
 			NodeName:   n.Name,
 			Containers: []corev1.Container{{Name: "main", Image: "pause"}},
@@ -170,7 +181,8 @@ func (p *Pod) AddPlugin() error {
 	return fmt.Errorf("coil plugin ADD: %w: %s", err, out)
 }
 
-// Add runs CNI ADD and records the pod's addresses.
+// Add runs CNI ADD, records the pod's addresses and, like kubelet, reports
+// the pod running with them in its status.
 func (p *Pod) Add() error {
 	out, err := p.cnitool("add")
 	if err != nil {
@@ -191,6 +203,29 @@ func (p *Pod) Add() error {
 			return fmt.Errorf("CNI result address %q: %w", ip.Address, err)
 		}
 		p.IPs = append(p.IPs, pf.Addr())
+	}
+	return p.reportRunning()
+}
+
+// reportRunning sets the Pod's status to running with its addresses.
+func (p *Pod) reportRunning() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pods := p.Node.c.Kube.CoreV1().Pods(p.Namespace)
+	o, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("report pod %s/%s running: %w", p.Namespace, p.Name, err)
+	}
+	o.Status.Phase = corev1.PodRunning
+	o.Status.PodIPs = nil
+	for _, a := range p.IPs {
+		o.Status.PodIPs = append(o.Status.PodIPs, corev1.PodIP{IP: a.String()})
+	}
+	if len(p.IPs) > 0 {
+		o.Status.PodIP = p.IPs[0].String()
+	}
+	if _, err := pods.UpdateStatus(ctx, o, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("report pod %s/%s running: %w", p.Namespace, p.Name, err)
 	}
 	return nil
 }
@@ -226,7 +261,12 @@ func (p *Pod) Forget(ctx context.Context) error {
 
 // StartPod creates a pod and runs CNI ADD for it.
 func (n *Node) StartPod(ctx context.Context, namespace, name string) (*Pod, error) {
-	p, err := n.NewPod(ctx, namespace, name)
+	return n.StartPodWith(ctx, namespace, name, PodMeta{})
+}
+
+// StartPodWith is StartPod for a Pod object with labels and annotations.
+func (n *Node) StartPodWith(ctx context.Context, namespace, name string, meta PodMeta) (*Pod, error) {
+	p, err := n.NewPodWith(ctx, namespace, name, meta)
 	if err != nil {
 		return nil, err
 	}

@@ -293,9 +293,7 @@ func TestEgressDataPath(t *testing.T) {
 				target netip.AddrPort
 				want   netip.Addr
 			}{{b.server4, gatewayAV4}, {b.server6, gatewayAV6}} {
-				t0 := time.Now()
 				seen, err := seenAs(b.client, srv.target, 5*time.Second)
-				t.Logf("DEBUG %s %v", srv.target, time.Since(t0))
 				if err != nil {
 					t.Fatalf("client cannot reach %s through the gateway: %v", srv.target, err)
 				}

@@ -31,6 +31,10 @@ type fakeCoild struct {
 	notReady bool
 	// failAlloc, when set, is the answer to POST /ip.
 	failAlloc *api.ErrorResponse
+	// lastEgress is the last POST /egress body.
+	lastEgress *api.AllocRequest
+	// failEgress, when set, is the answer to POST /egress.
+	failEgress *api.ErrorResponse
 }
 
 func newFakeCoild(addrs ...string) *fakeCoild {
@@ -68,6 +72,18 @@ func (f *fakeCoild) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key := strings.Join([]string{req.PodNamespace, req.PodName, req.ContainerID, req.IfName()}, "/")
 		f.held[key] = f.addrs
 		reply(w, 200, api.AllocResponse{Status: 200, Address: f.addrs[0], Addresses: f.addrs})
+	case r.Method == http.MethodPost && r.URL.Path == api.PathEgress:
+		var req api.AllocRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Validate() != nil {
+			reply(w, 400, api.ErrorResponse{Status: 400, Error: "bad request", Reason: api.ReasonBadRequest})
+			return
+		}
+		f.lastEgress = &req
+		if f.failEgress != nil {
+			reply(w, f.failEgress.Status, f.failEgress)
+			return
+		}
+		reply(w, 200, api.EgressResponse{Status: 200})
 	case r.Method == http.MethodPost && r.URL.Path == api.PathGC:
 		var req api.GCRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {

@@ -67,7 +67,8 @@ func newCall(args *skel.CmdArgs) (*call, error) {
 	return &call{conf: conf, client: client}, nil
 }
 
-// CmdAdd allocates the pod's addresses from coild and wires up its veth.
+// CmdAdd allocates the pod's addresses from coild, wires up its veth, and
+// has coild set up its egress tunnels.
 // If anything fails after the allocation, the allocation and any links are
 // undone, so a failed ADD leaves nothing behind for kubelet's retry.
 func CmdAdd(args *skel.CmdArgs) error {
@@ -120,6 +121,19 @@ func CmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return c.rollback(args, pod, cfg, false,
 			internalError(fmt.Sprintf("set up network of pod %s in %s", pod, args.Netns), err))
+	}
+	// Egress tunnels go in before ADD returns, so that the pod's first
+	// packet to an egress destination already takes the gateway; a pod
+	// that uses no egress costs coild a cache look-up.
+	if _, err := c.client.SetupEgress(ctx, api.AllocRequest{
+		PodNamespace: pod.Namespace,
+		PodName:      pod.Name,
+		ContainerID:  args.ContainerID,
+		Interface:    args.IfName,
+		NetNS:        args.Netns,
+	}); err != nil {
+		return c.rollback(args, pod, cfg, true,
+			coildError(fmt.Sprintf("set up egress of pod %s at coild %s", pod, c.conf.Coild), err))
 	}
 	if err := types.PrintResult(buildResult(links, cfg.IPv4, cfg.IPv6), c.conf.CNIVersion); err != nil {
 		return c.rollback(args, pod, cfg, true, internalError("print result", err))

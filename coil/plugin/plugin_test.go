@@ -348,6 +348,54 @@ func TestAddRollback(t *testing.T) {
 	})
 }
 
+// TestAddEgressRollback: when coild cannot set up the pod's egress, ADD
+// fails and leaves nothing behind, so that the pod never runs with its
+// egress traffic on the wrong path.
+func TestAddEgressRollback(t *testing.T) {
+	tests := []struct {
+		name     string
+		fail     *api.ErrorResponse
+		wantCode uint
+	}{
+		{"not ready", &api.ErrorResponse{Status: 503, Error: "egress state not loaded yet", Reason: api.ReasonUnavailable}, types.ErrTryAgainLater},
+		{"programming failed", &api.ErrorResponse{Status: 500, Error: "create vxlan: boom", Reason: api.ReasonInternal}, types.ErrInternal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newHost(t)
+			pod := newTestNS(t)
+			coild := newFakeCoild("10.1.0.12")
+			coild.failEgress = tt.fail
+			args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
+			err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
+			if code := cniCode(t, err); code != tt.wantCode {
+				t.Errorf("code %d, want %d: %v", code, tt.wantCode, err)
+			}
+			if !strings.Contains(err.Error(), "set up egress of pod ns1/web-0") || !strings.Contains(err.Error(), tt.fail.Error) {
+				t.Errorf("error does not say what failed: %v", err)
+			}
+			if e := coild.lastEgress; e == nil || e.NetNS != pod.Path() || e.ContainerID != "cid-1" || e.PodName != "web-0" {
+				t.Errorf("POST /egress body = %+v", e)
+			}
+			if !coild.saw("DELETE /ip/ns1/web-0/cid-1") || coild.holds() != 0 {
+				t.Errorf("address not released on rollback: %v", coild.requests)
+			}
+			inNS(t, host, func() error {
+				if _, err := netlink.LinkByName(nodenet.HostVethName("ns1", "web-0")); err == nil {
+					t.Error("host veth left after failed ADD")
+				}
+				return nil
+			})
+			inNS(t, pod, func() error {
+				if _, err := netlink.LinkByName("eth0"); err == nil {
+					t.Error("pod interface left after failed ADD")
+				}
+				return nil
+			})
+		})
+	}
+}
+
 func TestAddErrors(t *testing.T) {
 	tests := []struct {
 		name     string

@@ -10,6 +10,7 @@
 //	GET    /status                                                  -> StatusResponse
 //	GET    /readyz                                                  -> 200 ready, 503 not
 //	POST   /gc                                       GCRequest     -> GCResponse
+//	POST   /egress                                   AllocRequest  -> EgressResponse
 //
 // Every failure is answered with an ErrorResponse.
 package api
@@ -38,6 +39,7 @@ const (
 	PathStatus = "/status"
 	PathReady  = "/readyz"
 	PathGC     = "/gc"
+	PathEgress = "/egress"
 )
 
 // QueryInterface is the query parameter naming the pod interface in GET and
@@ -142,6 +144,31 @@ type Attachment struct {
 type GCResponse struct {
 	Status   int `json:"status"`
 	Released int `json:"released"`
+}
+
+// EgressResponse says how coild set up the egress tunnels of a pod during
+// its CNI ADD (POST /egress, with the body of the allocation).
+type EgressResponse struct {
+	Status int `json:"status"`
+	// Client lists the egresses the pod is a client of.
+	Client []EgressRoute `json:"client,omitempty"`
+	// Gateway is the egress ("namespace/name") the pod is a gateway of.
+	Gateway string `json:"gateway,omitempty"`
+	// Missing lists egresses the pod is annotated for that do not exist;
+	// its traffic to them takes the normal path.
+	Missing []string `json:"missing,omitempty"`
+}
+
+// EgressRoute is one egress of a client pod and the gateway it goes
+// through now.
+type EgressRoute struct {
+	// Egress is "namespace/name".
+	Egress string `json:"egress"`
+	// GatewayPod is the gateway pod ("namespace/name") and Gateway its
+	// address the tunnel leads to; both empty while the egress has no
+	// running gateway (its destinations are then unreachable).
+	GatewayPod string `json:"gateway-pod,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
 }
 
 // IPPath returns the path of one pod interface's allocation, without the

@@ -129,6 +129,14 @@ func (c *Client) Ready(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, PathReady, nil, nil)
 }
 
+// SetupEgress asks coild to set up the egress tunnels of a pod whose
+// interface is configured: the request is the one of the allocation.
+func (c *Client) SetupEgress(ctx context.Context, req AllocRequest) (EgressResponse, error) {
+	var resp EgressResponse
+	err := c.do(ctx, http.MethodPost, PathEgress, req, &resp)
+	return resp, err
+}
+
 // GC releases the addresses on this node that belong to none of the valid
 // attachments.
 func (c *Client) GC(ctx context.Context, req GCRequest) (GCResponse, error) {

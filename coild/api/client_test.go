@@ -53,6 +53,13 @@ func (f *fakeCoild) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a := []string{"10.1.0.5", "fd00::5"}
 		f.addrs[key] = a
 		writeJSON(w, 200, AllocResponse{Status: 200, Address: a[0], Addresses: a})
+	case r.Method == http.MethodPost && r.URL.Path == PathEgress:
+		var req AllocRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.NetNS == "" {
+			writeJSON(w, 400, ErrorResponse{Status: 400, Error: "bad request", Reason: ReasonBadRequest})
+			return
+		}
+		writeJSON(w, 200, EgressResponse{Status: 200, Client: []EgressRoute{{Egress: "internet/nat", GatewayPod: "internet/gw-0", Gateway: "10.2.0.3"}}})
 	case r.URL.Path == PathStatus:
 		writeJSON(w, 200, StatusResponse{Status: 200, AddressBlocks: map[string][]string{"default": {"10.1.0.0/26"}}, Pods: map[string]string{"ns/pod": "10.1.0.5"}})
 	case r.URL.Path == PathReady:
@@ -130,6 +137,12 @@ func TestClientRoundTrip(t *testing.T) {
 			want := AllocResponse{Status: 200, Address: "10.1.0.5", Addresses: []string{"10.1.0.5", "fd00::5"}}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Allocate = %+v, want %+v", got, want)
+			}
+
+			eg, err := c.SetupEgress(ctx, req)
+			wantEg := EgressResponse{Status: 200, Client: []EgressRoute{{Egress: "internet/nat", GatewayPod: "internet/gw-0", Gateway: "10.2.0.3"}}}
+			if err != nil || !reflect.DeepEqual(eg, wantEg) {
+				t.Errorf("SetupEgress = %+v, %v; want %+v", eg, err, wantEg)
 			}
 
 			got, err = c.Get(ctx, "ns", "pod", "c-"+name, "")

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/coild/server"
@@ -55,6 +57,10 @@ type Config struct {
 	// FlatL2 makes coild route every other node's blocks via that node's
 	// address (nodes share one L2 segment; no routing daemon needed).
 	FlatL2 bool
+	// EgressBypass are destinations egress clients always reach on the
+	// normal path, besides pool subnets and link-local ranges: the
+	// service and node networks.
+	EgressBypass []netip.Prefix
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
@@ -139,9 +145,20 @@ func Run(ctx context.Context, cfg Config) error {
 	factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
 	nsInformer := factory.Core().V1().Namespaces()
 	selector := poolselector.New(nsInformer.Lister(), kube)
+	egresses := egress.New(egress.Config{
+		Node:     cfg.NodeName,
+		Kube:     kube,
+		Store:    d.store,
+		Networks: d.podNetworks,
+		Bypass:   cfg.EgressBypass,
+		Resync:   cfg.ScanInterval,
+		Registry: reg,
+		Logger:   d.log,
+	})
 	srv := server.New(server.Config{
 		Allocator:      d.alloc,
 		Selector:       selector,
+		Egress:         egresses,
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       time.Minute,
 		Ready:          d.isReady,
@@ -180,7 +197,10 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 	env.Go(func(ctx context.Context) error {
-		return d.store.WatchPools(ctx, 2*time.Second, selector.SetPools)
+		return d.store.WatchPools(ctx, 2*time.Second, func(pools []model.Pool) {
+			selector.SetPools(pools)
+			egresses.SetPools(pools)
+		})
 	})
 	env.Go(func(ctx context.Context) error {
 		factory.Start(ctx.Done())
@@ -197,6 +217,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	env.Go(d.houseKeeping)
+	env.Go(func(ctx context.Context) error {
+		// Egress needs the pods' networks, which the restore loads; it
+		// runs beside the API and never holds up readiness.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.ready:
+		}
+		return egresses.Run(ctx)
+	})
 	if cfg.FlatL2 {
 		env.Go(d.routePeers)
 	}
@@ -206,6 +236,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	return err
+}
+
+// podNetworks lists the primary attachments of the node's pods, with the
+// network namespaces the allocations recorded, for egress.
+func (d *daemon) podNetworks() []model.Address {
+	var out []model.Address
+	for att, addr := range d.alloc.Attachments() {
+		if att.Interface == api.DefaultInterface {
+			out = append(out, addr)
+		}
+	}
+	return out
 }
 
 func (d *daemon) isReady() bool {

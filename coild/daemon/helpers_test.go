@@ -441,6 +441,7 @@ var coildFrames = []string{
 	"github.com/coil-project/coil/coild/daemon.",
 	"github.com/coil-project/coil/coild/server.",
 	"github.com/coil-project/coil/coild/ipam.",
+	"github.com/coil-project/coil/coild/egress.",
 	"github.com/coil-project/coil/model.",
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/model"
@@ -28,18 +29,20 @@ type PoolSelector interface {
 	PoolFor(ctx context.Context, namespace string) (string, error)
 }
 
-// PodObserver learns of pods' addresses and network namespaces, which the
-// egress reconciler needs later. It may be nil.
-type PodObserver interface {
-	PodAdded(att ipam.Attachment, addr model.Address, netns string)
-	PodDeleted(att ipam.Attachment)
+// Egress sets up the egress tunnels of the node's pods (coild/egress).
+type Egress interface {
+	// SetupPod configures a pod whose interface is up, during its ADD.
+	SetupPod(ctx context.Context, addr model.Address) (api.EgressResponse, error)
+	// PodReleased learns that a pod's address was released (DEL, GC).
+	PodReleased(addr model.Address)
 }
 
 // Config wires a Server.
 type Config struct {
 	Allocator *ipam.Allocator
 	Selector  PoolSelector
-	Pods      PodObserver
+	// Egress may be nil: POST /egress then sets nothing up.
+	Egress Egress
 	// RequestTimeout bounds the etcd work of one request.
 	RequestTimeout time.Duration
 	// GCMinAge protects allocations younger than this from CNI GC: an ADD
@@ -80,6 +83,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("DELETE "+api.PathIP+"/{ns}/{pod}/{cid}", s.handleRelease)
 	s.mux.HandleFunc("GET "+api.PathStatus, s.handleStatus)
 	s.mux.HandleFunc("POST "+api.PathGC, s.handleGC)
+	s.mux.HandleFunc("POST "+api.PathEgress, s.handleEgress)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 	})
@@ -115,22 +119,31 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 }
 
-func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
-	start := s.now()
+// decodeRequest reads and checks the body of POST /ip and POST /egress,
+// answering the failure itself when it returns false.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (api.AllocRequest, bool) {
 	var req api.AllocRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
-		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
-		return
+	err := decodeBody(w, r, &req)
+	if err == nil {
+		err = req.Validate()
 	}
-	if err := req.Validate(); err != nil {
+	if err != nil {
 		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
 		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
-		return
+		return req, false
 	}
 	if !s.cfg.Ready() {
 		s.metrics.failures.WithLabelValues(api.ReasonUnavailable).Inc()
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
+		return req, false
+	}
+	return req, true
+}
+
+func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	req, ok := s.decodeRequest(w, r)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
@@ -147,7 +160,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		}
 		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
 			Namespace: req.PodNamespace, Pod: req.PodName,
-			ContainerID: req.ContainerID, Interface: req.IfName(),
+			ContainerID: req.ContainerID, Interface: req.IfName(), NetNS: req.NetNS,
 		})
 		if err != nil {
 			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -156,10 +169,36 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		s.metrics.allocations.Inc()
 		s.metrics.latency.Observe(s.now().Sub(start).Seconds())
 	}
-	if s.cfg.Pods != nil {
-		s.cfg.Pods.PodAdded(att, addr, req.NetNS)
-	}
 	writeJSON(w, http.StatusOK, allocResponse(addr))
+}
+
+// handleEgress sets up the egress tunnels of a pod whose interface the
+// plugin has just configured, before its ADD returns.
+func (s *Server) handleEgress(w http.ResponseWriter, r *http.Request) {
+	req, ok := s.decodeRequest(w, r)
+	if !ok {
+		return
+	}
+	addr, ok := s.cfg.Allocator.Lookup(ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()})
+	if !ok || addr.Namespace != req.PodNamespace || addr.Pod != req.PodName {
+		writeError(w, http.StatusNotFound, api.ReasonNotFound,
+			fmt.Sprintf("no address for pod %s/%s container %s interface %s: allocate first", req.PodNamespace, req.PodName, req.ContainerID, req.IfName()))
+		return
+	}
+	if req.NetNS != "" {
+		addr.NetNS = req.NetNS
+	}
+	resp := api.EgressResponse{Status: http.StatusOK}
+	if s.cfg.Egress != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		var err error
+		if resp, err = s.cfg.Egress.SetupPod(ctx, addr); err != nil {
+			s.fail(w, fmt.Errorf("set up egress of pod %s/%s: %w", req.PodNamespace, req.PodName, err))
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func allocResponse(addr model.Address) api.AllocResponse {
@@ -211,16 +250,16 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	_, released, err := s.cfg.Allocator.Release(ctx, att)
+	addr, released, err := s.cfg.Allocator.Release(ctx, att)
 	if err != nil {
 		s.fail(w, fmt.Errorf("release address of container %s: %w", att.ContainerID, err))
 		return
 	}
 	if released {
 		s.metrics.releases.Inc()
-	}
-	if s.cfg.Pods != nil {
-		s.cfg.Pods.PodDeleted(att)
+		if s.cfg.Egress != nil {
+			s.cfg.Egress.PodReleased(addr)
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 }
@@ -276,9 +315,9 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 			released++
 			s.metrics.releases.Inc()
 			s.cfg.Logger.Info("released address of invalid attachment", "container", att.ContainerID, "interface", att.Interface, "pod", addr.Namespace+"/"+addr.Pod)
-		}
-		if s.cfg.Pods != nil {
-			s.cfg.Pods.PodDeleted(att)
+			if s.cfg.Egress != nil {
+				s.cfg.Egress.PodReleased(addr)
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -296,6 +335,9 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		status, reason = http.StatusServiceUnavailable, api.ReasonPoolExhausted
 	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ipam.ErrNotRestored),
 		errors.Is(err, context.DeadlineExceeded):
+		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
+	case errors.Is(err, egress.ErrNotReady):
+		// The egress state is still loading after a restart.
 		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
 	case errors.Is(err, model.ErrPoolNotFound), errors.Is(err, poolselector.ErrNoPool):
 		// An admin may create the pool: retrying later can succeed.

@@ -3,16 +3,19 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/server"
 	"github.com/coil-project/coil/model"
@@ -38,6 +41,11 @@ func (p fixedPool) PoolFor(_ context.Context, ns string) (string, error) {
 
 func newServer(t *testing.T, srv *etcdtest.Server, cidr string, bits int) (*httptest.Server, *ipam.Allocator) {
 	t.Helper()
+	return newServerWith(t, srv, cidr, bits, nil)
+}
+
+func newServerWith(t *testing.T, srv *etcdtest.Server, cidr string, bits int, eg server.Egress) (*httptest.Server, *ipam.Allocator) {
+	t.Helper()
 	ctx := context.Background()
 	st := model.New(srv.Client(t), etcdtest.Prefix(t))
 	if err := st.Init(ctx); err != nil {
@@ -51,7 +59,7 @@ func newServer(t *testing.T, srv *etcdtest.Server, cidr string, bits int) (*http
 	if err := alloc.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h := server.New(server.Config{Allocator: alloc, Selector: fixedPool("default"), RequestTimeout: 2 * time.Second, Registry: prometheus.NewRegistry()})
+	h := server.New(server.Config{Allocator: alloc, Selector: fixedPool("default"), Egress: eg, RequestTimeout: 2 * time.Second, Registry: prometheus.NewRegistry()})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 	return ts, alloc
@@ -123,6 +131,81 @@ func TestRESTStatusCodes(t *testing.T) {
 				t.Fatal("error response without message")
 			}
 		})
+	}
+}
+
+// fakeEgress records what the server asks of egress.
+type fakeEgress struct {
+	mu       sync.Mutex
+	setup    []model.Address
+	released []model.Address
+	err      error
+}
+
+func (f *fakeEgress) SetupPod(_ context.Context, a model.Address) (api.EgressResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setup = append(f.setup, a)
+	return api.EgressResponse{Status: 200, Gateway: "ns/eg"}, f.err
+}
+
+func (f *fakeEgress) PodReleased(a model.Address) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released = append(f.released, a)
+}
+
+func TestEgressEndpoint(t *testing.T) {
+	eg := &fakeEgress{}
+	ts, _ := newServerWith(t, etcd, "10.25.0.0/28", 2, eg)
+	withNetNS := `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1","netns":"/var/run/netns/p1"}`
+	cases := []struct {
+		name, body string
+		err        error
+		want       int
+		reason     string
+	}{
+		{"before allocation", withNetNS, nil, 404, api.ReasonNotFound},
+		{"malformed", `{"pod-name":`, nil, 400, api.ReasonBadRequest},
+		{"missing container", `{"pod-namespace":"ns","pod-name":"p1"}`, nil, 400, api.ReasonBadRequest},
+		{"wrong pod", `{"pod-namespace":"ns","pod-name":"other","container-id":"c1"}`, nil, 404, api.ReasonNotFound},
+		{"ok", withNetNS, nil, 200, ""},
+		{"egress not ready", withNetNS, fmt.Errorf("wrapped: %w", egress.ErrNotReady), 503, api.ReasonUnavailable},
+		{"egress failed", withNetNS, errors.New("create vxlan: boom"), 500, api.ReasonInternal},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "wrong pod" || c.name == "ok" {
+				if code, body := do(t, "POST", ts.URL+"/ip", withNetNS); code != 200 {
+					t.Fatalf("allocate = %d %v", code, body)
+				}
+			}
+			eg.mu.Lock()
+			eg.err = c.err
+			eg.mu.Unlock()
+			code, body := do(t, "POST", ts.URL+"/egress", c.body)
+			if code != c.want || c.reason != "" && body["reason"] != c.reason {
+				t.Fatalf("POST /egress = %d %v, want %d %s", code, body, c.want, c.reason)
+			}
+			if code == 200 && body["gateway"] != "ns/eg" {
+				t.Errorf("answer %v does not carry egress's response", body)
+			}
+		})
+	}
+	eg.mu.Lock()
+	if len(eg.setup) == 0 || eg.setup[0].NetNS != "/var/run/netns/p1" || eg.setup[0].Pod != "p1" || !eg.setup[0].IPv4.IsValid() {
+		t.Errorf("egress was asked to set up %+v, want p1 with its address and netns", eg.setup)
+	}
+	eg.mu.Unlock()
+
+	if code, body := do(t, "DELETE", ts.URL+"/ip/ns/p1/c1", ""); code != 200 {
+		t.Fatalf("release = %d %v", code, body)
+	}
+	do(t, "DELETE", ts.URL+"/ip/ns/p1/c1", "")
+	eg.mu.Lock()
+	defer eg.mu.Unlock()
+	if len(eg.released) != 1 || eg.released[0].NetNS != "/var/run/netns/p1" {
+		t.Errorf("egress learnt of releases %+v, want the one of p1 with its netns", eg.released)
 	}
 }
 

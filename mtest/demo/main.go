@@ -6,12 +6,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/coil-project/coil/mtest"
+	"github.com/coil-project/coil/nodenet"
 )
 
 func main() {
@@ -53,7 +56,7 @@ func up(statePath string) error {
 	defer cancel()
 
 	step("starting etcd, kube-apiserver, coil-controller and coild on 3 node namespaces")
-	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true})
+	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true, External: true})
 	if err != nil {
 		return err
 	}
@@ -146,16 +149,85 @@ func up(statePath string) error {
 		}
 	}
 
-	step("egress NAT")
-	fmt.Println("not in this build yet (issue: opt-in egress NAT through gateway pods)")
+	client, err := demoEgress(ctx, c, show)
+	if err != nil {
+		return err
+	}
+	if err := c.SaveState(statePath); err != nil {
+		return err
+	}
 
 	step("the demo keeps running; look around:")
 	fmt.Printf("  ip netns list | grep %s\n", strings.SplitN(c.Nodes[0].NetNS, "-", 2)[0])
 	fmt.Printf("  ip netns exec %s ip route show table 119\n", c.Nodes[0].NetNS)
 	fmt.Printf("  ip netns exec %s ping -c1 %s\n", pods[0].NetNS, pods[2].IPs[0])
+	fmt.Printf("  ip netns exec %s ip rule; ip -n %s route show table %d   # an egress client\n", client.NetNS, client.NetNS, nodenet.EgressClientTable)
 	fmt.Printf("  ip netns exec %s-ctl env COILCTL_ETCD_ENDPOINTS=%s %s/coilctl pool show default\n",
 		strings.SplitN(c.Nodes[0].NetNS, "-", 2)[0], c.EtcdEndpoints(), c.BinDir)
 	fmt.Printf("  logs: %s\n", c.Dir)
 	fmt.Println("remove it with: make demo-down")
 	return nil
+}
+
+// demoEgress creates an egress with gateway pods on two nodes and a client
+// on the third, and shows the external host seeing the client as a gateway
+// while an unannotated pod gets no answer. It returns the client.
+func demoEgress(ctx context.Context, c *mtest.Cluster, show func(...string) error) (*mtest.Pod, error) {
+	step("egress NAT: a pool that reaches the outside, an egress, gateway pods")
+	if err := show("pool", "create", "egress", "10.102.0.0/24", "4", "--ipv6", "fd00:10:102::/120"); err != nil {
+		return nil, err
+	}
+	if err := c.CreateNamespace(ctx, "internet", map[string]string{"coil.cybozu.com/pool": "egress"}); err != nil {
+		return nil, err
+	}
+	fmt.Println("namespace internet annotated coil.cybozu.com/pool=egress")
+	if err := show("egress", "create", "internet", "nat", "--destinations", mtest.ExternalV4+"/32,"+mtest.ExternalV6+"/128"); err != nil {
+		return nil, err
+	}
+	gateways := map[string]*mtest.Pod{}
+	for i, n := range c.Nodes[:2] {
+		p, err := n.StartPodWith(ctx, "internet", fmt.Sprintf("nat-%d", i), mtest.PodMeta{Labels: map[string]string{"coil.cybozu.com/egress": "nat"}})
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("gateway pod internet/%s on %s, labelled coil.cybozu.com/egress=nat: %v\n", p.Name, n.Name, p.IPs)
+		for _, a := range p.IPs {
+			gateways[a.String()] = p
+		}
+	}
+	// Stands in for the routers of the outside world, which learn the
+	// egress pool's blocks: nothing else is routed back.
+	if err := c.External.RouteBlocks("egress"); err != nil {
+		return nil, err
+	}
+
+	step("a client pod opts in with the annotation egress.coil.cybozu.com/internet=nat")
+	client, err := c.Nodes[2].StartPodWith(ctx, "app", "client", mtest.PodMeta{Annotations: map[string]string{"egress.coil.cybozu.com/internet": "nat"}})
+	if err != nil {
+		return nil, err
+	}
+	plain, err := c.Nodes[2].StartPod(ctx, "app", "plain")
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []*mtest.Pod{client, plain} {
+		for _, target := range []netip.AddrPort{c.External.Server4, c.External.Server6} {
+			seen, err := p.SeenAs(target, 3*time.Second)
+			switch {
+			case err != nil:
+				fmt.Printf("%s %v -> external host %s: no answer (its own address is not routed back from the outside)\n", p.Name, p.IPs, target.Addr())
+			case gateways[seen.String()] != nil:
+				g := gateways[seen.String()]
+				fmt.Printf("%s %v -> external host %s: seen as %s, gateway pod %s on %s\n", p.Name, p.IPs, target.Addr(), seen, g.Name, g.Node.Name)
+			default:
+				fmt.Printf("%s %v -> external host %s: seen as %s\n", p.Name, p.IPs, target.Addr(), seen)
+			}
+		}
+	}
+	out, err := exec.Command("ip", "-n", client.NetNS, "rule").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip rule: %w: %s", err, out)
+	}
+	fmt.Printf("$ ip -n %s rule   # the client's policy routing\n%s", client.NetNS, out)
+	return client, show("egress", "list")
 }

@@ -1,0 +1,62 @@
+package egress
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	clients      *prometheus.GaugeVec
+	gateways     *prometheus.GaugeVec
+	served       *prometheus.GaugeVec
+	failovers    *prometheus.CounterVec
+	syncFailures prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "clients",
+			Help: "Client pods of this node using the egress.",
+		}, []string{"egress"}),
+		gateways: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "gateways",
+			Help: "Running gateway pods of the egress in the cluster, as this node sees them.",
+		}, []string{"egress"}),
+		served: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "gateway_clients",
+			Help: "Clients, anywhere in the cluster, served by the egress's gateway pods on this node.",
+		}, []string{"egress"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "failovers_total",
+			Help: "Client pods of this node moved off a gateway of the egress that went away.",
+		}, []string{"egress"}),
+		syncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "sync_failures_total",
+			Help: "Failed attempts to program a pod's egress settings (retried).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures)
+	}
+	return m
+}
+
+// updateMetrics sets the gauges from one reconciliation's inputs and the
+// configurations it programmed.
+func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
+	m := r.metrics
+	m.clients.Reset()
+	m.gateways.Reset()
+	m.served.Reset()
+	for e := range s.egresses {
+		m.gateways.WithLabelValues(e).Set(float64(len(s.gateways[e])))
+		m.clients.WithLabelValues(e)
+		m.served.WithLabelValues(e)
+	}
+	for _, d := range want {
+		for e := range d.chosen {
+			m.clients.WithLabelValues(e).Inc()
+		}
+		if d.gateway != nil {
+			m.served.WithLabelValues(d.serves).Add(float64(len(d.gateway.Clients)))
+		}
+	}
+}

@@ -1,0 +1,649 @@
+// Package egress keeps the egress NAT tunnels of the pods on coild's node in
+// step with the egress records in etcd and the pods in the Kubernetes API.
+//
+// A pod annotated egress.coil.cybozu.com/<namespace>: <name> is a client of
+// that egress: its traffic to the egress's destinations goes through a
+// VXLAN tunnel to one of the egress's gateway pods (pods of <namespace>
+// labelled coil.cybozu.com/egress=<name>), which masquerades it. Each
+// client picks its gateway among the running ones by rendezvous hashing,
+// so the node of the client and the node of the gateway agree without
+// talking, and only the clients of a gateway that goes away move.
+//
+// The node's side of the work:
+//   - client pods of this node: the tunnels, through nodenet.SyncEgressClient;
+//   - gateway pods of this node: the tunnel end, masquerade and return
+//     routes to every client, wherever it runs, that chose them, through
+//     nodenet.SyncEgressGateway.
+//
+// CNI ADD configures a pod synchronously (SetupPod), so that its first
+// packet takes the right path; a reconcile loop, woken by informer events
+// and the etcd watch and run in full every resync interval, keeps every
+// pod in step afterwards.
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/netip"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/nodenet"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// ErrNotReady is returned by SetupPod for a pod that uses egress while the
+// reconciler has not yet loaded the egresses, pools and gateway pods: a
+// decision on partial data could send the pod's traffic the wrong way.
+var ErrNotReady = errors.New("egress state not loaded yet")
+
+// addressAddrs returns the addresses of an allocation.
+func addressAddrs(a model.Address) addrs { return addrs{a.IPv4.Unmap(), a.IPv6.Unmap()} }
+
+// Store is the part of model.Store the reconciler uses.
+type Store interface {
+	WatchEgresses(ctx context.Context, retry time.Duration, fn func([]model.Egress)) error
+}
+
+// Config wires a Reconciler.
+type Config struct {
+	// Node is the name of this node.
+	Node  string
+	Kube  kubernetes.Interface
+	Store Store
+	// Networks lists the allocations of this node's pods (their primary
+	// interface), which carry the pods' network namespaces.
+	Networks func() []model.Address
+	// Bypass are destinations that never go through a tunnel besides the
+	// pools' subnets, link-local ranges and gateways: service and node
+	// networks.
+	Bypass []netip.Prefix
+	// Resync is the period of the full reconciliation, which repairs
+	// anything changed behind coild's back.
+	Resync time.Duration
+	// Registry receives the metrics; nil means none.
+	Registry prometheus.Registerer
+	Logger   *slog.Logger
+}
+
+// Reconciler keeps the egress tunnels of the node's pods in step.
+type Reconciler struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	pods    *podWatch
+	trigger chan struct{}
+
+	// mu guards the inputs fed from etcd.
+	mu           sync.Mutex
+	egresses     map[string]model.Egress
+	egressesSeen bool
+	pools        []netip.Prefix
+	poolsSeen    bool
+
+	// stateMu guards applied; it is never held across kernel work.
+	stateMu sync.Mutex
+	applied map[string]podState
+	// podLocks serialise the kernel work of one pod (striped by pod key):
+	// a CNI ADD and the reconcile loop never program a pod at once, and
+	// no lock spans the whole node.
+	podLocks [64]sync.Mutex
+	// swept is set once the first reconciliation has removed leftovers
+	// of pods that lost their egress while coild was down.
+	swept bool
+	// retrying is set while a wake-up of the loop is scheduled.
+	retrying atomic.Bool
+}
+
+// podState is the egress configuration of one pod, as wanted or as
+// programmed.
+type podState struct {
+	netns   string
+	client  *nodenet.EgressClient
+	gateway *nodenet.EgressGateway
+	// serves is the egress the pod is a gateway of, if gateway is set.
+	serves string
+	// chosen maps each egress of a client to the gateway pod it uses
+	// ("" while none), for the API answer and the failover count.
+	chosen map[string]string
+	// lost lists the egresses whose gateway went away since the last
+	// programming: those moves are failovers.
+	lost []string
+}
+
+func (s podState) empty() bool { return s.client == nil && s.gateway == nil }
+
+// New returns a reconciler; Run starts it.
+func New(cfg Config) *Reconciler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = time.Minute
+	}
+	r := &Reconciler{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "egress"),
+		metrics:  newMetrics(cfg.Registry),
+		trigger:  make(chan struct{}, 1),
+		egresses: map[string]model.Egress{},
+		applied:  map[string]podState{},
+	}
+	r.pods = newPodWatch(cfg.Kube, cfg.Node, r.kick)
+	return r
+}
+
+// SetPools takes the pools' subnets, which stay on clients' normal path.
+// It is fed by coild's watch of the pools.
+func (r *Reconciler) SetPools(pools []model.Pool) {
+	var ps []netip.Prefix
+	for _, p := range pools {
+		for _, s := range p.Subnets {
+			for _, pf := range []netip.Prefix{s.IPv4, s.IPv6} {
+				if pf.IsValid() {
+					ps = append(ps, pf)
+				}
+			}
+		}
+	}
+	r.mu.Lock()
+	r.pools, r.poolsSeen = sortPrefixes(ps), true
+	r.mu.Unlock()
+	r.kick()
+}
+
+func (r *Reconciler) setEgresses(list []model.Egress) {
+	m := make(map[string]model.Egress, len(list))
+	for _, e := range list {
+		m[e.Key()] = e
+	}
+	r.mu.Lock()
+	r.egresses, r.egressesSeen = m, true
+	r.mu.Unlock()
+	r.kick()
+}
+
+// kick wakes the reconcile loop; wake-ups while it is busy coalesce.
+func (r *Reconciler) kick() {
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches etcd and the API and reconciles until ctx ends. It owns
+// every goroutine it starts and returns only after they have stopped.
+func (r *Reconciler) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		if err := r.cfg.Store.WatchEgresses(ctx, 2*time.Second, r.setEgresses); err != nil && ctx.Err() == nil {
+			r.log.Error("watch egresses", "error", err)
+		}
+	})
+	r.pods.start(ctx)
+	defer r.pods.stop()
+
+	ticker := time.NewTicker(r.cfg.Resync)
+	defer ticker.Stop()
+	for {
+		full := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.trigger:
+		case <-ticker.C:
+			full = true
+		}
+		if !r.ready() {
+			// Informers may finish their first list without an event
+			// worth a wake-up: look again shortly.
+			r.retryIn(100 * time.Millisecond)
+			continue
+		}
+		// Let a burst of events (a rollout, a deleted gateway seen by
+		// several informers) settle into one pass.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+		r.reconcile(full)
+	}
+}
+
+// ready reports whether every input has been loaded once.
+func (r *Reconciler) ready() bool {
+	r.mu.Lock()
+	loaded := r.egressesSeen && r.poolsSeen
+	r.mu.Unlock()
+	return loaded && r.pods.synced()
+}
+
+// snapshot is every input of one reconciliation.
+type snapshot struct {
+	egresses map[string]model.Egress
+	bypass   []netip.Prefix
+	// gateways are the eligible gateway pods of each egress, by key.
+	gateways map[string][]gateway
+	// networks are this node's pods' networks by pod key.
+	networks map[string]model.Address
+	// clients are the pods of the cluster that use an egress; nil while
+	// unknown (the cluster-wide watch is not running or not synced).
+	clients []*corev1.Pod
+}
+
+func (r *Reconciler) snapshot() *snapshot {
+	r.mu.Lock()
+	s := &snapshot{egresses: r.egresses, bypass: sortPrefixes(append(slices.Clone(r.pools), r.cfg.Bypass...))}
+	r.mu.Unlock()
+	s.gateways = map[string][]gateway{}
+	for _, p := range r.pods.gateways() {
+		e := gatewayOf(p)
+		if _, ok := s.egresses[e]; ok && eligible(p) {
+			s.gateways[e] = append(s.gateways[e], gateway{key: podKey(p), addrs: podAddrs(p)})
+		}
+	}
+	s.networks = map[string]model.Address{}
+	for _, n := range r.cfg.Networks() {
+		k := n.Namespace + "/" + n.Pod
+		// A pod restarted its sandbox: the newest attachment is the live one.
+		if old, ok := s.networks[k]; n.NetNS != "" && (!ok || n.CreatedAt.After(old.CreatedAt)) {
+			s.networks[k] = n
+		}
+	}
+	s.clients = r.pods.clients()
+	return s
+}
+
+func podKey(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
+
+// desired computes the configuration of one pod of this node. prev is what
+// was programmed last, for the gateway's clients when the cluster-wide view
+// is unknown.
+func (r *Reconciler) desired(s *snapshot, p *corev1.Pod, net model.Address, prev podState) podState {
+	key := podKey(p)
+	d := podState{netns: net.NetNS, chosen: map[string]string{}}
+	self := gatewayOf(p)
+	var tunnels []nodenet.EgressTunnel
+	for _, e := range clientEgresses(p) {
+		eg, ok := s.egresses[e]
+		if !ok || e == self {
+			continue
+		}
+		t := nodenet.EgressTunnel{VNI: eg.VNI, Destinations: eg.Destinations}
+		if g, ok := choose(key, addressAddrs(net), s.gateways[e]); ok {
+			_, t.Gateway, _ = outer(addressAddrs(net), g.addrs)
+			d.chosen[e] = g.key
+		} else {
+			d.chosen[e] = ""
+		}
+		if old := prev.chosen[e]; old != "" && old != d.chosen[e] && !slices.ContainsFunc(s.gateways[e], func(g gateway) bool { return g.key == old }) {
+			d.lost = append(d.lost, e)
+		}
+		tunnels = append(tunnels, t)
+	}
+	if len(tunnels) > 0 {
+		d.client = &nodenet.EgressClient{IPv4: net.IPv4, IPv6: net.IPv6, Bypass: s.bypass, Tunnels: tunnels}
+	}
+	if eg, ok := s.egresses[self]; ok && self != "" {
+		gw := &nodenet.EgressGateway{VNI: eg.VNI, IPv4: net.IPv4, IPv6: net.IPv6}
+		switch {
+		case s.clients != nil:
+			gw.Clients = r.servedClients(s, self, key, addressAddrs(net))
+		case prev.gateway != nil && prev.gateway.VNI == eg.VNI:
+			// Who the clients are is not known yet: keep serving the
+			// ones programmed before rather than cutting them off.
+			gw.Clients = prev.gateway.Clients
+		}
+		d.gateway, d.serves = gw, self
+	}
+	return d
+}
+
+// servedClients returns the clients, anywhere in the cluster, of egress e
+// that chose the gateway pod gwKey (of addresses gwAddrs).
+func (r *Reconciler) servedClients(s *snapshot, e, gwKey string, gwAddrs addrs) []nodenet.EgressGatewayClient {
+	var out []nodenet.EgressGatewayClient
+	for _, c := range s.clients {
+		if gatewayOf(c) == e || !slices.Contains(clientEgresses(c), e) || terminated(c) {
+			continue
+		}
+		ck := podKey(c)
+		a := podAddrs(c)
+		if c.Spec.NodeName == r.cfg.Node {
+			// Ours: the allocator knows the addresses before the
+			// status does, and after a DEL that they are gone.
+			n, ok := s.networks[ck]
+			if !ok {
+				continue
+			}
+			a = addressAddrs(n)
+		}
+		if !a.valid() {
+			continue
+		}
+		g, ok := choose(ck, a, s.gateways[e])
+		if !ok || g.key != gwKey {
+			continue
+		}
+		co, _, ok := outer(a, gwAddrs)
+		if !ok {
+			continue
+		}
+		out = append(out, nodenet.EgressGatewayClient{Outer: co, IPv4: a.v4, IPv6: a.v6})
+	}
+	slices.SortFunc(out, func(a, b nodenet.EgressGatewayClient) int { return a.Outer.Compare(b.Outer) })
+	return out
+}
+
+// terminated reports whether a pod's containers are done, its network gone.
+func terminated(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// reconcile brings every pod of the node in step; full re-programs even
+// pods whose configuration did not change, repairing drift.
+func (r *Reconciler) reconcile(full bool) {
+	s := r.snapshot()
+	r.pods.needClients(r.hasLocalGateways(s))
+
+	want := map[string]podState{}
+	seen := map[string]bool{}
+	var clean []string
+	for _, p := range r.pods.local() {
+		k := podKey(p)
+		if p.Spec.NodeName != r.cfg.Node || terminated(p) {
+			continue
+		}
+		net, ok := s.networks[k]
+		if !ok {
+			continue
+		}
+		seen[k] = true
+		if d := r.desired(s, p, net, r.appliedState(k)); !d.empty() {
+			want[k] = d
+		} else {
+			clean = append(clean, k)
+		}
+	}
+
+	r.stateMu.Lock()
+	sweep := !r.swept
+	r.swept = true
+	for k, st := range r.applied {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if n, live := s.networks[k]; !seen[k] && live && n.NetNS == st.netns {
+			// The pod's network is there but the informer does not
+			// show the pod (just created, or gone from the API before
+			// its DEL): leave it until it shows or DEL comes.
+			continue
+		}
+		// No longer a client nor a gateway: programming the empty
+		// state removes what is there.
+		want[k] = podState{netns: st.netns}
+	}
+	r.stateMu.Unlock()
+
+	if sweep {
+		// After a restart nothing is known of what was programmed: make
+		// sure pods that lost their egress while coild was down hold no
+		// leftovers. Pods that never had one see only reads.
+		for _, k := range clean {
+			r.teardownLeftovers(k, s.networks[k].NetNS)
+		}
+	}
+
+	failed := false
+	for k, d := range want {
+		if err := r.apply(k, d, full); err != nil {
+			failed = true
+			r.log.Error("program egress", "pod", k, "error", err)
+		}
+	}
+	if failed {
+		// Retry soon rather than at the next resync.
+		r.retryIn(time.Second)
+	}
+	r.updateMetrics(s, want)
+}
+
+// retryIn wakes the reconcile loop after d, with at most one wake-up
+// pending.
+func (r *Reconciler) retryIn(d time.Duration) {
+	if r.retrying.CompareAndSwap(false, true) {
+		time.AfterFunc(d, func() {
+			r.retrying.Store(false)
+			r.kick()
+		})
+	}
+}
+
+// hasLocalGateways reports whether a gateway pod of an existing egress runs
+// on this node: only then is the cluster-wide watch of client pods needed.
+func (r *Reconciler) hasLocalGateways(s *snapshot) bool {
+	for _, p := range r.pods.local() {
+		if _, ok := s.egresses[gatewayOf(p)]; ok && p.Spec.NodeName == r.cfg.Node && !terminated(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Reconciler) appliedState(key string) podState {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	return r.applied[key]
+}
+
+func (r *Reconciler) lockPod(key string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	m := &r.podLocks[h.Sum32()%uint32(len(r.podLocks))]
+	m.Lock()
+	return m
+}
+
+// apply programs one pod's configuration d unless it is what was
+// programmed last (and force is false).
+func (r *Reconciler) apply(key string, d podState, force bool) error {
+	defer r.lockPod(key).Unlock()
+	prev := r.appliedState(key)
+	if !force && prev.netns == d.netns && reflect.DeepEqual(prev.client, d.client) && reflect.DeepEqual(prev.gateway, d.gateway) {
+		return nil
+	}
+	var errs []error
+	if prev.netns != "" && prev.netns != d.netns {
+		// A new sandbox of the pod: the old namespace is gone or going.
+		errs = append(errs, nodenet.TeardownEgressClient(prev.netns), nodenet.TeardownEgressGateway(prev.netns))
+		prev = podState{}
+	}
+	switch {
+	case d.client != nil:
+		errs = append(errs, nodenet.SyncEgressClient(d.netns, *d.client))
+	case prev.client != nil || force:
+		errs = append(errs, nodenet.TeardownEgressClient(d.netns))
+	}
+	switch {
+	case d.gateway != nil:
+		errs = append(errs, nodenet.SyncEgressGateway(d.netns, *d.gateway))
+	case prev.gateway != nil || force:
+		errs = append(errs, nodenet.TeardownEgressGateway(d.netns))
+	}
+	err := errors.Join(errs...)
+	if err != nil && !netnsExists(d.netns) {
+		// The pod's sandbox is gone (DEL is on its way, or came while
+		// this ran): there is nothing left to program.
+		err = nil
+		d = podState{}
+	}
+
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	if err != nil {
+		r.metrics.syncFailures.Inc()
+		// Forget what is there: the next pass programs it all again.
+		r.applied[key] = podState{netns: d.netns, client: &nodenet.EgressClient{}, gateway: &nodenet.EgressGateway{}}
+		return err
+	}
+	for _, e := range d.lost {
+		r.metrics.failovers.WithLabelValues(e).Inc()
+		r.log.Info("client moved off a gateway that went away", "pod", key, "egress", e, "gateway", d.chosen[e])
+	}
+	d.lost = nil
+	if d.empty() {
+		delete(r.applied, key)
+	} else {
+		r.applied[key] = d
+	}
+	return nil
+}
+
+// netnsExists reports whether a network namespace path still exists.
+func netnsExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// teardownLeftovers removes egress settings from a pod that should have
+// none.
+func (r *Reconciler) teardownLeftovers(key, netns string) {
+	defer r.lockPod(key).Unlock()
+	if err := errors.Join(nodenet.TeardownEgressClient(netns), nodenet.TeardownEgressGateway(netns)); err != nil {
+		r.log.Error("remove egress leftovers", "pod", key, "error", err)
+	}
+}
+
+// SetupPod programs the egress configuration of a pod during its CNI ADD,
+// once its interface exists, so that its first packet takes the right
+// path. A pod that is neither a client nor a gateway costs one look-up in
+// the informer's cache.
+func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (api.EgressResponse, error) {
+	resp := api.EgressResponse{Status: 200}
+	p, err := r.pod(ctx, net.Namespace, net.Pod)
+	if err != nil || p == nil {
+		return resp, err
+	}
+	if len(clientEgresses(p)) == 0 && gatewayOf(p) == "" {
+		return resp, nil
+	}
+	if !r.ready() {
+		return resp, fmt.Errorf("pod %s/%s uses egress: %w", net.Namespace, net.Pod, ErrNotReady)
+	}
+	s := r.snapshot()
+	key := podKey(p)
+	s.networks[key] = net
+	d := r.desired(s, p, net, r.appliedState(key))
+	if err := r.apply(key, d, true); err != nil {
+		return resp, fmt.Errorf("program egress of pod %s: %w", key, err)
+	}
+	for _, e := range clientEgresses(p) {
+		if _, ok := s.egresses[e]; !ok {
+			r.log.Warn("pod is annotated for an egress that does not exist", "pod", key, "egress", e)
+			resp.Missing = append(resp.Missing, e)
+			continue
+		}
+		if e == gatewayOf(p) {
+			continue
+		}
+		route := api.EgressRoute{Egress: e}
+		if g := d.chosen[e]; g != "" {
+			t := slices.IndexFunc(s.gateways[e], func(x gateway) bool { return x.key == g })
+			_, ip, _ := outer(addressAddrs(net), s.gateways[e][t].addrs)
+			route.GatewayPod, route.Gateway = g, ip.String()
+		}
+		resp.Client = append(resp.Client, route)
+	}
+	if d.gateway != nil {
+		resp.Gateway = gatewayOf(p)
+	}
+	r.updateLocalGateways(s, p, d)
+	// A new gateway needs the cluster-wide view of its clients.
+	r.kick()
+	return resp, nil
+}
+
+// updateLocalGateways programs, before the ADD of client p returns, the
+// gateways of this node it chose, so that even the replies to its first
+// packets come back through the tunnel. Gateways on other nodes learn of
+// the client from the API, as soon as its status shows its address.
+func (r *Reconciler) updateLocalGateways(s *snapshot, p *corev1.Pod, d podState) {
+	if s.clients == nil {
+		return // the reconcile loop does it once the view is complete
+	}
+	key := podKey(p)
+	s.clients = append(slices.DeleteFunc(slices.Clone(s.clients), func(c *corev1.Pod) bool { return podKey(c) == key }), p)
+	for _, g := range d.chosen {
+		gp := r.pods.localPod(splitKey(g))
+		net, ok := s.networks[g]
+		if gp == nil || !ok {
+			continue
+		}
+		if err := r.apply(g, r.desired(s, gp, net, r.appliedState(g)), false); err != nil {
+			r.log.Error("program egress gateway for a new client", "gateway", g, "client", key, "error", err)
+		}
+	}
+}
+
+// splitKey splits "namespace/name".
+func splitKey(k string) (namespace, name string) {
+	namespace, name, _ = strings.Cut(k, "/")
+	return namespace, name
+}
+
+// pod returns the Pod object from the informer's cache, or from the API
+// when the cache does not hold it yet; nil when it does not exist.
+func (r *Reconciler) pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+	if p := r.pods.localPod(namespace, name); p != nil {
+		return p, nil
+	}
+	p, err := r.cfg.Kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
+	}
+	return p, nil
+}
+
+// PodReleased forgets a pod whose address was released (CNI DEL or GC) and
+// removes its egress settings, if its namespace still exists. A release of
+// an older sandbox of a pod leaves the newer one alone.
+func (r *Reconciler) PodReleased(net model.Address) {
+	key := net.Namespace + "/" + net.Pod
+	st := r.appliedState(key)
+	if net.NetNS == "" || st.netns != "" && st.netns != net.NetNS {
+		return
+	}
+	func() {
+		defer r.lockPod(key).Unlock()
+		if err := errors.Join(nodenet.TeardownEgressClient(net.NetNS), nodenet.TeardownEgressGateway(net.NetNS)); err != nil {
+			r.log.Error("remove egress of released pod", "pod", key, "error", err)
+		}
+		r.stateMu.Lock()
+		if r.applied[key].netns == net.NetNS {
+			delete(r.applied, key)
+		}
+		r.stateMu.Unlock()
+	}()
+	r.kick()
+}

@@ -1,0 +1,257 @@
+package mtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// Addresses of the external host and of the fabric's side of its link.
+const (
+	externalNet4 = "203.0.113.0/24"
+	externalNet6 = "fd00:203::/64"
+	extFabricV4  = "203.0.113.1"
+	extFabricV6  = "fd00:203::1"
+	ExternalV4   = "203.0.113.2"
+	ExternalV6   = "fd00:203::2"
+)
+
+// External is a host outside the cluster, as egress sees the Internet: the
+// fabric routes to it, and it routes back to nothing but what the fabric
+// routes (only the blocks of pools passed to RouteBlocks). It runs servers
+// that answer every connection with the address they saw it come from.
+type External struct {
+	NetNS string
+	// Server4 and Server6 are the peer-reporting servers.
+	Server4, Server6 netip.AddrPort
+	c                *Cluster
+	listeners        []net.Listener
+	wg               sync.WaitGroup
+}
+
+func (c *Cluster) buildExternal() (*External, error) {
+	e := &External{NetNS: c.id + "-ext", c: c}
+	if err := c.addNetNS(e.NetNS); err != nil {
+		return nil, err
+	}
+	steps := [][]string{
+		{"-n", c.fabric, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", e.NetNS},
+		{"-n", c.fabric, "addr", "add", extFabricV4 + "/24", "dev", "ext0"},
+		{"-n", c.fabric, "addr", "add", extFabricV6 + "/64", "dev", "ext0", "nodad"},
+		{"-n", c.fabric, "link", "set", "ext0", "up"},
+		{"-n", e.NetNS, "addr", "add", ExternalV4 + "/24", "dev", "eth0"},
+		{"-n", e.NetNS, "addr", "add", ExternalV6 + "/64", "dev", "eth0", "nodad"},
+		{"-n", e.NetNS, "link", "set", "eth0", "up"},
+		{"-n", e.NetNS, "route", "add", "default", "via", extFabricV4},
+		{"-n", e.NetNS, "-6", "route", "add", "default", "via", extFabricV6},
+	}
+	for _, s := range steps {
+		if _, err := run("ip", s...); err != nil {
+			return nil, err
+		}
+	}
+	// The fabric becomes the router between the nodes and the outside.
+	if _, err := runIn(c.fabric, nil, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
+		return nil, err
+	}
+	for _, a := range []string{ExternalV4, ExternalV6} {
+		ap, err := e.serve(netip.MustParseAddr(a))
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		if ap.Addr().Is4() {
+			e.Server4 = ap
+		} else {
+			e.Server6 = ap
+		}
+	}
+	return e, nil
+}
+
+// serve starts a peer-reporting server on addr inside the external host.
+func (e *External) serve(addr netip.Addr) (netip.AddrPort, error) {
+	target, err := ns.GetNS("/var/run/netns/" + e.NetNS)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	defer target.Close()
+	var ln net.Listener
+	// The socket is created inside the namespace and stays there.
+	err = target.Do(func(ns.NetNS) error {
+		var lerr error
+		ln, lerr = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		return lerr
+	})
+	runtime.KeepAlive(target)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("listen on %s in the external host: %w", addr, err)
+	}
+	e.listeners = append(e.listeners, ln)
+	e.wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(conn, netip.MustParseAddrPort(conn.RemoteAddr().String()).Addr().Unmap())
+			conn.Close()
+		}
+	})
+	return netip.MustParseAddrPort(ln.Addr().String()), nil
+}
+
+func (e *External) close() {
+	for _, l := range e.listeners {
+		l.Close()
+	}
+	e.wg.Wait()
+}
+
+// RouteBlocks makes the fabric route the blocks nodes own in pool to them,
+// as the routers of the outside world would learn them: only these pods
+// can get answers from the external host. Call it after the pool's pods
+// have started.
+func (e *External) RouteBlocks(pool string) error {
+	out, err := e.c.Coilctl("pool", "show", pool, "-o", "json")
+	if err != nil {
+		return err
+	}
+	var view struct {
+		OwnedBlocks []struct {
+			Node string `json:"node"`
+			IPv4 string `json:"ipv4"`
+			IPv6 string `json:"ipv6"`
+		} `json:"ownedBlocks"`
+	}
+	if err := json.Unmarshal([]byte(out), &view); err != nil {
+		return fmt.Errorf("coilctl pool show %s: %w", pool, err)
+	}
+	for _, b := range view.OwnedBlocks {
+		var n *Node
+		for _, x := range e.c.Nodes {
+			if x.Name == b.Node {
+				n = x
+			}
+		}
+		if n == nil {
+			continue
+		}
+		for _, r := range [][]string{{"-4", b.IPv4, n.V4.String()}, {"-6", b.IPv6, n.V6.String()}} {
+			if r[1] == "" {
+				continue
+			}
+			if _, err := run("ip", "-n", e.c.fabric, r[0], "route", "replace", r[1], "via", r[2]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// SeenAs connects from the pod to one of the external host's servers and
+// returns the address the server saw the connection come from.
+func (p *Pod) SeenAs(target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := dialIn("/var/run/netns/"+p.NetNS, ctx, "tcp", target.String())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("read from %s: %w", target, err)
+	}
+	return netip.ParseAddr(strings.TrimSpace(line))
+}
+
+// EgressState is what egress programmed in a pod's network namespace,
+// counted with ip, bridge and nft (independently of Coil's own code).
+type EgressState struct {
+	Links, Rules, Routes, FDB, NFTRules int
+}
+
+// EgressState counts the egress settings in the pod's namespace.
+func (p *Pod) EgressState() (EgressState, error) {
+	var st EgressState
+	count := func(name string, args ...string) (int, []map[string]any, error) {
+		out, err := runIn(p.NetNS, nil, name, args...)
+		var ce *cmdError
+		if errors.As(err, &ce) && strings.Contains(ce.stderr, "table does not exist") {
+			return 0, nil, nil // a table without routes
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		var list []map[string]any
+		if strings.TrimSpace(out) == "" {
+			return 0, nil, nil
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return 0, nil, fmt.Errorf("%s %v: %w: %q", name, args, err, out)
+		}
+		return len(list), list, nil
+	}
+	var err error
+	if st.Links, _, err = count("ip", "-j", "link", "show", "type", "vxlan"); err != nil {
+		return st, err
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		_, rules, err := count("ip", fam, "-j", "rule", "show")
+		if err != nil {
+			return st, err
+		}
+		for _, r := range rules {
+			if prio, _ := r["priority"].(float64); prio == 1990 || prio == 2000 || prio == 2010 {
+				st.Rules++
+			}
+		}
+		for _, table := range []string{"1990", "2010"} {
+			n, _, err := count("ip", fam, "-j", "route", "show", "table", table)
+			if err != nil {
+				return st, err
+			}
+			st.Routes += n
+		}
+	}
+	_, fdb, err := count("bridge", "-j", "fdb", "show")
+	if err != nil {
+		return st, err
+	}
+	for _, f := range fdb {
+		if dev, _ := f["ifname"].(string); strings.HasPrefix(dev, "egc-") || strings.HasPrefix(dev, "egg") {
+			st.FDB++
+		}
+	}
+	out, err := runIn(p.NetNS, nil, "nft", "-j", "list", "table", "inet", "coil-egress")
+	if ce := (*cmdError)(nil); errors.As(err, &ce) && strings.Contains(ce.stderr, "No such file") {
+		return st, nil // no table, no rules
+	}
+	if err != nil {
+		return st, err
+	}
+	var doc struct {
+		Nftables []map[string]any `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return st, fmt.Errorf("nft -j list table: %w", err)
+	}
+	for _, o := range doc.Nftables {
+		if _, ok := o["rule"]; ok {
+			st.NFTRules++
+		}
+	}
+	return st, nil
+}
