@@ -72,15 +72,10 @@ func newCall(args *skel.CmdArgs) (*call, error) {
 // If anything fails after the allocation, the allocation and any links are
 // undone, so a failed ADD leaves nothing behind for kubelet's retry.
 func CmdAdd(args *skel.CmdArgs) error {
-	c, err := newCall(args)
+	c, pod, ctx, cancel, err := startPodCommand(args)
 	if err != nil {
 		return err
 	}
-	pod, err := parsePodArgs(args.Args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 
 	mtu := c.conf.MTU
@@ -224,20 +219,30 @@ func buildResult(links nodenet.PodLinks, v4, v6 netip.Addr) *current.Result {
 	return r
 }
 
+// startPodCommand reads what ADD, DEL and CHECK all need (the
+// configuration and the pod's name) and bounds the command in time.
+func startPodCommand(args *skel.CmdArgs) (*call, podRef, context.Context, context.CancelFunc, error) {
+	c, err := newCall(args)
+	if err != nil {
+		return nil, podRef{}, nil, nil, err
+	}
+	pod, err := parsePodArgs(args.Args)
+	if err != nil {
+		return nil, podRef{}, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	return c, pod, ctx, cancel, nil
+}
+
 // CmdDel removes the pod's veth and releases its addresses. It succeeds
 // when there is nothing left to remove, as the spec asks of DEL. The
 // addresses are released only after the links are gone, so an address is
 // never handed out again while a veth still routes it.
 func CmdDel(args *skel.CmdArgs) error {
-	c, err := newCall(args)
+	c, pod, ctx, cancel, err := startPodCommand(args)
 	if err != nil {
 		return err
 	}
-	pod, err := parsePodArgs(args.Args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 
 	if err := nodenet.TeardownPod(args.Netns, args.IfName, nodenet.HostVethName(pod.Namespace, pod.Name)); err != nil {
@@ -255,15 +260,10 @@ func CmdDel(args *skel.CmdArgs) error {
 // its links, addresses and routes are as ADD made them, and matches both
 // against prevResult when the runtime passes one.
 func CmdCheck(args *skel.CmdArgs) error {
-	c, err := newCall(args)
+	c, pod, ctx, cancel, err := startPodCommand(args)
 	if err != nil {
 		return err
 	}
-	pod, err := parsePodArgs(args.Args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 
 	resp, err := c.client.Get(ctx, pod.Namespace, pod.Name, args.ContainerID, args.IfName)
