@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/nodenet/netnstest"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -26,37 +27,11 @@ const podArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_PO
 
 var hostAddr = netip.MustParseAddr("10.99.0.1")
 
-// newTestNS creates a network namespace with lo up, removed when the test
-// ends.
-func newTestNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	inNS(t, n, func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	return n
-}
+// newTestNS creates a namespace for the test (see netnstest.New).
+func newTestNS(t *testing.T) ns.NetNS { return netnstest.New(t) }
 
-func inNS(t *testing.T, n ns.NetNS, f func() error) {
-	t.Helper()
-	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
-		t.Fatal(err)
-	}
-}
+// inNS runs f inside n and fails the test on error.
+func inNS(t *testing.T, n ns.NetNS, f func() error) { netnstest.Do(t, n, f) }
 
 // newHost returns a netns playing the node, with an address of its own
 // on lo for pods to reach.

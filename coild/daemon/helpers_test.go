@@ -28,11 +28,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/nodenet/netnstest"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
@@ -165,35 +165,11 @@ func repoRoot() (string, error) {
 	}
 }
 
-// newNetNS creates a network namespace with lo up, removed when the test
-// ends whatever its outcome.
-func newNetNS(t testing.TB) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	inNS(t, n, func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	return n
-}
+// newNetNS creates a namespace for the test (see netnstest.New).
+func newNetNS(t testing.TB) ns.NetNS { return netnstest.New(t) }
 
 // inNS runs f inside n and fails the test on error.
-func inNS(t testing.TB, n ns.NetNS, f func() error) {
-	t.Helper()
-	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
-		t.Fatal(err)
-	}
-}
+func inNS(t testing.TB, n ns.NetNS, f func() error) { netnstest.Do(t, n, f) }
 
 // logBuffer collects coild's log, shown only when a test fails.
 type logBuffer struct {
@@ -900,43 +876,13 @@ func podSysctl(t testing.TB, p *pod, name string) string {
 	return strings.TrimSpace(string(v))
 }
 
-// listen opens a TCP listener on addr:port (port 0 picks one) inside n that
-// accepts connections and closes them at once. The socket is created inside
-// n; Accept runs anywhere.
+// listen opens a TCP listener inside n (see netnstest.Listen).
 func listen(t testing.TB, n ns.NetNS, addr netip.Addr, port uint16) netip.AddrPort {
-	t.Helper()
-	var ln net.Listener
-	inNS(t, n, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, port).String())
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return netnstest.Listen(t, n, addr, port)
 }
 
 // dial connects to target over TCP from inside n.
-func dial(n ns.NetNS, target netip.AddrPort) error {
-	return n.Do(func(ns.NetNS) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", target.String())
-		if err != nil {
-			return fmt.Errorf("dial %s: %w", target, err)
-		}
-		return c.Close()
-	})
-}
+func dial(n ns.NetNS, target netip.AddrPort) error { return netnstest.Dial(n, target) }
 
 // cniError returns the CNI error in err, failing the test if there is none.
 func cniError(t testing.TB, err error) *types.Error {

@@ -1,0 +1,91 @@
+// Package netnstest gives tests throw-away network namespaces and TCP
+// reachability checks between them. Tests never touch the namespace they
+// run in; everything they build lives in namespaces made here and removed
+// when the test ends, whatever its outcome.
+package netnstest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+)
+
+// New creates a network namespace with lo up, removed when t ends. It skips
+// the test when not run as root.
+func New(t testing.TB) ns.NetNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	Do(t, n, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	})
+	return n
+}
+
+// Do runs f inside n and fails the test on error.
+func Do(t testing.TB, n ns.NetNS, f func() error) {
+	t.Helper()
+	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Listen opens a TCP listener on addr:port (port 0 picks one) inside n that
+// accepts connections and closes them at once. The socket is created
+// inside n and stays there; Accept may run on any thread.
+func Listen(t testing.TB, n ns.NetNS, addr netip.Addr, port uint16) netip.AddrPort {
+	t.Helper()
+	var ln net.Listener
+	Do(t, n, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, port).String())
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		// Ends when the cleanup above closes the listener.
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// Dial connects to target over TCP from inside n, within 5 seconds.
+func Dial(n ns.NetNS, target netip.AddrPort) error {
+	return n.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", target.String())
+		if err != nil {
+			return fmt.Errorf("dial %s: %w", target, err)
+		}
+		return c.Close()
+	})
+}
