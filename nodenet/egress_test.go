@@ -1,16 +1,14 @@
 package nodenet
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/nodenet/netnstest"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"
@@ -102,53 +100,14 @@ func upWithAddrs(name string, cidrs ...string) error {
 	return netlink.LinkSetUp(l)
 }
 
-// peerServer listens on addr inside n and writes each client's address, as
-// the server sees it, back to the client.
+// peerServer answers each connection with the client's address as seen.
 func peerServer(t *testing.T, n ns.NetNS, addr netip.Addr) netip.AddrPort {
-	t.Helper()
-	var ln net.Listener
-	inNS(t, n, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ap := netip.MustParseAddrPort(c.RemoteAddr().String())
-			fmt.Fprintln(c, ap.Addr().Unmap())
-			c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return netnstest.PeerServer(t, n, addr)
 }
 
-// seenAs connects from n to a peerServer and returns the address the server
-// saw.
+// seenAs connects from n to a peerServer and returns the address it saw.
 func seenAs(n ns.NetNS, target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
-	var seen netip.Addr
-	err := n.Do(func(ns.NetNS) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", target.String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(timeout))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		seen, err = netip.ParseAddr(strings.TrimSpace(line))
-		return err
-	})
-	return seen, err
+	return netnstest.SeenAs(n, target, timeout)
 }
 
 func countEgress(t *testing.T, n ns.NetNS) EgressSummary {

@@ -205,24 +205,7 @@ func TestAddCheckDel(t *testing.T) {
 // listenIn opens a TCP listener inside n that accepts and closes
 // connections; it returns the listening address.
 func listenIn(t *testing.T, n ns.NetNS, addr netip.Addr) string {
-	t.Helper()
-	var ln net.Listener
-	inNS(t, n, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().String()
+	return netnstest.Listen(t, n, addr, 0).String()
 }
 
 func TestAddUnixSocketIPv4Only(t *testing.T) {

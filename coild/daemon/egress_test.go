@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/nodenet/netnstest"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -92,49 +92,13 @@ func linkUp(name string, cidrs ...string) error {
 
 // peerServer answers each connection with the client's address as seen.
 func peerServer(t *testing.T, n ns.NetNS, addr netip.Addr) netip.AddrPort {
-	t.Helper()
-	var ln net.Listener
-	inNS(t, n, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap())
-			c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return netnstest.PeerServer(t, n, addr)
 }
 
 // seenAs connects from the pod to target and returns the address the
 // server saw.
 func seenAs(p *pod, target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
-	var seen netip.Addr
-	err := p.ns.Do(func(ns.NetNS) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", target.String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(timeout))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		seen, err = netip.ParseAddr(strings.TrimSpace(line))
-		return err
-	})
-	return seen, err
+	return netnstest.SeenAs(p.ns, target, timeout)
 }
 
 // createPod creates the Pod object of p on the node, as the scheduler

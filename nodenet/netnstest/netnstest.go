@@ -5,11 +5,13 @@
 package netnstest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,9 +54,49 @@ func Do(t testing.TB, n ns.NetNS, f func() error) {
 }
 
 // Listen opens a TCP listener on addr:port (port 0 picks one) inside n that
-// accepts connections and closes them at once. The socket is created
-// inside n and stays there; Accept may run on any thread.
+// accepts connections and closes them at once.
 func Listen(t testing.TB, n ns.NetNS, addr netip.Addr, port uint16) netip.AddrPort {
+	t.Helper()
+	return Serve(t, n, addr, port, func(net.Conn) {})
+}
+
+// PeerServer listens on addr inside n and writes each client's address, as
+// the server sees it, back to the client: what a host outside sees of a
+// pod behind NAT.
+func PeerServer(t testing.TB, n ns.NetNS, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	return Serve(t, n, addr, 0, func(c net.Conn) {
+		fmt.Fprintln(c, netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap())
+	})
+}
+
+// SeenAs connects from n to a PeerServer and returns the address it saw.
+func SeenAs(n ns.NetNS, target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
+	var seen netip.Addr
+	err := n.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", target.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(timeout))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		seen, err = netip.ParseAddr(strings.TrimSpace(line))
+		return err
+	})
+	return seen, err
+}
+
+// Serve opens a TCP listener on addr:port inside n and calls handle for
+// each connection, closing it afterwards. The socket is created inside n
+// and stays there; Accept may run on any thread.
+func Serve(t testing.TB, n ns.NetNS, addr netip.Addr, port uint16, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	var ln net.Listener
 	Do(t, n, func() error {
@@ -70,6 +112,7 @@ func Listen(t testing.TB, n ns.NetNS, addr netip.Addr, port uint16) netip.AddrPo
 			if err != nil {
 				return
 			}
+			handle(c)
 			c.Close()
 		}
 	}()
