@@ -21,6 +21,10 @@ type Owner struct {
 	// gave it: coild enters it to keep the pod's egress tunnels in step,
 	// also after a restart. Records written before it existed lack it.
 	NetNS string `json:"netns,omitempty"`
+	// PodUID is the pod's UID when the runtime passed it (K8S_POD_UID):
+	// it tells a pod from a later pod of the same name, whose sandbox
+	// must not keep the earlier one's leaked address alive.
+	PodUID string `json:"podUID,omitempty"`
 }
 
 // Address is one allocated address (a pair in a dual-stack pool).

@@ -165,6 +165,12 @@ func TestFlatL2(t *testing.T) {
 			}
 			pods = append(pods, p)
 		}
+		// The record names the pod's UID (kubelet's K8S_POD_UID), which
+		// coil-controller uses to tell a pod from a later one of that name.
+		info := mustCoilctl(t, c, "address", "info", pods[0].IPv4().String(), "-o", "json")
+		if pods[0].UID == "" || !strings.Contains(info, pods[0].UID) {
+			t.Fatalf("address record lacks pod UID %q: %s", pods[0].UID, info)
+		}
 		p := mustStartPod(t, c.Nodes[0], "tenant-a", "app")
 		if len(p.IPs) != 1 || !inPrefix(t, "10.101.0.0/16", p.IPv4()) {
 			t.Fatalf("pod of annotated namespace got %v, want an address of pool tenant", p.IPs)

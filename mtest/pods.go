@@ -33,7 +33,9 @@ type Pod struct {
 	NetNS           string
 	// ContainerID is the one cnitool derives from the netns path.
 	ContainerID string
-	IPs         []netip.Addr
+	// UID is the Pod object's UID, passed as K8S_POD_UID like kubelet does.
+	UID string
+	IPs []netip.Addr
 }
 
 var podSeq atomic.Int64
@@ -85,7 +87,7 @@ func (n *Node) NewPodWith(ctx context.Context, namespace, name string, meta PodM
 	if err := c.CreateNamespace(ctx, namespace, nil); err != nil {
 		return nil, err
 	}
-	_, err := c.Kube.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+	created, err := c.Kube.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: meta.Labels, Annotations: meta.Annotations},
 		Spec: corev1.PodSpec{
 			NodeName:   n.Name,
@@ -96,6 +98,11 @@ func (n *Node) NewPodWith(ctx context.Context, namespace, name string, meta PodM
 		return nil, fmt.Errorf("create Pod %s/%s: %w", namespace, name, err)
 	}
 	p := &Pod{Namespace: namespace, Name: name, Node: n, NetNS: fmt.Sprintf("%s-p%d", c.id, podSeq.Add(1))}
+	if err == nil {
+		p.UID = string(created.UID)
+	} else if existing, gerr := c.Kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{}); gerr == nil {
+		p.UID = string(existing.UID)
+	}
 	if _, err := run("ip", "netns", "add", p.NetNS); err != nil {
 		return nil, err
 	}
@@ -130,7 +137,7 @@ func (p *Pod) cnitool(cmd string) (string, error) {
 	env := []string{
 		"CNI_PATH=" + n.c.CNIBin,
 		"NETCONFPATH=" + dir,
-		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name,
+		"CNI_ARGS=" + p.cniArgs(),
 		"CNI_IFNAME=eth0",
 	}
 	out, err := runIn(n.NetNS, env, filepath.Join(n.c.CNIBin, "cnitool"), cmd, networkName, "/var/run/netns/"+p.NetNS)
@@ -152,6 +159,15 @@ func (p *Pod) cnitool(cmd string) (string, error) {
 	return out, nil
 }
 
+// cniArgs is what kubelet passes in CNI_ARGS.
+func (p *Pod) cniArgs() string {
+	args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name
+	if p.UID != "" {
+		args += ";K8S_POD_UID=" + p.UID
+	}
+	return args
+}
+
 // AddPlugin runs the coil plugin alone, the way a runtime executes a
 // plugin (CNI_* variables, configuration on stdin), and returns the CNI
 // error object it printed when it fails: cnitool shows only the message,
@@ -166,7 +182,7 @@ func (p *Pod) AddPlugin() error {
 		"CNI_NETNS=/var/run/netns/"+p.NetNS,
 		"CNI_IFNAME=eth0",
 		"CNI_PATH="+n.c.CNIBin,
-		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.Namespace+";K8S_POD_NAME="+p.Name,
+		"CNI_ARGS="+p.cniArgs(),
 	)
 	cmd.Stdin = strings.NewReader(conf)
 	out, err := cmd.Output()

@@ -49,6 +49,10 @@ const (
 	// ReasonPodOnOtherNode: the Pod exists but is scheduled to another node
 	// (or to none), so the record belongs to an earlier incarnation.
 	ReasonPodOnOtherNode LeakReason = "pod-on-other-node"
+	// ReasonPodReplaced: a Pod of that namespace and name exists on the
+	// record's node, but it is a later pod (another UID) than the one the
+	// address was allocated to.
+	ReasonPodReplaced LeakReason = "pod-replaced"
 )
 
 // MissingNode is a node that owns blocks or has a node record in etcd but
@@ -229,6 +233,8 @@ func compare(snap snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodNotFound})
 		case p.Spec.NodeName != a.Node:
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodOnOtherNode, PodNode: p.Spec.NodeName})
+		case a.PodUID != "" && string(p.UID) != a.PodUID:
+			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodReplaced, PodNode: p.Spec.NodeName})
 		}
 	}
 

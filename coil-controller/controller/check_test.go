@@ -11,6 +11,7 @@ import (
 	"github.com/coil-project/coil/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 func node(name string) *corev1.Node {
@@ -32,6 +33,16 @@ func addr(nodeName string, blk, off int, ns, podName string) model.Address {
 		Owner: model.Owner{Node: nodeName, Namespace: ns, Pod: podName, ContainerID: "c-" + podName}}
 }
 
+func withUID(a model.Address, uid string) model.Address {
+	a.PodUID = uid
+	return a
+}
+
+func podUID(p *corev1.Pod, uid string) *corev1.Pod {
+	p.UID = types.UID(uid)
+	return p
+}
+
 func TestCompare(t *testing.T) {
 	// n1 exists with blocks 0 and 1; n2 was deleted and owns block 2;
 	// n3 was deleted and only has a node record.
@@ -43,12 +54,15 @@ func TestCompare(t *testing.T) {
 			addr("n1", 0, 2, "ns", "moved"),
 			addr("n1", 1, 0, "ns", "unscheduled"),
 			addr("n1", 1, 1, "", ""),
+			withUID(addr("n1", 1, 2, "ns", "replaced"), "uid-old"),
+			withUID(addr("n1", 1, 3, "ns", "same-uid"), "uid-1"),
 			addr("n2", 2, 0, "ns", "on-deleted-node"),
 		},
 		nodes: []model.Node{{Name: "n1"}, {Name: "n3"}},
 	}
 	nodes := []*corev1.Node{node("n1"), node("other")}
-	pods := []*corev1.Pod{pod("ns", "live", "n1"), pod("ns", "moved", "other"), pod("ns", "unscheduled", "")}
+	pods := []*corev1.Pod{pod("ns", "live", "n1"), pod("ns", "moved", "other"), pod("ns", "unscheduled", ""),
+		podUID(pod("ns", "replaced", "n1"), "uid-new"), podUID(pod("ns", "same-uid", "n1"), "uid-1")}
 
 	type leak struct {
 		pod    string
@@ -64,8 +78,9 @@ func TestCompare(t *testing.T) {
 	}{
 		{
 			name: "pods checked", checkPods: true, pods: pods,
-			wantMissing:  []string{"n2", "n3"},
-			wantLeaks:    []leak{{"gone", ReasonPodNotFound}, {"moved", ReasonPodOnOtherNode}, {"unscheduled", ReasonPodOnOtherNode}},
+			wantMissing: []string{"n2", "n3"},
+			wantLeaks: []leak{{"gone", ReasonPodNotFound}, {"moved", ReasonPodOnOtherNode}, {"unscheduled", ReasonPodOnOtherNode},
+				{"replaced", ReasonPodReplaced}},
 			unattributed: 1,
 		},
 		{
@@ -77,7 +92,7 @@ func TestCompare(t *testing.T) {
 			name: "no pods: every attributed record outside missing nodes", checkPods: true, pods: nil,
 			wantMissing: []string{"n2", "n3"},
 			wantLeaks: []leak{{"live", ReasonPodNotFound}, {"gone", ReasonPodNotFound}, {"moved", ReasonPodNotFound},
-				{"unscheduled", ReasonPodNotFound}},
+				{"unscheduled", ReasonPodNotFound}, {"replaced", ReasonPodNotFound}, {"same-uid", ReasonPodNotFound}},
 			unattributed: 1,
 		},
 	}
@@ -101,7 +116,7 @@ func TestCompare(t *testing.T) {
 			if r.Unattributed != tc.unattributed {
 				t.Errorf("unattributed = %d, want %d", r.Unattributed, tc.unattributed)
 			}
-			if r.Blocks != 3 || r.Addresses != 6 {
+			if r.Blocks != 3 || r.Addresses != 8 {
 				t.Errorf("counts = %d blocks, %d addresses", r.Blocks, r.Addresses)
 			}
 		})
@@ -114,7 +129,7 @@ func TestCompare(t *testing.T) {
 	if n3 := r.MissingNodes[1]; len(n3.Blocks) != 0 || !n3.HasRecord {
 		t.Errorf("n3 = %+v, want only a record", n3)
 	}
-	wantUsage := []Usage{{"default", "n1", 2, 5}, {"default", "n2", 1, 1}}
+	wantUsage := []Usage{{"default", "n1", 2, 7}, {"default", "n2", 1, 1}}
 	if !slices.Equal(r.Usage, wantUsage) {
 		t.Errorf("usage = %v, want %v", r.Usage, wantUsage)
 	}
@@ -122,7 +137,7 @@ func TestCompare(t *testing.T) {
 	if err := r.WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"MISSING NODE", "n2", "ns/gone", "pod-on-other-node (other)", "pod-on-other-node (unscheduled)"} {
+	for _, want := range []string{"MISSING NODE", "n2", "ns/gone", "pod-on-other-node (other)", "pod-on-other-node (unscheduled)", "pod-replaced"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

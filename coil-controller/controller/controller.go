@@ -406,7 +406,7 @@ func (c *Controller) reclaim(ctx context.Context, cand LeakCandidate) error {
 	a := cand.Address
 	pod, err := c.client.CoreV1().Pods(a.Namespace).Get(ctx, a.Pod, metav1.GetOptions{})
 	switch {
-	case err == nil && pod.Spec.NodeName == a.Node:
+	case err == nil && pod.Spec.NodeName == a.Node && (a.PodUID == "" || string(pod.UID) == a.PodUID):
 		c.tracker.forget(a) // the cache was behind; the pod is there
 		return nil
 	case err != nil && !apierrors.IsNotFound(err):

@@ -55,6 +55,8 @@ func invalidConf(msg, details string) *types.Error {
 // podRef names the Kubernetes pod a CNI call is for.
 type podRef struct {
 	Namespace, Name string
+	// UID is optional: kubelet passes it, other runtimes may not.
+	UID string
 }
 
 // String returns "<namespace>/<name>", as kubectl shows pods.
@@ -75,6 +77,8 @@ func parsePodArgs(args string) (podRef, error) {
 			p.Namespace = strings.TrimSpace(v)
 		case "K8S_POD_NAME":
 			p.Name = strings.TrimSpace(v)
+		case "K8S_POD_UID":
+			p.UID = strings.TrimSpace(v)
 		}
 	}
 	if p.Namespace == "" || p.Name == "" {

@@ -90,6 +90,7 @@ func CmdAdd(args *skel.CmdArgs) error {
 	resp, err := c.client.Allocate(ctx, api.AllocRequest{
 		PodNamespace: pod.Namespace,
 		PodName:      pod.Name,
+		PodUID:       pod.UID,
 		ContainerID:  args.ContainerID,
 		Interface:    args.IfName,
 		NetNS:        args.Netns,

@@ -531,3 +531,22 @@ func s(a netip.Addr) string {
 	}
 	return a.String()
 }
+
+func TestParsePodArgs(t *testing.T) {
+	cases := []struct {
+		args    string
+		want    podRef
+		wantErr bool
+	}{
+		{"K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web", podRef{Namespace: "ns", Name: "web"}, false},
+		{"IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_UID=1234-abcd", podRef{Namespace: "ns", Name: "web", UID: "1234-abcd"}, false},
+		{"K8S_POD_NAME=web", podRef{}, true},
+		{"", podRef{}, true},
+	}
+	for _, c := range cases {
+		got, err := parsePodArgs(c.args)
+		if (err != nil) != c.wantErr || got != c.want {
+			t.Errorf("parsePodArgs(%q) = %+v, %v; want %+v (error %v)", c.args, got, err, c.want, c.wantErr)
+		}
+	}
+}

@@ -45,6 +45,7 @@ type holderJSON struct {
 	IPv6        string    `json:"ipv6,omitempty"`
 	Namespace   string    `json:"namespace"`
 	Pod         string    `json:"pod"`
+	PodUID      string    `json:"podUID,omitempty"`
 	ContainerID string    `json:"containerID"`
 	Interface   string    `json:"interface"`
 	CreatedAt   time.Time `json:"createdAt"`
@@ -149,7 +150,7 @@ func newAddressInfoJSON(info model.AddressInfo, blk addressBlockJSON) addressInf
 		v.Status = statusAllocated
 		v.Holder = &holderJSON{
 			IPv4: textOrEmpty(a.IPv4), IPv6: textOrEmpty(a.IPv6),
-			Namespace: a.Namespace, Pod: a.Pod, ContainerID: a.ContainerID, Interface: a.Interface,
+			Namespace: a.Namespace, Pod: a.Pod, PodUID: a.PodUID, ContainerID: a.ContainerID, Interface: a.Interface,
 			CreatedAt: a.CreatedAt,
 		}
 	}
@@ -173,6 +174,9 @@ func printAddressInfo(o *rootOptions, v addressInfoJSON) error {
 		}
 		f.add("Namespace", "%s", h.Namespace)
 		f.add("Pod", "%s", h.Pod)
+		if h.PodUID != "" {
+			f.add("Pod UID", "%s", h.PodUID)
+		}
 		f.add("Container", "%s", h.ContainerID)
 		f.add("Interface", "%s", h.Interface)
 		f.add("Created", "%s", h.CreatedAt.UTC().Format(time.RFC3339))

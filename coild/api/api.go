@@ -68,6 +68,9 @@ type AllocRequest struct {
 	Interface string `json:"interface,omitempty"`
 	// NetNS is the path of the pod's network namespace, if known.
 	NetNS string `json:"netns,omitempty"`
+	// PodUID is the pod's UID (K8S_POD_UID in CNI_ARGS), if the runtime
+	// passed it.
+	PodUID string `json:"pod-uid,omitempty"`
 }
 
 // IfName returns the request's interface, DefaultInterface if empty.

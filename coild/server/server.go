@@ -160,7 +160,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		}
 		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
 			Namespace: req.PodNamespace, Pod: req.PodName,
-			ContainerID: req.ContainerID, Interface: req.IfName(), NetNS: req.NetNS,
+			ContainerID: req.ContainerID, Interface: req.IfName(), NetNS: req.NetNS, PodUID: req.PodUID,
 		})
 		if err != nil {
 			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
