@@ -804,3 +804,26 @@ func assertNothingLeft(t *testing.T, n *node, p *pod, want int) {
 		t.Errorf("failed ADD left links %v in the pod", links)
 	}
 }
+
+// coild reaches an etcd that demands TLS client certificates.
+func TestEtcdTLS(t *testing.T) {
+	secure, err := etcdtest.Start(etcdtest.Options{TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(secure.Close)
+	sub, _ := model.ParseSubnet("10.77.0.0/24", "")
+	n := newNode(t, nodeOptions{etcd: secure, pools: []model.Pool{{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{sub}}}})
+	resp, err := n.client.Allocate(context.Background(), api.AllocRequest{PodNamespace: "default", PodName: "p", ContainerID: "c-tls"})
+	if err != nil {
+		t.Fatalf("allocate through coild over TLS etcd: %v", err)
+	}
+	if !netip.MustParsePrefix("10.77.0.0/24").Contains(netip.MustParseAddr(resp.Address)) {
+		t.Fatalf("got %s, want an address of 10.77.0.0/24", resp.Address)
+	}
+	// The record is really in the TLS etcd.
+	info, err := n.store.FindAddress(context.Background(), netip.MustParseAddr(resp.Address))
+	if err != nil || info.Address == nil || info.Address.ContainerID != "c-tls" {
+		t.Fatalf("record in etcd: %+v, %v", info, err)
+	}
+}

@@ -326,14 +326,18 @@ func namespace(name, pool string) *corev1.Namespace {
 
 // config is coild's configuration for the node.
 func (n *node) config() daemon.Config {
+	etcd := etcdconfig.Config{
+		Endpoints: []string{n.etcdEndpoint},
+		Prefix:    n.prefix,
+		Timeout:   time.Second,
+	}
+	if c := n.etcd.Certs; c != nil {
+		etcd.TLSCA, etcd.TLSCert, etcd.TLSKey = c.CA, c.ClientCert, c.ClientKey
+	}
 	return daemon.Config{
-		NodeName:      n.name,
-		NodeAddresses: []netip.Addr{nodeIPv4, nodeIPv6},
-		Etcd: etcdconfig.Config{
-			Endpoints: []string{n.etcdEndpoint},
-			Prefix:    n.prefix,
-			Timeout:   time.Second,
-		},
+		NodeName:          n.name,
+		NodeAddresses:     []netip.Addr{nodeIPv4, nodeIPv6},
+		Etcd:              etcd,
 		SocketPath:        n.socket,
 		TableID:           exportTable,
 		ProtocolID:        exportProtocol,
