@@ -20,13 +20,11 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/coil-project/coil/coil-controller/controller"
 	installercmd "github.com/coil-project/coil/coil-installer/cmd"
 	"github.com/coil-project/coil/coil-installer/installer"
-	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/coil-project/coil/mtest/apiserver"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -66,24 +64,32 @@ const (
 // `kubectl kustomize deploy/` would.
 func render(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	m, err := k.Run(filesys.MakeFsOnDisk(), ".")
+	objs, err := renderDir(".")
 	if err != nil {
-		t.Fatalf("kustomize build deploy/: %v", err)
+		t.Fatal(err)
+	}
+	return objs
+}
+
+// renderDir builds the kustomization in dir, as `kubectl kustomize dir`.
+func renderDir(dir string) ([]*unstructured.Unstructured, error) {
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
 	}
 	var objs []*unstructured.Unstructured
 	for _, r := range m.Resources() {
 		b, err := r.MarshalJSON()
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		u := &unstructured.Unstructured{}
 		if err := u.UnmarshalJSON(b); err != nil {
-			t.Fatalf("rendered %s: %v", r.CurId(), err)
+			return nil, fmt.Errorf("rendered %s: %w", r.CurId(), err)
 		}
 		objs = append(objs, u)
 	}
-	return objs
+	return objs, nil
 }
 
 // readYAML decodes every document of a multi-document YAML file.
@@ -535,67 +541,41 @@ func helpFlags(t *testing.T, binary string, sub []string) map[string]bool {
 	return flags
 }
 
-// The API server is shared by the tests that need one.
-var (
-	apiOnce   sync.Once
-	apiServer *apiserver.Server
-	apiErr    error
-	apiDir    string
-	etcd      *etcdtest.Server
-)
+// sharedAPI is the API server the tests that need one share. The rendered
+// Namespace is created for real: every other object is namespaced in it.
+var sharedAPI = &apiserver.Shared{
+	// --allow-privileged is on in every cluster that runs a CNI DaemonSet
+	// (kubeadm's default); the test server's default is off.
+	Options: apiserver.Options{ExtraArgs: []string{"--allow-privileged=true"}},
+	Setup: func(ctx context.Context, s *apiserver.Server) error {
+		objs, err := renderDir(".")
+		if err != nil {
+			return err
+		}
+		dyn, mapper, err := clients(s.Config)
+		if err != nil {
+			return err
+		}
+		for _, u := range objs {
+			if u.GetKind() == "Namespace" {
+				if err := create(ctx, dyn, mapper, u, false); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	},
+}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
-	apiServer.Stop()
-	if apiDir != "" {
-		os.RemoveAll(apiDir)
-	}
-	if etcd != nil {
-		etcd.Close()
-	}
+	sharedAPI.Stop()
 	os.Exit(code)
 }
 
-// cluster starts etcd and a kube-apiserver on first use and creates the
-// rendered Namespace for real (every other object is namespaced in it).
-func cluster(t *testing.T) *apiserver.Server {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a kube-apiserver; skipped in -short mode")
-	}
-	objs := render(t)
-	apiOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiserver.BuildTimeout)
-		defer cancel()
-		if etcd, apiErr = etcdtest.Start(etcdtest.Options{}); apiErr != nil {
-			return
-		}
-		if apiDir, apiErr = os.MkdirTemp("", "coil-deploy-apiserver-"); apiErr != nil {
-			return
-		}
-		// --allow-privileged is on in every cluster that runs a CNI
-		// DaemonSet (kubeadm's default); the test server's default is off.
-		opts := apiserver.Options{EtcdEndpoint: etcd.Endpoint, Dir: apiDir, ExtraArgs: []string{"--allow-privileged=true"}}
-		if apiServer, apiErr = apiserver.Start(ctx, opts); apiErr != nil {
-			return
-		}
-		var dyn dynamic.Interface
-		var mapper meta.RESTMapper
-		if dyn, mapper, apiErr = clients(apiServer.Config); apiErr != nil {
-			return
-		}
-		for _, u := range objs {
-			if u.GetKind() == "Namespace" {
-				apiErr = create(ctx, dyn, mapper, u, false)
-			}
-		}
-	})
-	if apiErr != nil {
-		t.Fatalf("kube-apiserver: %v", apiErr)
-	}
-	return apiServer
-}
+// cluster returns the shared API server, started on first use.
+func cluster(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
 
 func clients(cfg *rest.Config) (dynamic.Interface, meta.RESTMapper, error) {
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
@@ -948,21 +928,9 @@ func TestOverlay(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(strings.Replace(overlay, "BASE", rel, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	objs, err := renderDir(dir)
 	if err != nil {
-		t.Fatalf("kustomize build of the documented overlay: %v", err)
-	}
-	var objs []*unstructured.Unstructured
-	for _, r := range m.Resources() {
-		b, err := r.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(b); err != nil {
-			t.Fatal(err)
-		}
-		objs = append(objs, u)
+		t.Fatalf("the documented overlay: %v", err)
 	}
 	cm := convert[corev1.ConfigMap](t, find(t, objs, "ConfigMap", "coil-config"))
 	if got := cm.Data["etcd-endpoints"]; !strings.HasPrefix(got, "https://10.0.0.11:2379,") {

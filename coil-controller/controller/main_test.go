@@ -26,11 +26,10 @@ import (
 // need it, storing into the same etcd under its own prefix.
 var (
 	etcdServer *etcdtest.Server
-
-	apiOnce   sync.Once
-	apiServer *apiserver.Server
-	apiErr    error
-	apiDir    string
+	sharedAPI  = &apiserver.Shared{
+		Options: apiserver.Options{Users: []apiserver.User{{Name: controllerUser}, {Name: noPodsUser}}},
+		Setup:   setupRBAC,
+	}
 )
 
 func TestMain(m *testing.M) {
@@ -41,46 +40,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	etcdServer = s
+	sharedAPI.Options.EtcdEndpoint = s.Endpoint
 	code := m.Run()
-	// The server dies with this process anyway (Pdeathsig), but a clean
-	// stop lets etcd close without errors.
-	apiServer.Stop()
-	if apiDir != "" {
-		os.RemoveAll(apiDir)
-	}
+	// The server dies with this process anyway (Pdeathsig), but stopping
+	// it before etcd lets it close its connections without errors.
+	sharedAPI.Stop()
 	s.Close()
 	os.Exit(code)
 }
 
 // kubeAPI returns the shared kube-apiserver, starting it on first use.
-// Tests that need it are skipped in -short mode: the first run builds
-// Kubernetes, which takes minutes.
-func kubeAPI(t *testing.T) *apiserver.Server {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a kube-apiserver; skipped in -short mode")
-	}
-	apiOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiserver.BuildTimeout)
-		defer cancel()
-		apiDir, apiErr = os.MkdirTemp("", "coil-controller-apiserver-")
-		if apiErr != nil {
-			return
-		}
-		apiServer, apiErr = apiserver.Start(ctx, apiserver.Options{
-			EtcdEndpoint: etcdServer.Endpoint,
-			Dir:          apiDir,
-			Users:        []apiserver.User{{Name: controllerUser}, {Name: noPodsUser}},
-		})
-		if apiErr == nil {
-			apiErr = setupRBAC(ctx, apiServer)
-		}
-	})
-	if apiErr != nil {
-		t.Fatalf("kube-apiserver: %v", apiErr)
-	}
-	return apiServer
-}
+func kubeAPI(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
 
 // newStore returns a store under a prefix of the test's own, with one
 // pool "default" of /30 blocks (4 addresses each) in 10.100.0.0/24.

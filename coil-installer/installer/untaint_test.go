@@ -13,13 +13,11 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
-	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/coil-project/coil/mtest/apiserver"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -35,61 +33,27 @@ const (
 	readOnlyUser = "node-reader"
 )
 
-var (
-	etcdServer *etcdtest.Server
-
-	apiOnce   sync.Once
-	apiServer *apiserver.Server
-	apiErr    error
-	apiDir    string
-)
+// sharedAPI is the kube-apiserver the tests share, with the users above bound
+// to their rules.
+var sharedAPI = &apiserver.Shared{
+	Options: apiserver.Options{Users: []apiserver.User{{Name: untaintUser}, {Name: readOnlyUser}}},
+	Setup: func(ctx context.Context, s *apiserver.Server) error {
+		if err := bindUser(ctx, s, untaintUser, []string{"get", "patch"}); err != nil {
+			return err
+		}
+		return bindUser(ctx, s, readOnlyUser, []string{"get"})
+	},
+}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
-	apiServer.Stop()
-	if apiDir != "" {
-		os.RemoveAll(apiDir)
-	}
-	if etcdServer != nil {
-		etcdServer.Close()
-	}
+	sharedAPI.Stop()
 	os.Exit(code)
 }
 
-// kubeAPI starts etcd and a kube-apiserver on first use, with the users
-// above bound to their rules.
-func kubeAPI(t *testing.T) *apiserver.Server {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a kube-apiserver; skipped in -short mode")
-	}
-	apiOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiserver.BuildTimeout)
-		defer cancel()
-		if etcdServer, apiErr = etcdtest.Start(etcdtest.Options{}); apiErr != nil {
-			return
-		}
-		if apiDir, apiErr = os.MkdirTemp("", "coil-installer-apiserver-"); apiErr != nil {
-			return
-		}
-		apiServer, apiErr = apiserver.Start(ctx, apiserver.Options{
-			EtcdEndpoint: etcdServer.Endpoint,
-			Dir:          apiDir,
-			Users:        []apiserver.User{{Name: untaintUser}, {Name: readOnlyUser}},
-		})
-		if apiErr == nil {
-			apiErr = bindUser(ctx, apiServer, untaintUser, []string{"get", "patch"})
-		}
-		if apiErr == nil {
-			apiErr = bindUser(ctx, apiServer, readOnlyUser, []string{"get"})
-		}
-	})
-	if apiErr != nil {
-		t.Fatalf("kube-apiserver: %v", apiErr)
-	}
-	return apiServer
-}
+// kubeAPI returns the shared kube-apiserver.
+func kubeAPI(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
 
 func bindUser(ctx context.Context, s *apiserver.Server, user string, verbs []string) error {
 	admin, err := kubernetes.NewForConfig(s.Config)
