@@ -70,8 +70,8 @@ func newEgressBed(t *testing.T) *egressBed {
 			{"10.1.0.6/32", "192.168.250.1"}, {"10.1.0.7/32", "192.168.250.1"},
 			{"fd00:1::6/128", "fd99:250::1"}, {"fd00:1::7/128", "fd99:250::1"},
 		} {
-			if err := netlink.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix(r.dst)), Gw: net.ParseIP(r.via)}); err != nil {
-				return fmt.Errorf("route %s via %s: %w", r.dst, r.via, err)
+			if err := netnstest.AddRoute(r.dst, r.via); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -81,24 +81,8 @@ func newEgressBed(t *testing.T) *egressBed {
 	return b
 }
 
-// upWithAddrs sets a link of the current netns up with addresses (no DAD).
-func upWithAddrs(name string, cidrs ...string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	for _, c := range cidrs {
-		a, err := netlink.ParseAddr(c)
-		if err != nil {
-			return err
-		}
-		a.Flags = unix.IFA_F_NODAD
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return fmt.Errorf("add %s to %s: %w", c, name, err)
-		}
-	}
-	return netlink.LinkSetUp(l)
-}
+// upWithAddrs sets a link of the current netns up with addresses (see netnstest.LinkUp).
+func upWithAddrs(name string, cidrs ...string) error { return netnstest.LinkUp(name, cidrs...) }
 
 // peerServer answers each connection with the client's address as seen.
 func peerServer(t *testing.T, n ns.NetNS, addr netip.Addr) netip.AddrPort {

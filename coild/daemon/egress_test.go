@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/coil-project/coil/nodenet/netnstest"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -55,9 +53,8 @@ func newExternal(t *testing.T, n *node) *external {
 			return err
 		}
 		for _, r := range []struct{ dst, via string }{{egressPool[0], "192.168.77.1"}, {egressPool[1], "fd77::1"}} {
-			dst := netip.MustParsePrefix(r.dst)
-			if err := netlink.RouteAdd(&netlink.Route{Dst: prefixNet(dst), Gw: net.ParseIP(r.via)}); err != nil {
-				return fmt.Errorf("route %s via %s: %w", r.dst, r.via, err)
+			if err := netnstest.AddRoute(r.dst, r.via); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -67,28 +64,8 @@ func newExternal(t *testing.T, n *node) *external {
 	return e
 }
 
-func linkUp(name string, cidrs ...string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	// No DAD for the link-local address either: the test bed must not
-	// wait a second before it can resolve neighbours.
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_dad", []byte("0"), 0o644); err != nil {
-		return err
-	}
-	for _, c := range cidrs {
-		a, err := netlink.ParseAddr(c)
-		if err != nil {
-			return err
-		}
-		a.Flags = unix.IFA_F_NODAD
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return err
-		}
-	}
-	return netlink.LinkSetUp(l)
-}
+// linkUp sets a link of the current netns up with addresses (see netnstest.LinkUp).
+func linkUp(name string, cidrs ...string) error { return netnstest.LinkUp(name, cidrs...) }
 
 // peerServer answers each connection with the client's address as seen.
 func peerServer(t *testing.T, n ns.NetNS, addr netip.Addr) netip.AddrPort {

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // New creates a network namespace with lo up, removed when t ends. It skips
@@ -131,4 +132,41 @@ func Dial(n ns.NetNS, target netip.AddrPort) error {
 		}
 		return c.Close()
 	})
+}
+
+// LinkUp sets the link name of the current netns up with the given
+// addresses, without duplicate address detection (also for its link-local
+// address): a test bed must not wait a second before it can talk.
+func LinkUp(name string, cidrs ...string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_dad", []byte("0"), 0o644); err != nil {
+		return err
+	}
+	for _, c := range cidrs {
+		a, err := netlink.ParseAddr(c)
+		if err != nil {
+			return err
+		}
+		a.Flags = unix.IFA_F_NODAD
+		if err := netlink.AddrAdd(l, a); err != nil {
+			return fmt.Errorf("add %s to %s: %w", c, name, err)
+		}
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// AddRoute adds a route to dst (a CIDR) via the gateway via in the current
+// netns.
+func AddRoute(dst, via string) error {
+	_, n, err := net.ParseCIDR(dst)
+	if err != nil {
+		return err
+	}
+	if err := netlink.RouteAdd(&netlink.Route{Dst: n, Gw: net.ParseIP(via)}); err != nil {
+		return fmt.Errorf("route %s via %s: %w", dst, via, err)
+	}
+	return nil
 }
