@@ -20,7 +20,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -612,8 +611,6 @@ func Eventually(timeout time.Duration, cond func() error) error {
 		time.Sleep(250 * time.Millisecond)
 	}
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 // state is what Teardown needs to remove a detached cluster.
 type state struct {

@@ -33,14 +33,10 @@ func (c *Cluster) start(netns, name string, env []string, bin string, args ...st
 	return p, err
 }
 
-// startProcess runs bin with args inside netns (ip netns exec), logging to
+// spawn runs bin with args inside netns (ip netns exec), logging to
 // dir/name.log. The child dies with the test process (Pdeathsig), so a
-// crashed test leaves no daemon behind.
-func startProcess(dir, netns, name string, env []string, bin string, args ...string) (*process, error) {
-	return spawn(false, dir, netns, name, env, bin, args...)
-}
-
-// spawn starts a process; a detached one outlives the caller (the demo).
+// crashed test leaves no daemon behind; a detached one outlives the caller
+// (the demo).
 func spawn(detached bool, dir, netns, name string, env []string, bin string, args ...string) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -56,7 +56,6 @@ type options struct {
 	blockBits  int
 	etcdBin    string
 	cniBin     string
-	keep       bool
 	verbose    bool
 	docsForced bool
 	cpuProfile string

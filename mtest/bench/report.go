@@ -35,14 +35,13 @@ const (
 )
 
 type machine struct {
-	cpus    int
-	cpu     string
-	memory  int64
-	kernel  string
-	goVer   string
-	date    time.Time
-	arch    string
-	hostEnv string
+	cpus   int
+	cpu    string
+	memory int64
+	kernel string
+	goVer  string
+	date   time.Time
+	arch   string
 }
 
 func machineInfo() machine {
