@@ -356,41 +356,13 @@ func routeKey(r *netlink.Route) string {
 }
 
 // syncTableRoutes makes the routes of egressProtocol in table exactly want,
-// which must have one route per destination. A route whose destination is
-// still wanted is replaced in place, so traffic to it never misses a route.
+// which must have one route per destination. A route that differs is
+// replaced in place, so traffic to it never misses a route.
 func syncTableRoutes(table int, want []*netlink.Route) error {
-	have, err := tableRoutes(table, egressProtocol)
-	if err != nil {
-		return err
-	}
-	wantedDst := map[netip.Prefix]bool{}
-	for _, r := range want {
-		d, _ := prefixOf(r.Dst)
-		wantedDst[d] = true
-	}
-	current := map[string]bool{}
-	var errs []error
-	for _, r := range have {
-		dst, _ := routeDst(r, r.Family)
-		if wantedDst[dst] {
-			current[routeKey(&r)] = true
-			continue
-		}
-		if err := deleteRoute(&r); err != nil {
-			errs = append(errs, fmt.Errorf("delete route %s table %d: %w", dst, table, err))
-		}
-	}
-	for _, r := range want {
-		r.Table = table
-		r.Protocol = egressProtocol
-		if current[routeKey(r)] {
-			continue
-		}
-		if err := netlink.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("add route %s table %d: %w", r.Dst, table, err))
-		}
-	}
-	return errors.Join(errs...)
+	rs := routeSync{table: table, protocol: egressProtocol, same: func(have netlink.Route, want *netlink.Route) bool {
+		return routeKey(&have) == routeKey(want)
+	}}
+	return rs.apply(want)
 }
 
 // ruleKey identifies a rule by everything egress sets on it.

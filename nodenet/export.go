@@ -128,39 +128,28 @@ func (e *Exporter) Sync(want []netip.Prefix) error {
 	if err := e.validate(); err != nil {
 		return err
 	}
-	routes, err := e.routes()
+	lo, err := loIndex()
 	if err != nil {
 		return err
 	}
-	wanted := make(map[netip.Prefix]bool, len(want))
+	seen := make(map[netip.Prefix]bool, len(want))
+	routes := make([]*netlink.Route, 0, len(want))
 	for _, p := range want {
-		wanted[p.Masked()] = true
-	}
-	var errs []error
-	have := make(map[netip.Prefix]bool, len(routes))
-	for _, r := range routes {
-		dst, ok := routeDst(r, r.Family)
-		if ok && wanted[dst] {
-			have[dst] = true
-			continue
-		}
-		if err := deleteRoute(&r); err != nil {
-			errs = append(errs, fmt.Errorf("withdraw %s from table %d: %w", r.Dst, e.TableID, err))
+		if p = p.Masked(); !seen[p] {
+			seen[p] = true
+			routes = append(routes, e.route(p, lo))
 		}
 	}
-	lo, err := loIndex()
-	if err != nil {
-		return errors.Join(append(errs, err)...)
+	// Any route of ours to an exported prefix will do: the routing daemon
+	// only looks at destinations.
+	if err := e.table().apply(routes); err != nil {
+		return fmt.Errorf("sync export table %d: %w", e.TableID, err)
 	}
-	for p := range wanted {
-		if have[p] {
-			continue
-		}
-		if err := netlink.RouteReplace(e.route(p, lo)); err != nil {
-			errs = append(errs, fmt.Errorf("export %s to table %d: %w", p, e.TableID, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
+}
+
+func (e *Exporter) table() routeSync {
+	return routeSync{table: e.TableID, protocol: e.Protocol}
 }
 
 // routes lists the routes of Protocol in TableID, both families.

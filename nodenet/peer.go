@@ -32,45 +32,32 @@ func (pr *PeerRouter) table() int {
 // returns all failures joined.
 func (pr *PeerRouter) Sync(routes map[netip.Prefix]netip.Addr) error {
 	table := pr.table()
-	existing, err := tableRoutes(table, pr.Protocol)
-	if err != nil {
-		return err
-	}
-	want := make(map[netip.Prefix]netip.Addr, len(routes))
-	for p, gw := range routes {
-		want[p.Masked()] = gw.Unmap()
-	}
-
 	var errs []error
-	current := make(map[netip.Prefix]bool, len(existing))
-	for _, r := range existing {
-		dst, ok := routeDst(r, r.Family)
-		gw, gwOK := addrOf(r.Gw)
-		if ok && gwOK && len(r.MultiPath) == 0 && want[dst] == gw && !current[dst] {
-			current[dst] = true
+	want := make([]*netlink.Route, 0, len(routes))
+	seen := make(map[netip.Prefix]bool, len(routes))
+	for p, gw := range routes {
+		p, gw = p.Masked(), gw.Unmap()
+		if seen[p] {
 			continue
 		}
-		if err := deleteRoute(&r); err != nil {
-			errs = append(errs, fmt.Errorf("delete peer route %s via %s: %w", r.Dst, r.Gw, err))
-		}
-	}
-	for p, gw := range want {
-		if current[p] {
-			continue
-		}
+		seen[p] = true
 		if !gw.IsValid() || gw.Is4() != p.Addr().Unmap().Is4() {
+			// Left out of want, so a route of ours to p goes too.
 			errs = append(errs, fmt.Errorf("peer route %s via %s: gateway of another address family", p, gw))
 			continue
 		}
-		r := &netlink.Route{
-			Table:    table,
-			Dst:      ipNet(p),
-			Gw:       net.IP(gw.AsSlice()),
-			Protocol: pr.Protocol,
-		}
-		if err := netlink.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("add peer route %s via %s table %d: %w", p, gw, table, err))
-		}
+		want = append(want, &netlink.Route{Dst: ipNet(p), Gw: net.IP(gw.AsSlice())})
+	}
+	rs := routeSync{table: table, protocol: pr.Protocol, same: sameGateway}
+	if err := rs.apply(want); err != nil {
+		errs = append(errs, fmt.Errorf("sync peer routes: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// sameGateway reports whether have goes through want's gateway alone.
+func sameGateway(have netlink.Route, want *netlink.Route) bool {
+	hgw, ok := addrOf(have.Gw)
+	wgw, _ := addrOf(want.Gw)
+	return ok && len(have.MultiPath) == 0 && hgw == wgw
 }
