@@ -31,7 +31,7 @@ func CheckPod(cfg PodConfig) error {
 		}
 		return fmt.Errorf("find host veth %q: %w", cfg.HostVethName, err)
 	}
-	checkLink(host, "veth", cfg.MTU, "host veth "+cfg.HostVethName, report)
+	checkLink(host, linkTypeVeth, cfg.MTU, "host veth "+cfg.HostVethName, report)
 	hostIdx := host.Attrs().Index
 
 	for _, a := range []netip.Addr{cfg.IPv4, cfg.IPv6} {
@@ -83,7 +83,7 @@ func checkPodSide(cfg PodConfig, hostIdx int, hostMAC net.HardwareAddr, report f
 		return fmt.Errorf("find %q: %w", cfg.IfName, err)
 	}
 	what := "pod interface " + cfg.IfName
-	checkLink(link, "veth", cfg.MTU, what, report)
+	checkLink(link, linkTypeVeth, cfg.MTU, what, report)
 	// IFLA_LINK of a veth is its peer's index in the peer's namespace.
 	if link.Attrs().ParentIndex != hostIdx {
 		report("%s is not paired with host veth %s", what, cfg.HostVethName)

@@ -88,7 +88,7 @@ var (
 // EgressClientLinkName is the name of a client pod's tunnel device of the
 // egress with id vni.
 func EgressClientLinkName(vni uint32) string {
-	return fmt.Sprintf("egc-%06x", vni)
+	return fmt.Sprintf("%s%06x", EgressClientLinkPrefix, vni)
 }
 
 // EgressGatewayLinkName is the name of a gateway pod's tunnel device of the
@@ -96,9 +96,9 @@ func EgressClientLinkName(vni uint32) string {
 // outer (a gateway has one device per family of its addresses).
 func EgressGatewayLinkName(vni uint32, outer netip.Addr) string {
 	if outer.Unmap().Is4() {
-		return fmt.Sprintf("egg4-%06x", vni)
+		return fmt.Sprintf("%s4-%06x", EgressGatewayLinkPrefix, vni)
 	}
-	return fmt.Sprintf("egg6-%06x", vni)
+	return fmt.Sprintf("%s6-%06x", EgressGatewayLinkPrefix, vni)
 }
 
 // EgressGatewayMAC is the MAC of every gateway device of the egress with id
@@ -198,7 +198,7 @@ func vxlanLinks(prefix string) ([]netlink.Link, error) {
 	}
 	var out []netlink.Link
 	for _, l := range links {
-		if l.Type() == "vxlan" && strings.HasPrefix(l.Attrs().Name, prefix) {
+		if l.Type() == linkTypeVXLAN && strings.HasPrefix(l.Attrs().Name, prefix) {
 			out = append(out, l)
 		}
 	}

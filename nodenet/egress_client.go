@@ -30,7 +30,7 @@ type EgressTunnel struct {
 type EgressClient struct {
 	// IPv4 and IPv6 are the pod's addresses (either may be zero).
 	IPv4, IPv6 netip.Addr
-	// Uplink is the pod interface the tunnels run over; "eth0" if empty.
+	// Uplink is the pod interface the tunnels run over; DefaultEgressUplink if empty.
 	Uplink string
 	// Bypass are destinations that stay on the normal path even when an
 	// egress claims them: pod networks, service and node networks. The
@@ -42,7 +42,7 @@ type EgressClient struct {
 
 func (c *EgressClient) defaults() {
 	if c.Uplink == "" {
-		c.Uplink = "eth0"
+		c.Uplink = DefaultEgressUplink
 	}
 	c.IPv4, c.IPv6 = c.IPv4.Unmap(), c.IPv6.Unmap()
 }
@@ -86,24 +86,10 @@ func (c *EgressClient) validate() error {
 }
 
 // SyncEgressClient makes the egress configuration of the pod whose network
-// namespace is at netnsPath exactly cfg:
-//
-//   - per tunnel with a gateway, a vxlan device EgressClientLinkName(VNI)
-//     (local: the pod's address of the gateway's family; MAC:
-//     EgressClientMAC of it), an FDB entry sending EgressGatewayMAC(VNI)
-//     to the gateway, and permanent neighbours mapping EgressNextHopIPv4
-//     and EgressNextHopIPv6 to that MAC;
-//   - in EgressClientTable, per destination, a route via the next hop
-//     through the device with the pod's address as source, or an
-//     unreachable route while the egress has no gateway;
-//   - rules: the bypass prefixes, link-local ranges and gateways look up
-//     main (EgressBypassPriority), then EgressClientTable
-//     (EgressClientPriority), whose misses fall through to main.
-//
-// Everything else in the namespace is left alone. Calling it again with
-// the same cfg changes nothing; with another cfg it changes only what
-// differs, so that a client moving to another gateway only sees its FDB
-// entry (and a bypass rule) change.
+// namespace is at netnsPath exactly cfg: tunnel devices, routes and rules
+// (docs/egress.md, "What each side programs"). It changes only what
+// differs from cfg, so that a client moving to another gateway keeps its
+// routes and only its FDB entry (and a bypass rule) changes.
 func SyncEgressClient(netnsPath string, cfg EgressClient) error {
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
@@ -163,7 +149,7 @@ func syncClient(cfg *EgressClient, tunnels []EgressTunnel) error {
 
 	// Devices of egresses the pod no longer uses go last, once no route
 	// points at them.
-	existing, err := vxlanLinks("egc-")
+	existing, err := vxlanLinks(EgressClientLinkPrefix)
 	if err != nil {
 		errs = append(errs, err)
 	}

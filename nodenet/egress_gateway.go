@@ -35,7 +35,7 @@ type EgressGateway struct {
 	// device per family it has.
 	IPv4, IPv6 netip.Addr
 	// Uplink is the pod interface traffic leaves and replies arrive by;
-	// "eth0" if empty.
+	// DefaultEgressUplink if empty.
 	Uplink string
 	// Clients are the client pods the gateway serves now.
 	Clients []EgressGatewayClient
@@ -43,7 +43,7 @@ type EgressGateway struct {
 
 func (g *EgressGateway) defaults() {
 	if g.Uplink == "" {
-		g.Uplink = "eth0"
+		g.Uplink = DefaultEgressUplink
 	}
 	g.IPv4, g.IPv6 = g.IPv4.Unmap(), g.IPv6.Unmap()
 }
@@ -82,25 +82,10 @@ func (g *EgressGateway) local(a netip.Addr) netip.Addr {
 }
 
 // SyncEgressGateway makes the gateway pod whose network namespace is at
-// netnsPath serve exactly cfg:
-//
-//   - forwarding on, reverse-path filtering off for the tunnel (packets of
-//     clients arrive on it while main routes their sources via the uplink);
-//   - per family of the pod's addresses, a vxlan device
-//     EgressGatewayLinkName with MAC EgressGatewayMAC(VNI) and, per client
-//     of that outer family, an FDB entry to the client and permanent
-//     neighbours of its addresses;
-//   - in EgressGatewayTable, a route to each client address through its
-//     device, looked up (EgressGatewayPriority) for packets that carry
-//     EgressMark and came in by the uplink: the de-NATed replies. The
-//     kernel's own outer tunnel packets are locally generated, so they
-//     keep using main and leave through the uplink;
-//   - the nftables table EgressNFTable: connections entering through the
-//     tunnel get conntrack mark EgressMark, their replies the packet mark,
-//     and they are masqueraded when they leave through the uplink.
-//
-// The table is rebuilt in one atomic transaction, so however often this
-// runs there is exactly one copy of each rule.
+// netnsPath serve exactly cfg: tunnel devices, return routes and rule, and
+// the NAT table (docs/egress.md, "What each side programs"). Running it
+// again leaves one copy of everything: the nftables table is replaced in
+// one transaction, the rest is diffed.
 func SyncEgressGateway(netnsPath string, cfg EgressGateway) error {
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
@@ -125,7 +110,7 @@ func TeardownEgressGateway(netnsPath string) error {
 		if err := syncTableRoutes(EgressGatewayTable, nil); err != nil {
 			errs = append(errs, err)
 		}
-		if err := deleteVXLANs("egg", nil); err != nil {
+		if err := deleteVXLANs(EgressGatewayLinkPrefix, nil); err != nil {
 			errs = append(errs, err)
 		}
 		if err := deleteGatewayNFT(int(podNS.Fd())); err != nil {
@@ -226,7 +211,7 @@ func syncGateway(podNS ns.NetNS, cfg *EgressGateway) error {
 	if err := programGatewayNFT(int(podNS.Fd()), cfg.Uplink, devices); err != nil {
 		errs = append(errs, err)
 	}
-	if err := deleteVXLANs("egg", keep); err != nil {
+	if err := deleteVXLANs(EgressGatewayLinkPrefix, keep); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -40,7 +40,7 @@ func SummarizeEgress(netnsPath string) (EgressSummary, error) {
 		}
 		for _, l := range links {
 			name := l.Attrs().Name
-			if l.Type() != "vxlan" || !strings.HasPrefix(name, "egc-") && !strings.HasPrefix(name, "egg") {
+			if l.Type() != linkTypeVXLAN || !strings.HasPrefix(name, EgressClientLinkPrefix) && !strings.HasPrefix(name, EgressGatewayLinkPrefix) {
 				continue
 			}
 			sum.Links++

@@ -57,9 +57,9 @@ func (e *Exporter) route(p netip.Prefix, loIndex int) *netlink.Route {
 // loIndex returns the index of the loopback link (1 in practice, but looked
 // up rather than assumed).
 func loIndex() (int, error) {
-	lo, err := netlink.LinkByName("lo")
+	lo, err := netlink.LinkByName(loopbackName)
 	if err != nil {
-		return 0, fmt.Errorf("find lo: %w", err)
+		return 0, fmt.Errorf("find %s: %w", loopbackName, err)
 	}
 	return lo.Attrs().Index, nil
 }

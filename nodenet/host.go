@@ -47,7 +47,7 @@ func NodeAddresses() ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, l := range links {
 		attrs := l.Attrs()
-		if attrs.Flags&net.FlagUp == 0 || l.Type() == "veth" || l.Type() == "vxlan" || attrs.Name == "lo" {
+		if attrs.Flags&net.FlagUp == 0 || l.Type() == linkTypeVeth || l.Type() == linkTypeVXLAN || attrs.Name == loopbackName {
 			continue
 		}
 		addrs, err := retryDump("addresses", func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })

@@ -40,7 +40,7 @@ func UplinkMTU() (int, error) {
 	best := 0
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || l.Type() == "veth" {
+		if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || l.Type() == linkTypeVeth {
 			continue
 		}
 		best = max(best, a.MTU)

@@ -39,12 +39,12 @@ var (
 )
 
 // HostVethName returns the name of the host side of a pod's veth pair:
-// "veth" and the first 11 hex digits of sha1("<namespace>.<pod>"). It is the
+// HostVethPrefix and the first 11 hex digits of sha1("<namespace>.<pod>"). It is the
 // scheme Calico uses, so names are stable across restarts of the pod's
 // sandbox, fit IFNAMSIZ, and tools that know the scheme find the link.
 func HostVethName(namespace, pod string) string {
 	sum := sha1.Sum([]byte(namespace + "." + pod))
-	return "veth" + hex.EncodeToString(sum[:])[:11]
+	return HostVethPrefix + hex.EncodeToString(sum[:])[:11]
 }
 
 // PodConfig says how one pod interface is set up.
@@ -111,10 +111,22 @@ type PodLinks struct {
 	Container Link
 }
 
-// SetupPod creates the veth pair of a pod and configures both ends as the
-// package documentation describes. A host link left with the same
-// name (a node that crashed half-way through a teardown) is replaced. On any
-// failure everything SetupPod created is removed again.
+// SetupPod creates the veth pair of a pod and configures both ends:
+//
+//	pod netns:  eth0  10.1.0.5/32, fd00::5/128 (nodad)
+//	            169.254.1.1 dev eth0 scope link
+//	            default via 169.254.1.1 dev eth0
+//	            default via fe80::1 dev eth0
+//	            neigh 169.254.1.1 and fe80::1 lladdr <host veth MAC> PERMANENT
+//	host netns: vethXXXXXXXXXXX up
+//	            10.1.0.5 dev vethXXXXXXXXXXX scope link
+//	            fd00::5 dev vethXXXXXXXXXXX
+//
+// The host side has no address: the permanent neighbours spare the pod ARP
+// and NDP for its gateway, and the host routes bring replies back. A host
+// link left with the same name (a node that crashed half-way through a
+// teardown) is replaced. On any failure everything SetupPod created is
+// removed again.
 func SetupPod(cfg PodConfig) (PodLinks, error) {
 	if err := cfg.validate(); err != nil {
 		return PodLinks{}, err
@@ -317,7 +329,7 @@ func TeardownPod(netnsPath, ifName, hostVethName string) error {
 			}
 			return fmt.Errorf("find %q: %w", ifName, err)
 		}
-		if link.Type() != "veth" {
+		if link.Type() != linkTypeVeth {
 			// Not made by Coil: leave it to whoever made it.
 			return nil
 		}
@@ -380,7 +392,7 @@ func DeleteLink(name string) error {
 }
 
 // ListHostVeths returns the names of the veth links in the current netns
-// whose name starts with "veth", the host sides of pods. coild compares
+// whose name starts with HostVethPrefix, the host sides of pods. coild compares
 // them with its allocations to remove links of pods that no longer exist.
 func ListHostVeths() ([]string, error) {
 	links, err := retryDump("links", netlink.LinkList)
@@ -389,7 +401,7 @@ func ListHostVeths() ([]string, error) {
 	}
 	var names []string
 	for _, l := range links {
-		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, "veth") {
+		if l.Type() == linkTypeVeth && strings.HasPrefix(l.Attrs().Name, HostVethPrefix) {
 			names = append(names, l.Attrs().Name)
 		}
 	}
