@@ -2,7 +2,6 @@ package model
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -72,29 +71,23 @@ func (b Block) AddressAt(offset int) (v4, v6 netip.Addr) {
 	return v4, v6
 }
 
-// maxAcquireAttempts bounds retries when other nodes keep winning the race
-// for the same free block; each lost race means another block was taken,
-// so the pool fills up long before this.
-const maxAcquireAttempts = 64
-
 // AcquireBlock takes a free block of the pool for owner.Node and allocates
 // the address at offset 0 of it to owner, in one transaction. It returns
-// ErrPoolNotFound or ErrPoolExhausted when it cannot.
+// ErrPoolNotFound or ErrPoolExhausted when it cannot. Each race lost to
+// another node means another block was taken, so the pool fills up long
+// before the attempts run out (ErrConflict).
 func (s *Store) AcquireBlock(ctx context.Context, pool string, owner Owner) (Block, Address, error) {
-	for attempt := 0; attempt < maxAcquireAttempts; attempt++ {
-		b, a, err := s.tryAcquireBlock(ctx, pool, owner)
-		if errors.Is(err, errRaceLost) {
-			continue
-		}
-		if err != nil {
-			return Block{}, Address{}, fmt.Errorf("acquire block in pool %q for node %q: %w", pool, owner.Node, err)
-		}
-		return b, a, nil
+	var b Block
+	var a Address
+	err := retryConflicts(ctx, maxConflictAttempts, func() (err error) {
+		b, a, err = s.tryAcquireBlock(ctx, pool, owner)
+		return err
+	})
+	if err != nil {
+		return Block{}, Address{}, fmt.Errorf("acquire block in pool %q for node %q: %w", pool, owner.Node, err)
 	}
-	return Block{}, Address{}, fmt.Errorf("acquire block in pool %q for node %q: %w: lost the race %d times", pool, owner.Node, ErrUnavailable, maxAcquireAttempts)
+	return b, a, nil
 }
-
-var errRaceLost = errors.New("lost race")
 
 func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owner) (Block, Address, error) {
 	p, poolRev, err := s.GetPool(ctx, poolName)
@@ -131,7 +124,7 @@ func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owne
 		return Block{}, Address{}, etcdErr("commit", err)
 	}
 	if !tx.Succeeded {
-		return Block{}, Address{}, errRaceLost
+		return Block{}, Address{}, errConflict
 	}
 	b.Revision = tx.Header.Revision
 	a.Revision = tx.Header.Revision

@@ -125,23 +125,24 @@ func (s *Store) CreateEgress(ctx context.Context, e Egress) (Egress, error) {
 		return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), err)
 	}
 	key := s.egressKey(e.Namespace, e.Name)
-	for {
+	var rec Egress
+	err := retryConflicts(ctx, maxConflictAttempts, func() error {
 		all, rev, err := s.egressSnapshot(ctx)
 		if err != nil {
-			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), err)
+			return err
 		}
 		used := make(map[uint32]bool, len(all))
 		for _, o := range all {
 			if o.Namespace == e.Namespace && o.Name == e.Name {
-				return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), ErrEgressExists)
+				return ErrEgressExists
 			}
 			used[o.VNI] = true
 		}
 		vni, ok := freeVNI(PreferredVNI(e.Namespace, e.Name), used)
 		if !ok {
-			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), ErrVNIExhausted)
+			return ErrVNIExhausted
 		}
-		rec := e
+		rec = e
 		rec.VNI = vni
 		rec.CreatedAt = time.Now().UTC()
 		resp, err := s.kv.Txn(ctx).
@@ -150,13 +151,18 @@ func (s *Store) CreateEgress(ctx context.Context, e Egress) (Egress, error) {
 			Then(clientv3.OpPut(key, encode(rec))).
 			Commit()
 		if err != nil {
-			return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), etcdErr("commit", err))
+			return etcdErr("commit", err)
 		}
-		if resp.Succeeded {
-			return rec, nil
+		if !resp.Succeeded {
+			// Another egress came or went: choose again on a fresh view.
+			return errConflict
 		}
-		// Another egress came or went: choose again on a fresh view.
+		return nil
+	})
+	if err != nil {
+		return Egress{}, fmt.Errorf("create egress %s: %w", e.Key(), err)
 	}
+	return rec, nil
 }
 
 // freeVNI returns the first VNI from want on (wrapping, skipping 0) that

@@ -60,6 +60,10 @@ var (
 	ErrEgressNotFound = errors.New("egress not found")
 	// ErrVNIExhausted: every VNI is held by some egress.
 	ErrVNIExhausted = errors.New("no free VNI")
+	// ErrConflict: a write lost to concurrent writers on every attempt.
+	// Errors wrapping it wrap ErrUnavailable too: trying later is the
+	// remedy.
+	ErrConflict = errors.New("too many conflicting writes")
 )
 
 // ErrEtcd marks a request etcd answered with a refusal that retrying will

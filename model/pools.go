@@ -61,63 +61,73 @@ func (s *Store) CreatePool(ctx context.Context, p Pool) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("create pool %q: %w", p.Name, err)
 	}
-	for {
+	key := s.poolKey(p.Name)
+	err := retryConflicts(ctx, maxConflictAttempts, func() error {
 		snap, err := s.poolSnapshot(ctx)
 		if err != nil {
-			return fmt.Errorf("create pool %q: %w", p.Name, err)
+			return err
 		}
 		if slices.ContainsFunc(snap.pools, func(o Pool) bool { return o.Name == p.Name }) {
-			return fmt.Errorf("create pool %q: %w", p.Name, ErrPoolExists)
+			return ErrPoolExists
 		}
 		if err := snap.checkOverlap(p.Subnets, ""); err != nil {
-			return fmt.Errorf("create pool %q: %w", p.Name, err)
+			return err
 		}
-		key := s.poolKey(p.Name)
 		resp, err := s.kv.Txn(ctx).
 			If(s.unchangedSince(snap.revision), clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, encode(p))).
 			Commit()
 		if err != nil {
-			return fmt.Errorf("create pool %q: %w", p.Name, etcdErr("commit", err))
+			return etcdErr("commit", err)
 		}
-		if resp.Succeeded {
-			return nil
+		if !resp.Succeeded {
+			// Some pool changed under us: decide again on a fresh view.
+			return errConflict
 		}
-		// Some pool changed under us: decide again on a fresh view.
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("create pool %q: %w", p.Name, err)
 	}
+	return nil
 }
 
 // AddSubnet appends a subnet to an existing pool, with the same checks as
 // CreatePool.
 func (s *Store) AddSubnet(ctx context.Context, name string, sub Subnet) error {
-	for {
+	err := retryConflicts(ctx, maxConflictAttempts, func() error {
 		snap, err := s.poolSnapshot(ctx)
 		if err != nil {
-			return fmt.Errorf("add subnet to pool %q: %w", name, err)
+			return err
 		}
 		i := slices.IndexFunc(snap.pools, func(o Pool) bool { return o.Name == name })
 		if i < 0 {
-			return fmt.Errorf("add subnet to pool %q: %w", name, ErrPoolNotFound)
+			return ErrPoolNotFound
 		}
 		p := snap.pools[i]
 		p.Subnets = append(slices.Clone(p.Subnets), sub)
 		if err := p.Validate(); err != nil {
-			return fmt.Errorf("add subnet %s to pool %q: %w", sub, name, err)
+			return fmt.Errorf("subnet %s: %w", sub, err)
 		}
 		if err := snap.checkOverlap([]Subnet{sub}, name); err != nil {
-			return fmt.Errorf("add subnet to pool %q: %w", name, err)
+			return err
 		}
 		resp, err := s.kv.Txn(ctx).
 			If(s.unchangedSince(snap.revision), clientv3.Compare(clientv3.CreateRevision(s.poolKey(name)), ">", 0)).
 			Then(clientv3.OpPut(s.poolKey(name), encode(p))).
 			Commit()
 		if err != nil {
-			return fmt.Errorf("add subnet to pool %q: %w", name, etcdErr("commit", err))
+			return etcdErr("commit", err)
 		}
-		if resp.Succeeded {
-			return nil
+		if !resp.Succeeded {
+			return errConflict
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("add subnet to pool %q: %w", name, err)
 	}
+	return nil
 }
 
 // GetPool returns a pool and the revision at which it was last modified.

@@ -1,10 +1,7 @@
 // Package model is Coil's state in etcd: pools, blocks, addresses, nodes
-// and egresses.
-//
-// Every record is its own key holding JSON, so that `etcdctl get --prefix`
-// shows who holds what, and every write is a transaction with a
-// compare-and-swap guard, so that concurrent writers never both win. The
-// layout is documented in docs/schema.md.
+// and egresses, each record its own JSON key (docs/schema.md), each write a
+// transaction guarded by compare-and-swap so concurrent writers never both
+// win.
 package model
 
 import (

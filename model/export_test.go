@@ -1,0 +1,8 @@
+package model
+
+// Internals the external tests exercise.
+var (
+	RetryConflicts      = retryConflicts
+	ErrConflictAttempt  = errConflict
+	MaxConflictAttempts = maxConflictAttempts
+)
