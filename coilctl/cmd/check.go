@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/audit"
+	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // checkJSON is the JSON shape of `coilctl check`.
@@ -99,11 +99,7 @@ func kubeClientFor(path string) (kubernetes.Interface, error) {
 		home, _ := os.UserHomeDir()
 		path = filepath.Join(home, ".kube", "config")
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-	}
-	return kubernetes.NewForConfig(cfg)
+	return kubeclient.New(path, "")
 }
 
 func newCheckJSON(r audit.Report) checkJSON {
