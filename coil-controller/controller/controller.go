@@ -6,7 +6,8 @@
 // shares. Controller adds the actions, the safety guards that keep it from
 // freeing live state on a bad view of the cluster, and the timing (watch
 // events for nodes, a periodic sweep for everything). LeaderElection makes
-// sure only one replica acts at a time.
+// sure only one replica acts at a time. Config and Run are the whole
+// coil-controller process, which its main only feeds with flags.
 package controller
 
 import (

@@ -1,5 +1,7 @@
 // Package daemon runs coild: it restores the node's state from etcd,
 // reconciles the kernel with it, and only then serves the REST API.
+// Flags turns coild's command line into the Config that Run takes, so
+// that coild's main only wires the two together.
 package daemon
 
 import (
