@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/coil-controller/controller"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/coil-project/coil/mtest/apiserver"
@@ -25,32 +26,32 @@ func TestParseFlags(t *testing.T) {
 		name    string
 		args    []string
 		env     map[string]string
-		check   func(*config) bool
+		check   func(*controller.Config) bool
 		wantErr bool
 	}{
 		{
 			name: "defaults",
-			check: func(c *config) bool {
-				return c.leaderElect && c.leaderNamespace == "kube-system" && c.scanInterval == 5*time.Minute &&
-					c.leakGrace == 10*time.Minute && c.reclaim && c.maxReclaimRatio == 0.5 && c.kubeconfig == "" &&
-					c.etcd.Prefix == "/coil/"
+			check: func(c *controller.Config) bool {
+				return c.LeaderElect && c.LeaderNamespace == "kube-system" && c.ScanInterval == 5*time.Minute &&
+					c.LeakGrace == 10*time.Minute && c.Reclaim && c.MaxReclaimRatio == 0.5 && c.Kubeconfig == "" &&
+					c.Etcd.Prefix == "/coil/"
 			},
 		},
 		{
 			name: "flags",
 			args: []string{"--reclaim=false", "--scan-interval=30s", "--leak-grace=1m", "--max-reclaim-ratio=0.2",
 				"--leader-elect=false", "--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379"},
-			check: func(c *config) bool {
-				return !c.reclaim && c.scanInterval == 30*time.Second && c.leakGrace == time.Minute &&
-					c.maxReclaimRatio == 0.2 && !c.leaderElect && len(c.etcd.Endpoints) == 2
+			check: func(c *controller.Config) bool {
+				return !c.Reclaim && c.ScanInterval == 30*time.Second && c.LeakGrace == time.Minute &&
+					c.MaxReclaimRatio == 0.2 && !c.LeaderElect && len(c.Etcd.Endpoints) == 2
 			},
 		},
 		{
 			name: "environment fills what flags leave",
 			args: []string{"--leak-grace=1m"},
 			env:  map[string]string{"COIL_CONTROLLER_ETCD_PREFIX": "/other/", "COIL_CONTROLLER_LEAK_GRACE": "1h", "COIL_CONTROLLER_RECLAIM": "false"},
-			check: func(c *config) bool {
-				return c.etcd.Prefix == "/other/" && c.leakGrace == time.Minute && !c.reclaim
+			check: func(c *controller.Config) bool {
+				return c.Etcd.Prefix == "/other/" && c.LeakGrace == time.Minute && !c.Reclaim
 			},
 		},
 		{name: "ratio above one", args: []string{"--max-reclaim-ratio=1.5"}, wantErr: true},
@@ -127,7 +128,8 @@ func TestRun(t *testing.T) {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- run(runCtx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- controller.Run(runCtx, *cfg) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -2,11 +2,12 @@
 // it releases the address blocks of deleted nodes and reclaims addresses
 // whose pod went away without a CNI DEL.
 //
-// The comparison itself is Check, a read-only function that `coilctl check`
+// The comparison itself is package audit, read-only, which `coilctl check`
 // shares. Controller adds the actions, the safety guards that keep it from
 // freeing live state on a bad view of the cluster, and the timing (watch
 // events for nodes, a periodic sweep for everything). LeaderElection makes
-// sure only one replica acts at a time.
+// sure only one replica acts at a time. Config and Run are the whole
+// coil-controller process, which its main only feeds with flags.
 package controller
 
 import (
@@ -19,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coil-project/coil/audit"
 	"github.com/coil-project/coil/model"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -35,7 +37,7 @@ import (
 
 // Store is the part of model.Store the controller reads and writes.
 type Store interface {
-	Reader
+	audit.Reader
 	ForceReleaseBlock(ctx context.Context, b model.Block) (int64, error)
 	DeleteNode(ctx context.Context, name string) error
 	ReleaseAddress(ctx context.Context, a model.Address) error
@@ -285,7 +287,7 @@ func (c *Controller) releaseNodes(ctx context.Context, names []string) []error {
 // also guarded by the block's creation revision.
 func (c *Controller) releaseNode(ctx context.Context, name string, blocks []model.Block) error {
 	if !c.nodesSynced() {
-		return fmt.Errorf("nodes: %w", ErrNotSynced)
+		return fmt.Errorf("nodes: %w", audit.ErrNotSynced)
 	}
 	if _, err := c.nodes.Get(name); err == nil {
 		return nil // it exists (again)
@@ -295,7 +297,7 @@ func (c *Controller) releaseNode(ctx context.Context, name string, blocks []mode
 		return fmt.Errorf("list cached nodes: %w", err)
 	}
 	if len(all) == 0 {
-		return fmt.Errorf("node %s: %w", name, ErrNoNodes)
+		return fmt.Errorf("node %s: %w", name, audit.ErrNoNodes)
 	}
 	// A quorum read, not the cache: the cache may be stale, the API is the
 	// truth about whether the node exists.
@@ -344,7 +346,7 @@ func (c *Controller) releaseNode(ctx context.Context, name string, blocks []mode
 func (c *Controller) sweep(ctx context.Context) error {
 	if !c.nodesSynced() {
 		c.skipped("nodes-not-synced")
-		return fmt.Errorf("nodes: %w", ErrNotSynced)
+		return fmt.Errorf("nodes: %w", audit.ErrNotSynced)
 	}
 	nodes, err := c.nodes.List(labels.Everything())
 	if err != nil {
@@ -360,12 +362,12 @@ func (c *Controller) sweep(ctx context.Context) error {
 			return fmt.Errorf("list cached pods: %w", err)
 		}
 	}
-	snap, err := readSnapshot(ctx, c.store)
+	snap, err := audit.ReadSnapshot(ctx, c.store)
 	if err != nil {
 		c.skipped("etcd-error")
 		return err
 	}
-	rep := compare(snap, nodes, pods, podsSynced, time.Now())
+	rep := audit.Compare(snap, nodes, pods, podsSynced, time.Now())
 	c.opts.Metrics.observe(rep)
 
 	if err := rep.NodeGuard(); err != nil {
@@ -402,7 +404,7 @@ func (c *Controller) sweep(ctx context.Context) error {
 
 // reclaim releases one address that has been a candidate for the grace
 // period, after asking the API once more whether its pod is really gone.
-func (c *Controller) reclaim(ctx context.Context, cand LeakCandidate) error {
+func (c *Controller) reclaim(ctx context.Context, cand audit.LeakCandidate) error {
 	a := cand.Address
 	pod, err := c.client.CoreV1().Pods(a.Namespace).Get(ctx, a.Pod, metav1.GetOptions{})
 	switch {
@@ -420,7 +422,7 @@ func (c *Controller) reclaim(ctx context.Context, cand LeakCandidate) error {
 		c.log.Warn("leaked address (not reclaimed: reclaim disabled)", "address", ips, "pod", a.Namespace+"/"+a.Pod,
 			"node", a.Node, "container", a.ContainerID, "reason", cand.Reason)
 		c.opts.Recorder.Eventf(podRef(a), corev1.EventTypeWarning, EventLeakFound,
-			"Address %s on node %s (container %s) looks leaked: %s", ips, a.Node, shortID(a.ContainerID), cand.Reason)
+			"Address %s on node %s (container %s) looks leaked: %s", ips, a.Node, audit.ShortID(a.ContainerID), cand.Reason)
 		return nil
 	}
 	err = c.store.ReleaseAddress(ctx, a)
@@ -437,7 +439,7 @@ func (c *Controller) reclaim(ctx context.Context, cand LeakCandidate) error {
 		"node", a.Node, "container", a.ContainerID, "reason", cand.Reason)
 	c.opts.Recorder.Eventf(podRef(a), corev1.EventTypeNormal, EventAddressReclaimed,
 		"Reclaimed address %s on node %s (container %s): %s for longer than %s",
-		ips, a.Node, shortID(a.ContainerID), cand.Reason, c.opts.LeakGrace)
+		ips, a.Node, audit.ShortID(a.ContainerID), cand.Reason, c.opts.LeakGrace)
 	return nil
 }
 
@@ -448,13 +450,13 @@ func (c *Controller) skipped(reason string) {
 // reasonOf turns a guard error into a metric label.
 func reasonOf(err error) string {
 	switch {
-	case errors.Is(err, ErrNotSynced):
+	case errors.Is(err, audit.ErrNotSynced):
 		return "pods-not-synced"
-	case errors.Is(err, ErrNoNodes):
+	case errors.Is(err, audit.ErrNoNodes):
 		return "no-nodes"
-	case errors.Is(err, ErrNoPods):
+	case errors.Is(err, audit.ErrNoPods):
 		return "no-pods"
-	case errors.Is(err, ErrTooManyLeaks):
+	case errors.Is(err, audit.ErrTooManyLeaks):
 		return "too-many-leaks"
 	default:
 		return "error"

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"github.com/coil-project/coil/audit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -82,7 +83,7 @@ func (m *Metrics) SetLeader(leading bool) {
 }
 
 // observe publishes the etcd-derived gauges of a report.
-func (m *Metrics) observe(r Report) {
+func (m *Metrics) observe(r audit.Report) {
 	m.blocks.Reset()
 	m.addresses.Reset()
 	for _, u := range r.Usage {

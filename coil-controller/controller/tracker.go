@@ -3,6 +3,7 @@ package controller
 import (
 	"time"
 
+	"github.com/coil-project/coil/audit"
 	"github.com/coil-project/coil/model"
 )
 
@@ -41,9 +42,9 @@ func newGraceTracker() *graceTracker {
 // been candidates in every sweep for at least grace. A record that stopped
 // being a candidate (its pod appeared, it was released) is forgotten, so
 // its clock starts again if it comes back.
-func (t *graceTracker) observe(cands []LeakCandidate, now time.Time, grace time.Duration) []LeakCandidate {
+func (t *graceTracker) observe(cands []audit.LeakCandidate, now time.Time, grace time.Duration) []audit.LeakCandidate {
 	next := make(map[recordID]candidateState, len(cands))
-	var matured []LeakCandidate
+	var matured []audit.LeakCandidate
 	for _, c := range cands {
 		id := idOf(c.Address)
 		st, ok := t.seen[id]

@@ -13,9 +13,8 @@ import (
 
 	"github.com/coil-project/coil/coil-installer/installer"
 	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // NodeNameEnv is the environment variable that gives the node name when
@@ -136,14 +135,9 @@ func newUntaint(log *slog.Logger) *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--coild-endpoint: %w", err)}
 			}
-			restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+			kube, err := kubeclient.New(kubeconfig, "coil-installer")
 			if err != nil {
 				return workError{fmt.Errorf("kubernetes client configuration: %w", err)}
-			}
-			restCfg.UserAgent = "coil-installer"
-			kube, err := kubernetes.NewForConfig(restCfg)
-			if err != nil {
-				return workError{fmt.Errorf("kubernetes client: %w", err)}
 			}
 			cfg.Coild, cfg.Kube, cfg.Logger = coild, kube, log
 

@@ -7,11 +7,11 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/coil-project/coil/coil-controller/controller"
+	"github.com/coil-project/coil/audit"
+	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // checkJSON is the JSON shape of `coilctl check`.
@@ -68,13 +68,13 @@ another node. Nothing is changed and nothing is locked.`,
 			if err != nil {
 				return err
 			}
-			var report controller.Report
+			var report audit.Report
 			err = o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
-				nodes, pods, err := controller.ListCluster(ctx, kube)
+				nodes, pods, err := audit.ListCluster(ctx, kube)
 				if err != nil {
 					return fmt.Errorf("read nodes and pods from the Kubernetes API: %w", err)
 				}
-				report, err = controller.Check(ctx, st, nodes, pods)
+				report, err = audit.Check(ctx, st, nodes, pods)
 				return err
 			})
 			if err != nil {
@@ -99,14 +99,10 @@ func kubeClientFor(path string) (kubernetes.Interface, error) {
 		home, _ := os.UserHomeDir()
 		path = filepath.Join(home, ".kube", "config")
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-	}
-	return kubernetes.NewForConfig(cfg)
+	return kubeclient.New(path, "")
 }
 
-func newCheckJSON(r controller.Report) checkJSON {
+func newCheckJSON(r audit.Report) checkJSON {
 	v := checkJSON{
 		Time: r.Time, Nodes: r.Nodes, Pods: r.Pods, PodsChecked: r.PodsChecked,
 		Blocks: r.Blocks, Addresses: r.Addresses, Unattributed: r.Unattributed,

@@ -1,5 +1,7 @@
 // Package daemon runs coild: it restores the node's state from etcd,
 // reconciles the kernel with it, and only then serves the REST API.
+// Flags turns coild's command line into the Config that Run takes, so
+// that coild's main only wires the two together.
 package daemon
 
 import (
@@ -20,6 +22,7 @@ import (
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/coild/server"
+	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
 	"github.com/coil-project/coil/nodenet"
@@ -31,9 +34,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Config is coild's configuration, from flags.
@@ -130,8 +131,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	kube := cfg.KubeClient
 	if kube == nil {
-		if kube, err = kubeClient(cfg.Kubeconfig); err != nil {
-			return err
+		if kube, err = kubeclient.New(cfg.Kubeconfig, ""); err != nil {
+			return fmt.Errorf("kubernetes client configuration: %w", err)
 		}
 	}
 	if err := d.inHostNS(nodenet.EnableForwarding); err != nil {
@@ -441,20 +442,6 @@ func (d *daemon) listen() ([]net.Listener, error) {
 		ls = append(ls, l)
 	}
 	return ls, nil
-}
-
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
-	}
-	return kubernetes.NewForConfig(cfg)
 }
 
 // exportObserver puts the node's blocks into the export table as they come

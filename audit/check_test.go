@@ -1,4 +1,4 @@
-package controller
+package audit
 
 import (
 	"errors"
@@ -46,9 +46,9 @@ func podUID(p *corev1.Pod, uid string) *corev1.Pod {
 func TestCompare(t *testing.T) {
 	// n1 exists with blocks 0 and 1; n2 was deleted and owns block 2;
 	// n3 was deleted and only has a node record.
-	snap := snapshot{
-		blocks: []model.Block{block("n1", 0), block("n1", 1), block("n2", 2)},
-		addresses: []model.Address{
+	snap := Snapshot{
+		Blocks: []model.Block{block("n1", 0), block("n1", 1), block("n2", 2)},
+		Addresses: []model.Address{
 			addr("n1", 0, 0, "ns", "live"),
 			addr("n1", 0, 1, "ns", "gone"),
 			addr("n1", 0, 2, "ns", "moved"),
@@ -58,7 +58,7 @@ func TestCompare(t *testing.T) {
 			withUID(addr("n1", 1, 3, "ns", "same-uid"), "uid-1"),
 			addr("n2", 2, 0, "ns", "on-deleted-node"),
 		},
-		nodes: []model.Node{{Name: "n1"}, {Name: "n3"}},
+		Nodes: []model.Node{{Name: "n1"}, {Name: "n3"}},
 	}
 	nodes := []*corev1.Node{node("n1"), node("other")}
 	pods := []*corev1.Pod{pod("ns", "live", "n1"), pod("ns", "moved", "other"), pod("ns", "unscheduled", ""),
@@ -98,7 +98,7 @@ func TestCompare(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := compare(snap, nodes, tc.pods, tc.checkPods, time.Now())
+			r := Compare(snap, nodes, tc.pods, tc.checkPods, time.Now())
 			var missing []string
 			for _, m := range r.MissingNodes {
 				missing = append(missing, m.Name)
@@ -122,7 +122,7 @@ func TestCompare(t *testing.T) {
 		})
 	}
 
-	r := compare(snap, nodes, pods, true, time.Now())
+	r := Compare(snap, nodes, pods, true, time.Now())
 	if n2 := r.MissingNodes[0]; len(n2.Blocks) != 1 || n2.Addresses != 1 || n2.HasRecord {
 		t.Errorf("n2 = %+v, want 1 block with 1 address and no record", n2)
 	}
@@ -180,54 +180,5 @@ func TestGuards(t *testing.T) {
 				t.Errorf("NodeGuard = %v, want %v", err, tc.wantNodes)
 			}
 		})
-	}
-}
-
-func TestGraceTracker(t *testing.T) {
-	a := addr("n1", 0, 1, "ns", "a")
-	b := addr("n1", 0, 2, "ns", "b")
-	reused := a
-	reused.Revision++ // same address, allocated again: a new record
-	t0 := time.Unix(1000, 0)
-	grace := 10 * time.Second
-	steps := []struct {
-		at    time.Duration
-		cands []model.Address
-		reset bool
-		want  []string // pod names of matured candidates
-	}{
-		{at: 0, cands: []model.Address{a}},
-		{at: 5 * time.Second, cands: []model.Address{a, b}},
-		{at: 10 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
-		// b's pod came back: b is forgotten and starts again later.
-		{at: 12 * time.Second, cands: []model.Address{a}, want: []string{"a"}},
-		{at: 13 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
-		{at: 20 * time.Second, cands: []model.Address{a, b}, want: []string{"a"}},
-		{at: 23 * time.Second, cands: []model.Address{reused, b}, want: []string{"b"}},
-		// A guard tripped: everything starts again.
-		{at: 24 * time.Second, reset: true},
-		{at: 25 * time.Second, cands: []model.Address{reused, b}},
-		{at: 35 * time.Second, cands: []model.Address{reused, b}, want: []string{"a", "b"}},
-	}
-	tr := newGraceTracker()
-	for i, s := range steps {
-		if s.reset {
-			tr.reset()
-			continue
-		}
-		var cands []LeakCandidate
-		for _, c := range s.cands {
-			cands = append(cands, LeakCandidate{Address: c})
-		}
-		var got []string
-		for _, m := range tr.observe(cands, t0.Add(s.at), grace) {
-			got = append(got, m.Address.Pod)
-		}
-		if !slices.Equal(got, s.want) {
-			t.Errorf("step %d (t+%s): matured %v, want %v", i, s.at, got, s.want)
-		}
-	}
-	if !tr.markReported(b) || tr.markReported(b) {
-		t.Error("markReported should be true once, then false")
 	}
 }

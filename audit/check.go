@@ -1,4 +1,8 @@
-package controller
+// Package audit compares Coil's state in etcd with the cluster's Nodes and
+// Pods, read-only: blocks of nodes that are gone, addresses whose pod is
+// gone. coil-controller acts on the Report behind its guards; `coilctl
+// check` prints it.
+package audit
 
 import (
 	"context"
@@ -22,8 +26,8 @@ type Reader interface {
 }
 
 // Guard errors: Report.NodeGuard and Report.LeakGuard return them (wrapped
-// with numbers) when acting on a report could free live state. The
-// controller then releases nothing and reports why.
+// with numbers) when acting on a report could free live state. A caller
+// such as coil-controller then releases nothing and reports why.
 var (
 	// ErrNotSynced: the informer cache has not completed its first list,
 	// so an absent object may merely not have arrived yet.
@@ -68,7 +72,7 @@ type MissingNode struct {
 }
 
 // LeakCandidate is an address record whose pod is gone or elsewhere. It is
-// only a candidate: the controller waits for --leak-grace before acting.
+// only a candidate: coil-controller waits for --leak-grace before acting.
 type LeakCandidate struct {
 	Address model.Address
 	Reason  LeakReason
@@ -111,26 +115,27 @@ type Report struct {
 	LeakCandidates []LeakCandidate
 }
 
-// snapshot is what the comparison reads from etcd.
-type snapshot struct {
-	blocks    []model.Block
-	addresses []model.Address
-	nodes     []model.Node
+// Snapshot is what the comparison reads from etcd.
+type Snapshot struct {
+	Blocks    []model.Block
+	Addresses []model.Address
+	Nodes     []model.Node
 }
 
-func readSnapshot(ctx context.Context, st Reader) (snapshot, error) {
-	var s snapshot
+// ReadSnapshot reads every block, address record and node record.
+func ReadSnapshot(ctx context.Context, st Reader) (Snapshot, error) {
+	var s Snapshot
 	var err error
 	// Blocks first: an address allocated in a block acquired after this read
 	// is simply not considered now; the next sweep sees both.
-	if s.blocks, err = st.ListBlocks(ctx, ""); err != nil {
-		return snapshot{}, fmt.Errorf("read blocks: %w", err)
+	if s.Blocks, err = st.ListBlocks(ctx, ""); err != nil {
+		return Snapshot{}, fmt.Errorf("read blocks: %w", err)
 	}
-	if s.addresses, err = st.ListAddresses(ctx, ""); err != nil {
-		return snapshot{}, fmt.Errorf("read addresses: %w", err)
+	if s.Addresses, err = st.ListAddresses(ctx, ""); err != nil {
+		return Snapshot{}, fmt.Errorf("read addresses: %w", err)
 	}
-	if s.nodes, err = st.ListNodes(ctx); err != nil {
-		return snapshot{}, fmt.Errorf("read node records: %w", err)
+	if s.Nodes, err = st.ListNodes(ctx); err != nil {
+		return Snapshot{}, fmt.Errorf("read node records: %w", err)
 	}
 	return s, nil
 }
@@ -141,11 +146,11 @@ func readSnapshot(ctx context.Context, st Reader) (snapshot, error) {
 // from ListCluster); apply Report.NodeGuard and Report.LeakGuard before
 // acting on the result.
 func Check(ctx context.Context, st Reader, nodes []*corev1.Node, pods []*corev1.Pod) (Report, error) {
-	snap, err := readSnapshot(ctx, st)
+	snap, err := ReadSnapshot(ctx, st)
 	if err != nil {
 		return Report{}, fmt.Errorf("check: %w", err)
 	}
-	return compare(snap, nodes, pods, true, time.Now()), nil
+	return Compare(snap, nodes, pods, true, time.Now()), nil
 }
 
 type blockID struct {
@@ -155,16 +160,18 @@ type blockID struct {
 
 func addressBlock(a model.Address) blockID { return blockID{a.Pool, a.Subnet, a.Block} }
 
-// compare is the pure part of Check. With checkPods false the pod list is
-// ignored and no leak candidates are computed.
-func compare(snap snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods bool, now time.Time) Report {
+// Compare is the pure part of Check, for callers that read the snapshot
+// and the API themselves (coil-controller, from its informer caches). With
+// checkPods false the pod list is ignored and no leak candidates are
+// computed; now becomes Report.Time.
+func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods bool, now time.Time) Report {
 	r := Report{
 		Time:        now,
 		Nodes:       len(nodes),
 		Pods:        len(pods),
 		PodsChecked: checkPods,
-		Blocks:      len(snap.blocks),
-		Addresses:   len(snap.addresses),
+		Blocks:      len(snap.Blocks),
+		Addresses:   len(snap.Addresses),
 	}
 	if !checkPods {
 		r.Pods = 0
@@ -192,7 +199,7 @@ func compare(snap snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 		return missing[name]
 	}
 	missingBlock := map[blockID]*MissingNode{}
-	for _, b := range snap.blocks {
+	for _, b := range snap.Blocks {
 		use(b.Pool, b.Node).Blocks++
 		if !existing[b.Node] {
 			m := miss(b.Node)
@@ -200,7 +207,7 @@ func compare(snap snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			missingBlock[blockID{b.Pool, b.Subnet, b.Index}] = m
 		}
 	}
-	for _, n := range snap.nodes {
+	for _, n := range snap.Nodes {
 		if !existing[n.Name] {
 			miss(n.Name).HasRecord = true
 		}
@@ -214,7 +221,7 @@ func compare(snap snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			podIndex[podKey{p.Namespace, p.Name}] = p
 		}
 	}
-	for _, a := range snap.addresses {
+	for _, a := range snap.Addresses {
 		use(a.Pool, a.Node).Addresses++
 		if m := missingBlock[addressBlock(a)]; m != nil {
 			m.Addresses++
@@ -340,7 +347,7 @@ func (r Report) WriteTable(w io.Writer) error {
 			reason += " (" + valueOr(c.PodNode, "unscheduled") + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", strings.Join(ips, ","), a.Pool, a.Node,
-			a.Namespace, a.Pod, shortID(a.ContainerID), a.CreatedAt.UTC().Format(time.RFC3339), reason)
+			a.Namespace, a.Pod, ShortID(a.ContainerID), a.CreatedAt.UTC().Format(time.RFC3339), reason)
 	}
 	return tw.Flush()
 }
@@ -352,7 +359,9 @@ func valueOr(s, def string) string {
 	return s
 }
 
-func shortID(id string) string {
+// ShortID shortens a container ID to its first 12 characters, as tables
+// and events show it.
+func ShortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
 	}

@@ -1,4 +1,4 @@
-package controller
+package audit
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 const listPageSize = 500
 
 // ListCluster reads every Node and Pod from the API with paged, consistent
-// LISTs, for one-off callers of Check such as `coilctl check`. The
-// controller itself uses informer caches instead.
+// LISTs, for one-off callers of Check such as `coilctl check`.
+// coil-controller uses informer caches instead.
 func ListCluster(ctx context.Context, client kubernetes.Interface) ([]*corev1.Node, []*corev1.Pod, error) {
 	var nodes []*corev1.Node
 	opts := metav1.ListOptions{Limit: listPageSize}

@@ -1,0 +1,170 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/coil-project/coil/internal/kubeclient"
+	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/model/etcdconfig"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix prefixes the environment variables that stand in for
+// coil-controller's flags: --scan-interval is also read from
+// COIL_CONTROLLER_SCAN_INTERVAL (see etcdconfig.ApplyEnv).
+const EnvPrefix = "COIL_CONTROLLER"
+
+// Config is the configuration of the coil-controller process, filled from
+// its flags by AddFlags. Run turns it into a Controller, a metrics server
+// and, with LeaderElect, a LeaderElection.
+type Config struct {
+	Etcd etcdconfig.Config
+	// Kubeconfig is the kubeconfig file; empty uses the in-cluster
+	// service account.
+	Kubeconfig string
+	// MetricsAddr serves /metrics and /healthz; empty disables it.
+	MetricsAddr string
+	// LeaderElect makes the controller act only while it holds the Lease
+	// DefaultLeaseName in LeaderNamespace.
+	LeaderElect     bool
+	LeaderNamespace string
+	// ScanInterval, LeakGrace and MaxReclaimRatio are the Options of the
+	// same names.
+	ScanInterval    time.Duration
+	LeakGrace       time.Duration
+	MaxReclaimRatio float64
+	// Reclaim releases leaked addresses; false only reports them
+	// (Options.ReportOnly).
+	Reclaim bool
+	// Logger logs; nil uses slog.Default().
+	Logger *slog.Logger
+}
+
+// AddFlags registers coil-controller's flags on fs, storing into c. The
+// flags' defaults are the defaults of the configuration.
+func (c *Config) AddFlags(fs *pflag.FlagSet) {
+	c.Etcd.AddFlags(fs)
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster service account")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":9386", "address serving /metrics and /healthz; empty disables it")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "act only while holding the leader Lease (run 2 replicas)")
+	fs.StringVar(&c.LeaderNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader Lease")
+	fs.DurationVar(&c.ScanInterval, "scan-interval", DefaultScanInterval, "period of the sweep comparing etcd with nodes and pods")
+	fs.DurationVar(&c.LeakGrace, "leak-grace", DefaultLeakGrace, "how long an address must look leaked before it is reclaimed")
+	fs.BoolVar(&c.Reclaim, "reclaim", true, "release leaked addresses; false only reports them")
+	fs.Float64Var(&c.MaxReclaimRatio, "max-reclaim-ratio", DefaultMaxReclaimRatio,
+		"reclaim nothing when more than this share of all address records looks leaked")
+}
+
+// Validate checks the configuration before anything starts. Unlike
+// Options, whose zero values take defaults, a Config says exactly what
+// runs, so out-of-range values are errors.
+func (c *Config) Validate() error {
+	if err := c.Etcd.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.ScanInterval <= 0:
+		return fmt.Errorf("--scan-interval must be positive")
+	case c.LeakGrace < 0:
+		return fmt.Errorf("--leak-grace must not be negative")
+	case c.MaxReclaimRatio <= 0 || c.MaxReclaimRatio > 1:
+		return fmt.Errorf("--max-reclaim-ratio must be in (0, 1]")
+	}
+	return nil
+}
+
+// Run runs coil-controller until ctx ends: it checks the etcd schema,
+// serves metrics, and runs a Controller, under leader election when
+// cfg.LeaderElect is set. It returns nil after ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	client, err := kubeclient.New(cfg.Kubeconfig, "coil-controller")
+	if err != nil {
+		return fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	etcd, err := cfg.Etcd.NewClient()
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	store := model.New(etcd, cfg.Etcd.Prefix)
+	initCtx, cancel := cfg.Etcd.RequestContext(ctx)
+	err = store.Init(initCtx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("check etcd schema: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := NewMetrics(reg)
+	recorder, stopEvents := NewEventRecorder(client)
+	defer stopEvents()
+
+	if cfg.MetricsAddr != "" {
+		srv, err := serveMetrics(cfg.MetricsAddr, reg, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+	}
+
+	ctrl := New(store, client, Options{
+		ScanInterval:    cfg.ScanInterval,
+		LeakGrace:       cfg.LeakGrace,
+		ReportOnly:      !cfg.Reclaim,
+		MaxReclaimRatio: cfg.MaxReclaimRatio,
+		Recorder:        recorder,
+		Metrics:         metrics,
+		Logger:          log,
+	})
+	if !cfg.LeaderElect {
+		metrics.SetLeader(true)
+		return ctrl.Run(ctx)
+	}
+	le := LeaderElection{
+		Client:    client,
+		Namespace: cfg.LeaderNamespace,
+		OnLeading: metrics.SetLeader,
+		Logger:    log,
+	}
+	return le.Run(ctx, ctrl.Run)
+}
+
+// serveMetrics starts the HTTP server for /metrics and /healthz. The
+// caller owns it and shuts it down; its goroutine ends with it.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", "err", err)
+		}
+	}()
+	return srv, nil
+}

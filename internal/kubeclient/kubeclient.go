@@ -1,0 +1,48 @@
+// Package kubeclient builds the Kubernetes client of Coil's commands
+// (coild, coil-controller, coilctl, coil-installer) in one way: from the
+// kubeconfig file they are given, or from the pod's service account when
+// they are given none.
+package kubeclient
+
+import (
+	"fmt"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Config returns the client configuration read from the kubeconfig file at
+// path, or the in-cluster configuration (the service account of the pod
+// the process runs in) when path is empty. A non-empty userAgent names the
+// caller in the API server's logs.
+func Config(path, userAgent string) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if path == "" {
+		if cfg, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("in-cluster configuration: %w", err)
+		}
+	} else {
+		if cfg, err = clientcmd.BuildConfigFromFlags("", path); err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+	}
+	if userAgent != "" {
+		cfg.UserAgent = userAgent
+	}
+	return cfg, nil
+}
+
+// New returns a clientset for Config(path, userAgent).
+func New(path, userAgent string) (kubernetes.Interface, error) {
+	cfg, err := Config(path, userAgent)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
