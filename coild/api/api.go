@@ -10,7 +10,7 @@
 //	GET    /status                                                  -> StatusResponse
 //	GET    /readyz                                                  -> 200 ready, 503 not
 //	POST   /gc                                       GCRequest     -> GCResponse
-//	POST   /egress                                   AllocRequest  -> EgressResponse
+//	POST   /egress                                   EgressRequest -> EgressResponse
 //
 // Every failure is answered with an ErrorResponse.
 package api
@@ -57,6 +57,23 @@ const (
 	ReasonInternal    = "internal"
 )
 
+// Attachment names one interface of a container: the key under which coild
+// holds an allocation, in the API, the allocator and the plugin alike. The
+// JSON names are those of CNI's GC valid attachments.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	// Interface is the interface name inside the container; empty means
+	// DefaultInterface (see Normalized).
+	Interface string `json:"ifname"`
+}
+
+// Normalized returns a with DefaultInterface for an empty Interface, the
+// form coild keys its allocations by.
+func (a Attachment) Normalized() Attachment {
+	a.Interface = IfNameOrDefault(a.Interface)
+	return a
+}
+
 // AllocRequest asks coild for the addresses of one pod interface. A repeated
 // request for the same container id and interface returns the same
 // addresses.
@@ -73,21 +90,51 @@ type AllocRequest struct {
 	PodUID string `json:"pod-uid,omitempty"`
 }
 
-// IfName returns the request's interface, DefaultInterface if empty.
-func (r AllocRequest) IfName() string {
-	return IfNameOrDefault(r.Interface)
+// Attachment returns the (normalized) attachment the request is for.
+func (r AllocRequest) Attachment() Attachment {
+	return Attachment{ContainerID: r.ContainerID, Interface: r.Interface}.Normalized()
 }
 
 // Validate reports a request coild must refuse.
 func (r AllocRequest) Validate() error {
+	return validatePod(r.PodNamespace, r.PodName, r.ContainerID)
+}
+
+// EgressRequest asks coild to set up the egress tunnels of a pod interface
+// that holds an allocation. Its fields are those of AllocRequest, so a
+// client may send the body of its allocation.
+type EgressRequest struct {
+	PodNamespace string `json:"pod-namespace"`
+	PodName      string `json:"pod-name"`
+	ContainerID  string `json:"container-id"`
+	// Interface is the pod interface; empty means DefaultInterface.
+	Interface string `json:"interface,omitempty"`
+	// NetNS is the path of the pod's network namespace; empty means the
+	// one recorded at allocation.
+	NetNS string `json:"netns,omitempty"`
+	// PodUID is accepted, as in AllocRequest, and ignored.
+	PodUID string `json:"pod-uid,omitempty"`
+}
+
+// Attachment returns the (normalized) attachment the request is for.
+func (r EgressRequest) Attachment() Attachment {
+	return Attachment{ContainerID: r.ContainerID, Interface: r.Interface}.Normalized()
+}
+
+// Validate reports a request coild must refuse.
+func (r EgressRequest) Validate() error {
+	return validatePod(r.PodNamespace, r.PodName, r.ContainerID)
+}
+
+func validatePod(namespace, pod, containerID string) error {
 	var missing []string
-	if r.PodNamespace == "" {
+	if namespace == "" {
 		missing = append(missing, "pod-namespace")
 	}
-	if r.PodName == "" {
+	if pod == "" {
 		missing = append(missing, "pod-name")
 	}
-	if r.ContainerID == "" {
+	if containerID == "" {
 		missing = append(missing, "container-id")
 	}
 	if len(missing) > 0 {
@@ -137,12 +184,6 @@ type GCRequest struct {
 	ValidAttachments []Attachment `json:"valid-attachments"`
 }
 
-// Attachment names one pod interface that is still in use.
-type Attachment struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifname"`
-}
-
 // GCResponse says how many addresses a GC released.
 type GCResponse struct {
 	Status   int `json:"status"`
@@ -150,7 +191,7 @@ type GCResponse struct {
 }
 
 // EgressResponse says how coild set up the egress tunnels of a pod during
-// its CNI ADD (POST /egress, with the body of the allocation).
+// its CNI ADD (POST /egress).
 type EgressResponse struct {
 	Status int `json:"status"`
 	// Client lists the egresses the pod is a client of.

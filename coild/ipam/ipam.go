@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/model"
 )
 
@@ -23,12 +24,6 @@ import (
 type Observer interface {
 	BlockAcquired(b model.Block)
 	BlockReleased(b model.Block)
-}
-
-// Attachment identifies one network attachment of a container.
-type Attachment struct {
-	ContainerID string
-	Interface   string
 }
 
 // Allocator hands out addresses of the node's blocks.
@@ -43,8 +38,8 @@ type Allocator struct {
 	mu        sync.Mutex
 	blocks    map[string]*block   // by Block.ID()
 	pools     map[string][]*block // in acquisition order
-	owners    map[Attachment]model.Address
-	inflight  map[Attachment]chan struct{}
+	owners    map[api.Attachment]model.Address
+	inflight  map[api.Attachment]chan struct{}
 	acquiring map[string]*flight // single-flight block acquisition per pool
 	restored  bool
 }
@@ -73,8 +68,8 @@ func New(store *model.Store, node string, observer Observer) *Allocator {
 		now:       time.Now,
 		blocks:    map[string]*block{},
 		pools:     map[string][]*block{},
-		owners:    map[Attachment]model.Address{},
-		inflight:  map[Attachment]chan struct{}{},
+		owners:    map[api.Attachment]model.Address{},
+		inflight:  map[api.Attachment]chan struct{}{},
 		acquiring: map[string]*flight{},
 	}
 }
@@ -91,7 +86,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
 	}
 	loaded := make([]*block, 0, len(blocks))
-	owners := map[Attachment]model.Address{}
+	owners := map[api.Attachment]model.Address{}
 	for _, mb := range blocks {
 		addrs, err := a.store.BlockAddresses(ctx, mb)
 		if err != nil {
@@ -105,7 +100,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 			}
 			b.used.set(ad.Offset)
 			b.count++
-			owners[Attachment{ad.ContainerID, ad.Interface}] = ad
+			owners[api.Attachment{ContainerID: ad.ContainerID, Interface: ad.Interface}] = ad
 			last = max(last, ad.Offset)
 		}
 		b.next = (last + 1) % mb.Size()
@@ -145,7 +140,7 @@ const maxAttempts = 32
 // for the same attachment returns the same address.
 func (a *Allocator) Allocate(ctx context.Context, pool string, owner model.Owner) (model.Address, error) {
 	owner.Node = a.node
-	key := Attachment{owner.ContainerID, owner.Interface}
+	key := api.Attachment{ContainerID: owner.ContainerID, Interface: owner.Interface}
 	for {
 		a.mu.Lock()
 		if !a.restored {
@@ -311,7 +306,7 @@ func (a *Allocator) dropLocked(b *block) {
 }
 
 // Lookup returns the address of an attachment.
-func (a *Allocator) Lookup(att Attachment) (model.Address, bool) {
+func (a *Allocator) Lookup(att api.Attachment) (model.Address, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	addr, ok := a.owners[att]
@@ -321,7 +316,7 @@ func (a *Allocator) Lookup(att Attachment) (model.Address, bool) {
 // Release frees the address of an attachment. Releasing an attachment that
 // holds nothing succeeds. The etcd delete is guarded by the record's
 // revision, so a late release never frees an address re-allocated since.
-func (a *Allocator) Release(ctx context.Context, att Attachment) (model.Address, bool, error) {
+func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Address, bool, error) {
 	a.mu.Lock()
 	if !a.restored {
 		a.mu.Unlock()
@@ -350,10 +345,10 @@ func (a *Allocator) Release(ctx context.Context, att Attachment) (model.Address,
 }
 
 // Attachments lists every attachment holding an address.
-func (a *Allocator) Attachments() map[Attachment]model.Address {
+func (a *Allocator) Attachments() map[api.Attachment]model.Address {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	m := make(map[Attachment]model.Address, len(a.owners))
+	m := make(map[api.Attachment]model.Address, len(a.owners))
 	for k, v := range a.owners {
 		m[k] = v
 	}

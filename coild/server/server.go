@@ -119,36 +119,35 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 }
 
-// decodeRequest reads and checks the body of POST /ip and POST /egress,
-// answering the failure itself when it returns false.
-func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (api.AllocRequest, bool) {
-	var req api.AllocRequest
-	err := decodeBody(w, r, &req)
+// decodeRequest reads and checks the body of POST /ip and POST /egress into
+// req, answering the failure itself when it returns false.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, req interface{ Validate() error }) bool {
+	err := decodeBody(w, r, req)
 	if err == nil {
 		err = req.Validate()
 	}
 	if err != nil {
 		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
 		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
-		return req, false
+		return false
 	}
 	if !s.cfg.Ready() {
 		s.metrics.failures.WithLabelValues(api.ReasonUnavailable).Inc()
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
-		return req, false
+		return false
 	}
-	return req, true
+	return true
 }
 
 func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
-	req, ok := s.decodeRequest(w, r)
-	if !ok {
+	var req api.AllocRequest
+	if !s.decodeRequest(w, r, &req) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	att := ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()}
+	att := req.Attachment()
 	// A retried ADD returns what the first got, whatever the namespace's
 	// pool is now.
 	addr, ok := s.cfg.Allocator.Lookup(att)
@@ -160,7 +159,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		}
 		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
 			Namespace: req.PodNamespace, Pod: req.PodName,
-			ContainerID: req.ContainerID, Interface: req.IfName(), NetNS: req.NetNS, PodUID: req.PodUID,
+			ContainerID: att.ContainerID, Interface: att.Interface, NetNS: req.NetNS, PodUID: req.PodUID,
 		})
 		if err != nil {
 			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -175,14 +174,15 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 // handleEgress sets up the egress tunnels of a pod whose interface the
 // plugin has just configured, before its ADD returns.
 func (s *Server) handleEgress(w http.ResponseWriter, r *http.Request) {
-	req, ok := s.decodeRequest(w, r)
-	if !ok {
+	var req api.EgressRequest
+	if !s.decodeRequest(w, r, &req) {
 		return
 	}
-	addr, ok := s.cfg.Allocator.Lookup(ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()})
+	att := req.Attachment()
+	addr, ok := s.cfg.Allocator.Lookup(att)
 	if !ok || addr.Namespace != req.PodNamespace || addr.Pod != req.PodName {
 		writeError(w, http.StatusNotFound, api.ReasonNotFound,
-			fmt.Sprintf("no address for pod %s/%s container %s interface %s: allocate first", req.PodNamespace, req.PodName, req.ContainerID, req.IfName()))
+			fmt.Sprintf("no address for pod %s/%s container %s interface %s: allocate first", req.PodNamespace, req.PodName, att.ContainerID, att.Interface))
 		return
 	}
 	if req.NetNS != "" {
@@ -212,12 +212,12 @@ func allocResponse(addr model.Address) api.AllocResponse {
 	return resp
 }
 
-func attachmentFromPath(r *http.Request) (ipam.Attachment, error) {
+func attachmentFromPath(r *http.Request) (api.Attachment, error) {
 	cid := r.PathValue("cid")
 	if r.PathValue("ns") == "" || r.PathValue("pod") == "" || cid == "" {
-		return ipam.Attachment{}, errors.New("path must be /ip/<namespace>/<pod>/<container-id>")
+		return api.Attachment{}, errors.New("path must be /ip/<namespace>/<pod>/<container-id>")
 	}
-	return ipam.Attachment{ContainerID: cid, Interface: api.IfNameOrDefault(r.URL.Query().Get(api.QueryInterface))}, nil
+	return api.Attachment{ContainerID: cid, Interface: r.URL.Query().Get(api.QueryInterface)}.Normalized(), nil
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -296,9 +296,9 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
 		return
 	}
-	valid := map[ipam.Attachment]bool{}
+	valid := map[api.Attachment]bool{}
 	for _, a := range req.ValidAttachments {
-		valid[ipam.Attachment{ContainerID: a.ContainerID, Interface: api.IfNameOrDefault(a.IfName)}] = true
+		valid[a.Normalized()] = true
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()

@@ -170,6 +170,7 @@ func TestEgressEndpoint(t *testing.T) {
 		{"missing container", `{"pod-namespace":"ns","pod-name":"p1"}`, nil, 400, api.ReasonBadRequest},
 		{"wrong pod", `{"pod-namespace":"ns","pod-name":"other","container-id":"c1"}`, nil, 404, api.ReasonNotFound},
 		{"ok", withNetNS, nil, 200, ""},
+		{"body of the allocation", `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1","interface":"eth0","netns":"/var/run/netns/p1","pod-uid":"u1"}`, nil, 200, ""},
 		{"egress not ready", withNetNS, fmt.Errorf("wrapped: %w", egress.ErrNotReady), 503, api.ReasonUnavailable},
 		{"egress failed", withNetNS, errors.New("create vxlan: boom"), 500, api.ReasonInternal},
 	}
@@ -247,10 +248,10 @@ func TestGCKeepsValidAndYoung(t *testing.T) {
 	if code != 200 || body["released"].(float64) != 1 {
 		t.Fatalf("gc = %d %v", code, body)
 	}
-	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "keep", Interface: "eth0"}); !ok {
+	if _, ok := alloc.Lookup(api.Attachment{ContainerID: "keep", Interface: "eth0"}); !ok {
 		t.Fatal("gc released a valid attachment")
 	}
-	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "drop", Interface: "eth0"}); ok {
+	if _, ok := alloc.Lookup(api.Attachment{ContainerID: "drop", Interface: "eth0"}); ok {
 		t.Fatal("gc kept an invalid attachment")
 	}
 }
