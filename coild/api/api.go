@@ -270,6 +270,37 @@ var (
 	ErrInternal      error = reasonError(ReasonInternal)
 )
 
+// WithReason returns an error with the text of err that coild answers with
+// reason (one of the Reason constants), however deeply it is wrapped. It
+// matches err with errors.Is, and the sentinel of the reason as well
+// (ErrUnavailable for ReasonUnavailable...). The packages behind coild's
+// server mark their errors with it, so that the server need not know them.
+func WithReason(err error, reason string) error {
+	return &reasonedError{err: err, reason: reason}
+}
+
+// ReasonOf returns the reason that WithReason gave err or an error it wraps,
+// "" if none did.
+func ReasonOf(err error) string {
+	var r *reasonedError
+	if errors.As(err, &r) {
+		return r.reason
+	}
+	return ""
+}
+
+// reasonedError is an error marked by WithReason.
+type reasonedError struct {
+	err    error
+	reason string
+}
+
+func (e *reasonedError) Error() string { return e.err.Error() }
+func (e *reasonedError) Unwrap() error { return e.err }
+
+// Is matches the sentinel of the error's reason.
+func (e *reasonedError) Is(target error) bool { return target == reasonError(e.reason) }
+
 // ErrUnreachable is wrapped by client errors where no answer came from
 // coild: it is not running, its socket is missing, or it timed out.
 var ErrUnreachable = errors.New("coild unreachable")

@@ -76,7 +76,8 @@ func New(store *model.Store, node string, observer Observer) *Allocator {
 
 // ErrNotRestored is returned by every call made before Restore succeeded:
 // serving from an empty memory would hand out addresses already in use.
-var ErrNotRestored = errors.New("allocator state not restored from etcd yet")
+// coild answers it as unavailable.
+var ErrNotRestored = api.WithReason(errors.New("allocator state not restored from etcd yet"), api.ReasonUnavailable)
 
 // Restore loads the node's blocks and addresses from etcd. It must succeed
 // before the allocator serves requests.

@@ -16,15 +16,36 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
-	"github.com/coil-project/coil/coild/egress"
-	"github.com/coil-project/coil/coild/ipam"
-	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/model"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// PoolSelector chooses the pool of a namespace.
+// The server depends on the interfaces below, implemented by coild/ipam,
+// coild/poolselector and coild/egress, and on none of those packages. It
+// classifies their errors by the model's sentinels and by the reasons they
+// are marked with (api.WithReason).
+
+// Allocator hands out the node's addresses (coild/ipam).
+type Allocator interface {
+	// Ready reports whether the allocator's state is restored.
+	Ready() bool
+	// Allocate returns the address of owner's attachment, allocating one
+	// from pool if it has none.
+	Allocate(ctx context.Context, pool string, owner model.Owner) (model.Address, error)
+	// Lookup returns the address of an attachment.
+	Lookup(att api.Attachment) (model.Address, bool)
+	// Release frees the address of an attachment, reporting what it freed.
+	Release(ctx context.Context, att api.Attachment) (model.Address, bool, error)
+	// Attachments lists every attachment holding an address.
+	Attachments() map[api.Attachment]model.Address
+	// Blocks returns the node's blocks by pool.
+	Blocks() map[string][]model.Block
+	// Usage is the number of blocks owned and addresses in use.
+	Usage() (blocks, addresses int)
+}
+
+// PoolSelector chooses the pool of a namespace (coild/poolselector).
 type PoolSelector interface {
 	PoolFor(ctx context.Context, namespace string) (string, error)
 }
@@ -32,14 +53,34 @@ type PoolSelector interface {
 // Egress sets up the egress tunnels of the node's pods (coild/egress).
 type Egress interface {
 	// SetupPod configures a pod whose interface is up, during its ADD.
-	SetupPod(ctx context.Context, addr model.Address) (api.EgressResponse, error)
+	SetupPod(ctx context.Context, addr model.Address) (EgressSetup, error)
 	// PodReleased learns that a pod's address was released (DEL, GC).
 	PodReleased(addr model.Address)
 }
 
+// EgressSetup is what Egress.SetupPod did for a pod; POST /egress reports
+// it as an api.EgressResponse.
+type EgressSetup struct {
+	// Clients are the egresses the pod is a client of.
+	Clients []EgressClient
+	// Gateway is the egress ("namespace/name") the pod is a gateway of.
+	Gateway string
+	// Missing lists egresses the pod is annotated for that do not exist.
+	Missing []string
+}
+
+// EgressClient is one egress of a client pod and the gateway pod
+// ("namespace/name") and address it goes through now; GatewayPod is empty
+// while the egress has no running gateway.
+type EgressClient struct {
+	Egress     string
+	GatewayPod string
+	Gateway    netip.Addr
+}
+
 // Config wires a Server.
 type Config struct {
-	Allocator *ipam.Allocator
+	Allocator Allocator
 	Selector  PoolSelector
 	// Egress may be nil: POST /egress then sets nothing up.
 	Egress Egress
@@ -188,17 +229,29 @@ func (s *Server) handleEgress(w http.ResponseWriter, r *http.Request) {
 	if req.NetNS != "" {
 		addr.NetNS = req.NetNS
 	}
-	resp := api.EgressResponse{Status: http.StatusOK}
+	var setup EgressSetup
 	if s.cfg.Egress != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 		defer cancel()
 		var err error
-		if resp, err = s.cfg.Egress.SetupPod(ctx, addr); err != nil {
+		if setup, err = s.cfg.Egress.SetupPod(ctx, addr); err != nil {
 			s.fail(w, fmt.Errorf("set up egress of pod %s/%s: %w", req.PodNamespace, req.PodName, err))
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, egressResponse(setup))
+}
+
+func egressResponse(setup EgressSetup) api.EgressResponse {
+	resp := api.EgressResponse{Status: http.StatusOK, Gateway: setup.Gateway, Missing: setup.Missing}
+	for _, c := range setup.Clients {
+		route := api.EgressRoute{Egress: c.Egress}
+		if c.GatewayPod != "" {
+			route.GatewayPod, route.Gateway = c.GatewayPod, c.Gateway.String()
+		}
+		resp.Client = append(resp.Client, route)
+	}
+	return resp
 }
 
 func allocResponse(addr model.Address) api.AllocResponse {
@@ -327,22 +380,10 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.GCResponse{Status: http.StatusOK, Released: released})
 }
 
-// fail maps an error to its status code and reason.
+// fail answers an error with its status code and reason.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	status, reason := http.StatusInternalServerError, api.ReasonInternal
-	switch {
-	case errors.Is(err, model.ErrPoolExhausted):
-		status, reason = http.StatusServiceUnavailable, api.ReasonPoolExhausted
-	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ipam.ErrNotRestored),
-		errors.Is(err, context.DeadlineExceeded):
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	case errors.Is(err, egress.ErrNotReady):
-		// The egress state is still loading after a restart.
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	case errors.Is(err, model.ErrPoolNotFound), errors.Is(err, poolselector.ErrNoPool):
-		// An admin may create the pool: retrying later can succeed.
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	}
+	reason := classify(err)
+	status := statusOf(reason)
 	s.metrics.failures.WithLabelValues(reason).Inc()
 	s.cfg.Logger.Warn("request failed", "status", status, "error", err)
 	writeError(w, status, reason, err.Error())
@@ -373,6 +414,39 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, reason, msg string) {
 	writeJSON(w, status, api.ErrorResponse{Status: status, Error: msg, Reason: reason})
+}
+
+// classify returns the reason of a failure of the allocator, the pool
+// selector or egress.
+func classify(err error) string {
+	switch {
+	case errors.Is(err, model.ErrPoolExhausted):
+		return api.ReasonPoolExhausted
+	case errors.Is(err, model.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return api.ReasonUnavailable
+	case errors.Is(err, model.ErrPoolNotFound):
+		// An admin may create the pool: retrying later can succeed.
+		return api.ReasonUnavailable
+	}
+	// The allocator not restored yet, the egress state still loading
+	// after a restart, a selected pool missing...
+	if reason := api.ReasonOf(err); reason != "" {
+		return reason
+	}
+	return api.ReasonInternal
+}
+
+// statusOf is the status code coild answers a failure of reason with.
+func statusOf(reason string) int {
+	switch reason {
+	case api.ReasonBadRequest:
+		return http.StatusBadRequest
+	case api.ReasonNotFound:
+		return http.StatusNotFound
+	case api.ReasonPoolExhausted, api.ReasonUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func reasonFor(status int) string {
