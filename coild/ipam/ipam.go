@@ -19,6 +19,19 @@ import (
 	"github.com/coil-project/coil/model"
 )
 
+// Store is the part of model.Store the allocator uses. Its errors are the
+// model's: ErrBlockLost and ErrAddressInUse when another writer won a race,
+// ErrPoolExhausted, ErrPoolNotFound, ErrNotOwner, and ErrUnavailable when
+// etcd did not answer (a commit may then have happened or not).
+type Store interface {
+	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
+	BlockAddresses(ctx context.Context, b model.Block) ([]model.Address, error)
+	AcquireBlock(ctx context.Context, pool string, owner model.Owner) (model.Block, model.Address, error)
+	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
+	ReleaseAddress(ctx context.Context, a model.Address) error
+	ReleaseBlock(ctx context.Context, b model.Block) error
+}
+
 // Observer learns when the node gains or loses a block, so the block's route
 // can be exported or withdrawn. Calls are made without the allocator's lock.
 type Observer interface {
@@ -28,7 +41,7 @@ type Observer interface {
 
 // Allocator hands out addresses of the node's blocks.
 type Allocator struct {
-	store    *model.Store
+	store    Store
 	node     string
 	observer Observer
 	now      func() time.Time
@@ -60,7 +73,7 @@ type block struct {
 }
 
 // New returns an allocator for node. observer may be nil.
-func New(store *model.Store, node string, observer Observer) *Allocator {
+func New(store Store, node string, observer Observer) *Allocator {
 	return &Allocator{
 		store:     store,
 		node:      node,
