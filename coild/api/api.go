@@ -1,6 +1,7 @@
 // Package api is the REST protocol between the Coil CNI plugin and coild:
-// request and response types, paths, error reasons, and a client. It knows
-// nothing of etcd or netlink, so both sides can import it.
+// request and response types, the Attachment that keys allocations, paths,
+// error reasons, and a client. It knows nothing of etcd or netlink, so both
+// sides can import it.
 //
 // Endpoints:
 //
@@ -70,7 +71,9 @@ type Attachment struct {
 // Normalized returns a with DefaultInterface for an empty Interface, the
 // form coild keys its allocations by.
 func (a Attachment) Normalized() Attachment {
-	a.Interface = IfNameOrDefault(a.Interface)
+	if a.Interface == "" {
+		a.Interface = DefaultInterface
+	}
 	return a
 }
 
@@ -141,14 +144,6 @@ func validatePod(namespace, pod, containerID string) error {
 		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
 	}
 	return nil
-}
-
-// IfNameOrDefault returns name, or DefaultInterface if name is empty.
-func IfNameOrDefault(name string) string {
-	if name == "" {
-		return DefaultInterface
-	}
-	return name
 }
 
 // AllocResponse carries the addresses of a pod interface.

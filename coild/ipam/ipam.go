@@ -1,4 +1,6 @@
-// Package ipam is coild's address allocator for the node it runs on.
+// Package ipam is coild's address allocator for the node it runs on. It
+// hands out addresses of the node's blocks by attachment (api.Attachment)
+// and commits them through a Store: model.Store in coild, a fake in tests.
 //
 // coild is the only writer of addresses in its node's blocks, so the
 // allocator keeps them in memory (a bitmap per block, an index by

@@ -1,6 +1,7 @@
 // Package server is coild's REST API, used by the CNI plugin on the same
-// node. It turns HTTP requests into allocator calls and allocator errors
-// into the documented status codes.
+// node. It turns HTTP requests into calls of its Allocator, PoolSelector and
+// Egress interfaces (coild/ipam, coild/poolselector and coild/egress, which
+// it does not import), and their errors into the documented status codes.
 package server
 
 import (
@@ -20,11 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
-
-// The server depends on the interfaces below, implemented by coild/ipam,
-// coild/poolselector and coild/egress, and on none of those packages. It
-// classifies their errors by the model's sentinels and by the reasons they
-// are marked with (api.WithReason).
 
 // Allocator hands out the node's addresses (coild/ipam).
 type Allocator interface {
@@ -417,7 +413,8 @@ func writeError(w http.ResponseWriter, status int, reason, msg string) {
 }
 
 // classify returns the reason of a failure of the allocator, the pool
-// selector or egress.
+// selector or egress: by the model's sentinels, else by the reason the
+// error was marked with (api.WithReason).
 func classify(err error) string {
 	switch {
 	case errors.Is(err, model.ErrPoolExhausted):
