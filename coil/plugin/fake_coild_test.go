@@ -32,7 +32,7 @@ type fakeCoild struct {
 	// failAlloc, when set, is the answer to POST /ip.
 	failAlloc *api.ErrorResponse
 	// lastEgress is the last POST /egress body.
-	lastEgress *api.AllocRequest
+	lastEgress *api.EgressRequest
 	// failEgress, when set, is the answer to POST /egress.
 	failEgress *api.ErrorResponse
 }
@@ -69,11 +69,11 @@ func (f *fakeCoild) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		f.lastAlloc = req
-		key := strings.Join([]string{req.PodNamespace, req.PodName, req.ContainerID, req.IfName()}, "/")
+		key := strings.Join([]string{req.PodNamespace, req.PodName, req.ContainerID, req.Attachment().Interface}, "/")
 		f.held[key] = f.addrs
 		reply(w, 200, api.AllocResponse{Status: 200, Address: f.addrs[0], Addresses: f.addrs})
 	case r.Method == http.MethodPost && r.URL.Path == api.PathEgress:
-		var req api.AllocRequest
+		var req api.EgressRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Validate() != nil {
 			reply(w, 400, api.ErrorResponse{Status: 400, Error: "bad request", Reason: api.ReasonBadRequest})
 			return

@@ -85,14 +85,15 @@ func CmdAdd(args *skel.CmdArgs) error {
 		}
 	}
 
+	att := attachment(args)
 	where := fmt.Sprintf("allocate address for pod %s (container %s, %s) from coild at %s",
-		pod, args.ContainerID, args.IfName, c.conf.Coild)
+		pod, att.ContainerID, att.Interface, c.conf.Coild)
 	resp, err := c.client.Allocate(ctx, api.AllocRequest{
 		PodNamespace: pod.Namespace,
 		PodName:      pod.Name,
 		PodUID:       pod.UID,
-		ContainerID:  args.ContainerID,
-		Interface:    args.IfName,
+		ContainerID:  att.ContainerID,
+		Interface:    att.Interface,
 		NetNS:        args.Netns,
 	})
 	if err != nil {
@@ -121,11 +122,11 @@ func CmdAdd(args *skel.CmdArgs) error {
 	// Egress tunnels go in before ADD returns, so that the pod's first
 	// packet to an egress destination already takes the gateway; a pod
 	// that uses no egress costs coild a cache look-up.
-	if _, err := c.client.SetupEgress(ctx, api.AllocRequest{
+	if _, err := c.client.SetupEgress(ctx, api.EgressRequest{
 		PodNamespace: pod.Namespace,
 		PodName:      pod.Name,
-		ContainerID:  args.ContainerID,
-		Interface:    args.IfName,
+		ContainerID:  att.ContainerID,
+		Interface:    att.Interface,
 		NetNS:        args.Netns,
 	}); err != nil {
 		return c.rollback(args, pod, cfg, true,
@@ -149,7 +150,7 @@ func (c *call) rollback(args *skel.CmdArgs, pod podRef, cfg nodenet.PodConfig, t
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
 	defer cancel()
-	if err := c.client.Release(ctx, pod.Namespace, pod.Name, args.ContainerID, args.IfName); err != nil && !errors.Is(err, api.ErrNotFound) {
+	if err := c.client.Release(ctx, pod.Namespace, pod.Name, attachment(args)); err != nil && !errors.Is(err, api.ErrNotFound) {
 		problems = append(problems, fmt.Errorf("release address: %w", err))
 	}
 	if len(problems) == 0 {
@@ -220,6 +221,12 @@ func buildResult(links nodenet.PodLinks, v4, v6 netip.Addr) *current.Result {
 	return r
 }
 
+// attachment names the container interface a CNI call is for, as coild
+// keys its allocations.
+func attachment(args *skel.CmdArgs) api.Attachment {
+	return api.Attachment{ContainerID: args.ContainerID, Interface: args.IfName}
+}
+
 // startPodCommand reads what ADD, DEL and CHECK all need (the
 // configuration and the pod's name) and bounds the command in time.
 func startPodCommand(args *skel.CmdArgs) (*call, podRef, context.Context, context.CancelFunc, error) {
@@ -249,10 +256,11 @@ func CmdDel(args *skel.CmdArgs) error {
 	if err := nodenet.TeardownPod(args.Netns, args.IfName, nodenet.HostVethName(pod.Namespace, pod.Name)); err != nil {
 		return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
 	}
-	err = c.client.Release(ctx, pod.Namespace, pod.Name, args.ContainerID, args.IfName)
+	att := attachment(args)
+	err = c.client.Release(ctx, pod.Namespace, pod.Name, att)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		return coildError(fmt.Sprintf("release address of pod %s (container %s, %s) at coild %s",
-			pod, args.ContainerID, args.IfName, c.conf.Coild), err)
+			pod, att.ContainerID, att.Interface, c.conf.Coild), err)
 	}
 	return nil
 }
@@ -267,11 +275,12 @@ func CmdCheck(args *skel.CmdArgs) error {
 	}
 	defer cancel()
 
-	resp, err := c.client.Get(ctx, pod.Namespace, pod.Name, args.ContainerID, args.IfName)
+	att := attachment(args)
+	resp, err := c.client.Get(ctx, pod.Namespace, pod.Name, att)
 	if errors.Is(err, api.ErrNotFound) {
 		return types.NewError(types.ErrUnknownContainer,
 			fmt.Sprintf("coil: coild at %s holds no address for pod %s (container %s, %s)",
-				c.conf.Coild, pod, args.ContainerID, args.IfName), "")
+				c.conf.Coild, pod, att.ContainerID, att.Interface), "")
 	}
 	if err != nil {
 		return coildError(fmt.Sprintf("get address of pod %s from coild at %s", pod, c.conf.Coild), err)
@@ -344,7 +353,7 @@ func CmdGC(args *skel.CmdArgs) error {
 
 	req := api.GCRequest{ValidAttachments: make([]api.Attachment, 0, len(c.conf.ValidAttachments))}
 	for _, a := range c.conf.ValidAttachments {
-		req.ValidAttachments = append(req.ValidAttachments, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		req.ValidAttachments = append(req.ValidAttachments, api.Attachment{ContainerID: a.ContainerID, Interface: a.IfName})
 	}
 	if _, err := c.client.GC(ctx, req); err != nil {
 		return coildError(fmt.Sprintf("garbage-collect addresses at coild %s", c.conf.Coild), err)

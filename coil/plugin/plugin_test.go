@@ -442,7 +442,7 @@ func TestGC(t *testing.T) {
 	if err := CmdGC(&skel.CmdArgs{StdinData: conf}); err != nil {
 		t.Fatal(err)
 	}
-	want := []api.Attachment{{ContainerID: "a", IfName: "eth0"}, {ContainerID: "b", IfName: "net1"}}
+	want := []api.Attachment{{ContainerID: "a", Interface: "eth0"}, {ContainerID: "b", Interface: "net1"}}
 	if coild.lastGC == nil || len(coild.lastGC.ValidAttachments) != 2 ||
 		coild.lastGC.ValidAttachments[0] != want[0] || coild.lastGC.ValidAttachments[1] != want[1] {
 		t.Errorf("coild got GC %+v, want %+v", coild.lastGC, want)

@@ -1,6 +1,7 @@
 // Package api is the REST protocol between the Coil CNI plugin and coild:
-// request and response types, paths, error reasons, and a client. It knows
-// nothing of etcd or netlink, so both sides can import it.
+// request and response types, the Attachment that keys allocations, paths,
+// error reasons, and a client. It knows nothing of etcd or netlink, so both
+// sides can import it.
 //
 // Endpoints:
 //
@@ -10,7 +11,7 @@
 //	GET    /status                                                  -> StatusResponse
 //	GET    /readyz                                                  -> 200 ready, 503 not
 //	POST   /gc                                       GCRequest     -> GCResponse
-//	POST   /egress                                   AllocRequest  -> EgressResponse
+//	POST   /egress                                   EgressRequest -> EgressResponse
 //
 // Every failure is answered with an ErrorResponse.
 package api
@@ -57,6 +58,25 @@ const (
 	ReasonInternal    = "internal"
 )
 
+// Attachment names one interface of a container: the key under which coild
+// holds an allocation, in the API, the allocator and the plugin alike. The
+// JSON names are those of CNI's GC valid attachments.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	// Interface is the interface name inside the container; empty means
+	// DefaultInterface (see Normalized).
+	Interface string `json:"ifname"`
+}
+
+// Normalized returns a with DefaultInterface for an empty Interface, the
+// form coild keys its allocations by.
+func (a Attachment) Normalized() Attachment {
+	if a.Interface == "" {
+		a.Interface = DefaultInterface
+	}
+	return a
+}
+
 // AllocRequest asks coild for the addresses of one pod interface. A repeated
 // request for the same container id and interface returns the same
 // addresses.
@@ -73,35 +93,57 @@ type AllocRequest struct {
 	PodUID string `json:"pod-uid,omitempty"`
 }
 
-// IfName returns the request's interface, DefaultInterface if empty.
-func (r AllocRequest) IfName() string {
-	return IfNameOrDefault(r.Interface)
+// Attachment returns the (normalized) attachment the request is for.
+func (r AllocRequest) Attachment() Attachment {
+	return Attachment{ContainerID: r.ContainerID, Interface: r.Interface}.Normalized()
 }
 
 // Validate reports a request coild must refuse.
 func (r AllocRequest) Validate() error {
+	return validatePod(r.PodNamespace, r.PodName, r.ContainerID)
+}
+
+// EgressRequest asks coild to set up the egress tunnels of a pod interface
+// that holds an allocation. Its fields are those of AllocRequest, so a
+// client may send the body of its allocation.
+type EgressRequest struct {
+	PodNamespace string `json:"pod-namespace"`
+	PodName      string `json:"pod-name"`
+	ContainerID  string `json:"container-id"`
+	// Interface is the pod interface; empty means DefaultInterface.
+	Interface string `json:"interface,omitempty"`
+	// NetNS is the path of the pod's network namespace; empty means the
+	// one recorded at allocation.
+	NetNS string `json:"netns,omitempty"`
+	// PodUID is accepted, as in AllocRequest, and ignored.
+	PodUID string `json:"pod-uid,omitempty"`
+}
+
+// Attachment returns the (normalized) attachment the request is for.
+func (r EgressRequest) Attachment() Attachment {
+	return Attachment{ContainerID: r.ContainerID, Interface: r.Interface}.Normalized()
+}
+
+// Validate reports a request coild must refuse.
+func (r EgressRequest) Validate() error {
+	return validatePod(r.PodNamespace, r.PodName, r.ContainerID)
+}
+
+func validatePod(namespace, pod, containerID string) error {
 	var missing []string
-	if r.PodNamespace == "" {
+	if namespace == "" {
 		missing = append(missing, "pod-namespace")
 	}
-	if r.PodName == "" {
+	if pod == "" {
 		missing = append(missing, "pod-name")
 	}
-	if r.ContainerID == "" {
+	if containerID == "" {
 		missing = append(missing, "container-id")
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
 	}
 	return nil
-}
-
-// IfNameOrDefault returns name, or DefaultInterface if name is empty.
-func IfNameOrDefault(name string) string {
-	if name == "" {
-		return DefaultInterface
-	}
-	return name
 }
 
 // AllocResponse carries the addresses of a pod interface.
@@ -137,12 +179,6 @@ type GCRequest struct {
 	ValidAttachments []Attachment `json:"valid-attachments"`
 }
 
-// Attachment names one pod interface that is still in use.
-type Attachment struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifname"`
-}
-
 // GCResponse says how many addresses a GC released.
 type GCResponse struct {
 	Status   int `json:"status"`
@@ -150,7 +186,7 @@ type GCResponse struct {
 }
 
 // EgressResponse says how coild set up the egress tunnels of a pod during
-// its CNI ADD (POST /egress, with the body of the allocation).
+// its CNI ADD (POST /egress).
 type EgressResponse struct {
 	Status int `json:"status"`
 	// Client lists the egresses the pod is a client of.
@@ -228,6 +264,37 @@ var (
 	ErrUnavailable   error = reasonError(ReasonUnavailable)
 	ErrInternal      error = reasonError(ReasonInternal)
 )
+
+// WithReason returns an error with the text of err that coild answers with
+// reason (one of the Reason constants), however deeply it is wrapped. It
+// matches err with errors.Is, and the sentinel of the reason as well
+// (ErrUnavailable for ReasonUnavailable...). The packages behind coild's
+// server mark their errors with it, so that the server need not know them.
+func WithReason(err error, reason string) error {
+	return &reasonedError{err: err, reason: reason}
+}
+
+// ReasonOf returns the reason that WithReason gave err or an error it wraps,
+// "" if none did.
+func ReasonOf(err error) string {
+	var r *reasonedError
+	if errors.As(err, &r) {
+		return r.reason
+	}
+	return ""
+}
+
+// reasonedError is an error marked by WithReason.
+type reasonedError struct {
+	err    error
+	reason string
+}
+
+func (e *reasonedError) Error() string { return e.err.Error() }
+func (e *reasonedError) Unwrap() error { return e.err }
+
+// Is matches the sentinel of the error's reason.
+func (e *reasonedError) Is(target error) bool { return target == reasonError(e.reason) }
 
 // ErrUnreachable is wrapped by client errors where no answer came from
 // coild: it is not running, its socket is missing, or it timed out.

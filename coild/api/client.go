@@ -101,18 +101,18 @@ func (c *Client) Allocate(ctx context.Context, req AllocRequest) (AllocResponse,
 	return resp, err
 }
 
-// Get returns the addresses allocated to a pod interface; an error matching
-// ErrNotFound when there are none.
-func (c *Client) Get(ctx context.Context, namespace, pod, containerID, ifName string) (AllocResponse, error) {
+// Get returns the addresses allocated to attachment att of a pod; an error
+// matching ErrNotFound when there are none.
+func (c *Client) Get(ctx context.Context, namespace, pod string, att Attachment) (AllocResponse, error) {
 	var resp AllocResponse
-	err := c.do(ctx, http.MethodGet, ipPathQuery(namespace, pod, containerID, ifName), nil, &resp)
+	err := c.do(ctx, http.MethodGet, ipPathQuery(namespace, pod, att), nil, &resp)
 	return resp, err
 }
 
-// Release frees the addresses of a pod interface. coild answers success
-// when there is nothing to free.
-func (c *Client) Release(ctx context.Context, namespace, pod, containerID, ifName string) error {
-	return c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, containerID, ifName), nil, nil)
+// Release frees the addresses of attachment att of a pod. coild answers
+// success when there is nothing to free.
+func (c *Client) Release(ctx context.Context, namespace, pod string, att Attachment) error {
+	return c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, att), nil, nil)
 }
 
 // Status returns what coild holds on its node.
@@ -130,8 +130,8 @@ func (c *Client) Ready(ctx context.Context) error {
 }
 
 // SetupEgress asks coild to set up the egress tunnels of a pod whose
-// interface is configured: the request is the one of the allocation.
-func (c *Client) SetupEgress(ctx context.Context, req AllocRequest) (EgressResponse, error) {
+// interface is configured.
+func (c *Client) SetupEgress(ctx context.Context, req EgressRequest) (EgressResponse, error) {
 	var resp EgressResponse
 	err := c.do(ctx, http.MethodPost, PathEgress, req, &resp)
 	return resp, err
@@ -145,9 +145,10 @@ func (c *Client) GC(ctx context.Context, req GCRequest) (GCResponse, error) {
 	return resp, err
 }
 
-func ipPathQuery(namespace, pod, containerID, ifName string) string {
-	q := url.Values{QueryInterface: {IfNameOrDefault(ifName)}}
-	return IPPath(namespace, pod, containerID) + "?" + q.Encode()
+func ipPathQuery(namespace, pod string, att Attachment) string {
+	att = att.Normalized()
+	q := url.Values{QueryInterface: {att.Interface}}
+	return IPPath(namespace, pod, att.ContainerID) + "?" + q.Encode()
 }
 
 // do sends one request and decodes a 2xx response into out (if not nil).

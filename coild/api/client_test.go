@@ -49,12 +49,12 @@ func (f *fakeCoild) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 400, ErrorResponse{Status: 400, Error: "bad request", Reason: ReasonBadRequest})
 			return
 		}
-		key := strings.Join([]string{req.PodNamespace, req.PodName, req.ContainerID, req.IfName()}, "/")
+		key := strings.Join([]string{req.PodNamespace, req.PodName, req.ContainerID, req.Attachment().Interface}, "/")
 		a := []string{"10.1.0.5", "fd00::5"}
 		f.addrs[key] = a
 		writeJSON(w, 200, AllocResponse{Status: 200, Address: a[0], Addresses: a})
 	case r.Method == http.MethodPost && r.URL.Path == PathEgress:
-		var req AllocRequest
+		var req EgressRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.NetNS == "" {
 			writeJSON(w, 400, ErrorResponse{Status: 400, Error: "bad request", Reason: ReasonBadRequest})
 			return
@@ -139,23 +139,23 @@ func TestClientRoundTrip(t *testing.T) {
 				t.Errorf("Allocate = %+v, want %+v", got, want)
 			}
 
-			eg, err := c.SetupEgress(ctx, req)
+			eg, err := c.SetupEgress(ctx, EgressRequest{PodNamespace: req.PodNamespace, PodName: req.PodName, ContainerID: req.ContainerID, NetNS: req.NetNS})
 			wantEg := EgressResponse{Status: 200, Client: []EgressRoute{{Egress: "internet/nat", GatewayPod: "internet/gw-0", Gateway: "10.2.0.3"}}}
 			if err != nil || !reflect.DeepEqual(eg, wantEg) {
 				t.Errorf("SetupEgress = %+v, %v; want %+v", eg, err, wantEg)
 			}
 
-			got, err = c.Get(ctx, "ns", "pod", "c-"+name, "")
+			got, err = c.Get(ctx, "ns", "pod", Attachment{ContainerID: "c-" + name})
 			if err != nil || !reflect.DeepEqual(got, want) {
 				t.Errorf("Get = %+v, %v", got, err)
 			}
-			if err := c.Release(ctx, "ns", "pod", "c-"+name, "eth0"); err != nil {
+			if err := c.Release(ctx, "ns", "pod", Attachment{ContainerID: "c-" + name, Interface: "eth0"}); err != nil {
 				t.Errorf("Release: %v", err)
 			}
-			if err := c.Release(ctx, "ns", "pod", "c-"+name, "eth0"); err != nil {
+			if err := c.Release(ctx, "ns", "pod", Attachment{ContainerID: "c-" + name, Interface: "eth0"}); err != nil {
 				t.Errorf("second Release: %v", err)
 			}
-			_, err = c.Get(ctx, "ns", "pod", "c-"+name, "eth0")
+			_, err = c.Get(ctx, "ns", "pod", Attachment{ContainerID: "c-" + name, Interface: "eth0"})
 			var apiErr *APIError
 			if !errors.As(err, &apiErr) || apiErr.Status != 404 || !errors.Is(err, ErrNotFound) {
 				t.Errorf("Get after release = %v, want 404 not-found", err)
@@ -169,7 +169,7 @@ func TestClientRoundTrip(t *testing.T) {
 				t.Errorf("Ready: %v", err)
 			}
 
-			gcReq := GCRequest{ValidAttachments: []Attachment{{ContainerID: "a", IfName: "eth0"}}}
+			gcReq := GCRequest{ValidAttachments: []Attachment{{ContainerID: "a", Interface: "eth0"}}}
 			gc, err := c.GC(ctx, gcReq)
 			if err != nil || gc.Released != 2 {
 				t.Errorf("GC = %+v, %v", gc, err)
@@ -218,7 +218,7 @@ func TestClientErrors(t *testing.T) {
 		{
 			name:       "reason derived from status",
 			fail:       &ErrorResponse{Status: 503, Error: "etcd down"},
-			call:       func(c *Client) error { return c.Release(context.Background(), "a", "b", "c", "") },
+			call:       func(c *Client) error { return c.Release(context.Background(), "a", "b", Attachment{ContainerID: "c"}) },
 			wantStatus: 503,
 			wantIs:     ErrUnavailable,
 		},
@@ -362,13 +362,18 @@ func TestJSONNames(t *testing.T) {
 	}{
 		{AllocRequest{PodNamespace: "n", PodName: "p", ContainerID: "c", Interface: "eth0", NetNS: "/x"},
 			`{"pod-namespace":"n","pod-name":"p","container-id":"c","interface":"eth0","netns":"/x"}`},
+		// POST /egress takes the body of POST /ip (an older plugin sent it).
+		{EgressRequest{PodNamespace: "n", PodName: "p", ContainerID: "c", Interface: "eth0", NetNS: "/x", PodUID: "u"},
+			`{"pod-namespace":"n","pod-name":"p","container-id":"c","interface":"eth0","netns":"/x","pod-uid":"u"}`},
+		{AllocRequest{PodNamespace: "n", PodName: "p", ContainerID: "c", Interface: "eth0", NetNS: "/x", PodUID: "u"},
+			`{"pod-namespace":"n","pod-name":"p","container-id":"c","interface":"eth0","netns":"/x","pod-uid":"u"}`},
 		{AllocResponse{Status: 200, Address: "10.0.0.1", Addresses: []string{"10.0.0.1", "fd00::1"}},
 			`{"status":200,"address":"10.0.0.1","addresses":["10.0.0.1","fd00::1"]}`},
 		{ErrorResponse{Status: 404, Error: "x"}, `{"status":404,"error":"x"}`},
 		{ErrorResponse{Status: 503, Error: "x", Reason: ReasonPoolExhausted}, `{"status":503,"error":"x","reason":"pool-exhausted"}`},
 		{StatusResponse{Status: 200, AddressBlocks: map[string][]string{"default": {"10.0.0.0/26"}}, Pods: map[string]string{"a/b": "10.0.0.1"}},
 			`{"status":200,"address-blocks":{"default":["10.0.0.0/26"]},"pods":{"a/b":"10.0.0.1"}}`},
-		{GCRequest{ValidAttachments: []Attachment{{ContainerID: "c", IfName: "eth0"}}},
+		{GCRequest{ValidAttachments: []Attachment{{ContainerID: "c", Interface: "eth0"}}},
 			`{"valid-attachments":[{"containerID":"c","ifname":"eth0"}]}`},
 		{GCResponse{Status: 200, Released: 3}, `{"status":200,"released":3}`},
 	}

@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 	srv := server.New(server.Config{
 		Allocator:      d.alloc,
 		Selector:       selector,
-		Egress:         egresses,
+		Egress:         serverEgress{egresses},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       time.Minute,
 		Ready:          d.isReady,

@@ -221,7 +221,7 @@ func TestDel(t *testing.T) {
 	if recs := n.addressRecords(); len(recs) != 0 {
 		t.Errorf("etcd still holds address records after DEL: %+v", recs)
 	}
-	_, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+	_, err := n.client.Get(context.Background(), p.namespace, p.name, api.Attachment{ContainerID: p.containerID, Interface: "eth0"})
 	if !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("GET after DEL = %v, want not found", err)
 	}
@@ -352,7 +352,7 @@ func TestRestart(t *testing.T) {
 		if !n.linkExists(p.hostVeth()) {
 			t.Errorf("veth %s of live pod %s was removed", p.hostVeth(), p.name)
 		}
-		resp, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+		resp, err := n.client.Get(context.Background(), p.namespace, p.name, api.Attachment{ContainerID: p.containerID, Interface: "eth0"})
 		if err != nil || resp.Address != oldAddrs[i].String() {
 			t.Errorf("GET %s after restart = %+v, %v; want %s", p.name, resp, err, oldAddrs[i])
 		}
@@ -583,7 +583,7 @@ func TestCnitool(t *testing.T) {
 	if routes := n.hostRoutes(p.hostVeth()); !slices.Equal(routes, []netip.Prefix{netip.PrefixFrom(got[0], 32)}) {
 		t.Errorf("node routes through %s: %v", p.hostVeth(), routes)
 	}
-	resp, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0")
+	resp, err := n.client.Get(context.Background(), p.namespace, p.name, api.Attachment{ContainerID: p.containerID, Interface: "eth0"})
 	if err != nil || resp.Address != got[0].String() {
 		t.Errorf("coild holds %+v, %v for container %s; want %s", resp, err, p.containerID, got[0])
 	}
@@ -787,7 +787,7 @@ func assertNothingLeft(t *testing.T, n *node, p *pod, want int) {
 	if recs := n.addressRecords(); len(recs) != want {
 		t.Errorf("etcd holds %d address records, want %d", len(recs), want)
 	}
-	if _, err := n.client.Get(context.Background(), p.namespace, p.name, p.containerID, "eth0"); !errors.Is(err, api.ErrNotFound) {
+	if _, err := n.client.Get(context.Background(), p.namespace, p.name, api.Attachment{ContainerID: p.containerID, Interface: "eth0"}); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("coild holds an address for the failed pod: %v", err)
 	}
 	var links []string

@@ -49,7 +49,32 @@ import (
 // ErrNotReady is returned by SetupPod for a pod that uses egress while the
 // reconciler has not yet loaded the egresses, pools and gateway pods: a
 // decision on partial data could send the pod's traffic the wrong way.
-var ErrNotReady = errors.New("egress state not loaded yet")
+// coild answers it as unavailable: the plugin's retry will succeed.
+var ErrNotReady = api.WithReason(errors.New("egress state not loaded yet"), api.ReasonUnavailable)
+
+// PodSetup is what SetupPod did for a pod.
+type PodSetup struct {
+	// Clients are the egresses the pod is a client of, sorted by name.
+	Clients []ClientRoute
+	// Gateway is the egress ("namespace/name") the pod is a gateway of;
+	// empty if none.
+	Gateway string
+	// Missing lists egresses the pod is annotated for that do not exist;
+	// its traffic to them takes the normal path.
+	Missing []string
+}
+
+// ClientRoute is one egress of a client pod and the gateway it goes
+// through now.
+type ClientRoute struct {
+	// Egress is "namespace/name".
+	Egress string
+	// GatewayPod ("namespace/name") is the gateway pod chosen and Gateway
+	// its address the tunnel leads to; GatewayPod is empty while the
+	// egress has no running gateway.
+	GatewayPod string
+	Gateway    netip.Addr
+}
 
 // addressAddrs returns the addresses of an allocation.
 func addressAddrs(a model.Address) addrs { return addrs{a.IPv4.Unmap(), a.IPv6.Unmap()} }
@@ -536,8 +561,8 @@ func (r *Reconciler) teardownLeftovers(key, netns string) {
 // once its interface exists, so that its first packet takes the right
 // path. A pod that is neither a client nor a gateway costs one look-up in
 // the informer's cache.
-func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (api.EgressResponse, error) {
-	resp := api.EgressResponse{Status: 200}
+func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup, error) {
+	var resp PodSetup
 	p, err := r.pod(ctx, net.Namespace, net.Pod)
 	if err != nil || p == nil {
 		return resp, err
@@ -564,13 +589,13 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (api.Egres
 		if e == gatewayOf(p) {
 			continue
 		}
-		route := api.EgressRoute{Egress: e}
+		route := ClientRoute{Egress: e}
 		if g := d.chosen[e]; g != "" {
 			t := slices.IndexFunc(s.gateways[e], func(x gateway) bool { return x.key == g })
 			_, ip, _ := outer(addressAddrs(net), s.gateways[e][t].addrs)
-			route.GatewayPod, route.Gateway = g, ip.String()
+			route.GatewayPod, route.Gateway = g, ip
 		}
-		resp.Client = append(resp.Client, route)
+		resp.Clients = append(resp.Clients, route)
 	}
 	if d.gateway != nil {
 		resp.Gateway = gatewayOf(p)

@@ -1,4 +1,6 @@
-// Package ipam is coild's address allocator for the node it runs on.
+// Package ipam is coild's address allocator for the node it runs on. It
+// hands out addresses of the node's blocks by attachment (api.Attachment)
+// and commits them through a Store: model.Store in coild, a fake in tests.
 //
 // coild is the only writer of addresses in its node's blocks, so the
 // allocator keeps them in memory (a bitmap per block, an index by
@@ -15,8 +17,22 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/model"
 )
+
+// Store is the part of model.Store the allocator uses. Its errors are the
+// model's: ErrBlockLost and ErrAddressInUse when another writer won a race,
+// ErrPoolExhausted, ErrPoolNotFound, ErrNotOwner, and ErrUnavailable when
+// etcd did not answer (a commit may then have happened or not).
+type Store interface {
+	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
+	BlockAddresses(ctx context.Context, b model.Block) ([]model.Address, error)
+	AcquireBlock(ctx context.Context, pool string, owner model.Owner) (model.Block, model.Address, error)
+	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
+	ReleaseAddress(ctx context.Context, a model.Address) error
+	ReleaseBlock(ctx context.Context, b model.Block) error
+}
 
 // Observer learns when the node gains or loses a block, so the block's route
 // can be exported or withdrawn. Calls are made without the allocator's lock.
@@ -25,15 +41,9 @@ type Observer interface {
 	BlockReleased(b model.Block)
 }
 
-// Attachment identifies one network attachment of a container.
-type Attachment struct {
-	ContainerID string
-	Interface   string
-}
-
 // Allocator hands out addresses of the node's blocks.
 type Allocator struct {
-	store    *model.Store
+	store    Store
 	node     string
 	observer Observer
 	now      func() time.Time
@@ -43,8 +53,8 @@ type Allocator struct {
 	mu        sync.Mutex
 	blocks    map[string]*block   // by Block.ID()
 	pools     map[string][]*block // in acquisition order
-	owners    map[Attachment]model.Address
-	inflight  map[Attachment]chan struct{}
+	owners    map[api.Attachment]model.Address
+	inflight  map[api.Attachment]chan struct{}
 	acquiring map[string]*flight // single-flight block acquisition per pool
 	restored  bool
 }
@@ -65,7 +75,7 @@ type block struct {
 }
 
 // New returns an allocator for node. observer may be nil.
-func New(store *model.Store, node string, observer Observer) *Allocator {
+func New(store Store, node string, observer Observer) *Allocator {
 	return &Allocator{
 		store:     store,
 		node:      node,
@@ -73,15 +83,16 @@ func New(store *model.Store, node string, observer Observer) *Allocator {
 		now:       time.Now,
 		blocks:    map[string]*block{},
 		pools:     map[string][]*block{},
-		owners:    map[Attachment]model.Address{},
-		inflight:  map[Attachment]chan struct{}{},
+		owners:    map[api.Attachment]model.Address{},
+		inflight:  map[api.Attachment]chan struct{}{},
 		acquiring: map[string]*flight{},
 	}
 }
 
 // ErrNotRestored is returned by every call made before Restore succeeded:
 // serving from an empty memory would hand out addresses already in use.
-var ErrNotRestored = errors.New("allocator state not restored from etcd yet")
+// coild answers it as unavailable.
+var ErrNotRestored = api.WithReason(errors.New("allocator state not restored from etcd yet"), api.ReasonUnavailable)
 
 // Restore loads the node's blocks and addresses from etcd. It must succeed
 // before the allocator serves requests.
@@ -91,7 +102,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
 	}
 	loaded := make([]*block, 0, len(blocks))
-	owners := map[Attachment]model.Address{}
+	owners := map[api.Attachment]model.Address{}
 	for _, mb := range blocks {
 		addrs, err := a.store.BlockAddresses(ctx, mb)
 		if err != nil {
@@ -105,7 +116,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 			}
 			b.used.set(ad.Offset)
 			b.count++
-			owners[Attachment{ad.ContainerID, ad.Interface}] = ad
+			owners[api.Attachment{ContainerID: ad.ContainerID, Interface: ad.Interface}] = ad
 			last = max(last, ad.Offset)
 		}
 		b.next = (last + 1) % mb.Size()
@@ -145,7 +156,7 @@ const maxAttempts = 32
 // for the same attachment returns the same address.
 func (a *Allocator) Allocate(ctx context.Context, pool string, owner model.Owner) (model.Address, error) {
 	owner.Node = a.node
-	key := Attachment{owner.ContainerID, owner.Interface}
+	key := api.Attachment{ContainerID: owner.ContainerID, Interface: owner.Interface}
 	for {
 		a.mu.Lock()
 		if !a.restored {
@@ -311,7 +322,7 @@ func (a *Allocator) dropLocked(b *block) {
 }
 
 // Lookup returns the address of an attachment.
-func (a *Allocator) Lookup(att Attachment) (model.Address, bool) {
+func (a *Allocator) Lookup(att api.Attachment) (model.Address, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	addr, ok := a.owners[att]
@@ -321,7 +332,7 @@ func (a *Allocator) Lookup(att Attachment) (model.Address, bool) {
 // Release frees the address of an attachment. Releasing an attachment that
 // holds nothing succeeds. The etcd delete is guarded by the record's
 // revision, so a late release never frees an address re-allocated since.
-func (a *Allocator) Release(ctx context.Context, att Attachment) (model.Address, bool, error) {
+func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Address, bool, error) {
 	a.mu.Lock()
 	if !a.restored {
 		a.mu.Unlock()
@@ -350,10 +361,10 @@ func (a *Allocator) Release(ctx context.Context, att Attachment) (model.Address,
 }
 
 // Attachments lists every attachment holding an address.
-func (a *Allocator) Attachments() map[Attachment]model.Address {
+func (a *Allocator) Attachments() map[api.Attachment]model.Address {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	m := make(map[Attachment]model.Address, len(a.owners))
+	m := make(map[api.Attachment]model.Address, len(a.owners))
 	for k, v := range a.owners {
 		m[k] = v
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdtest"
@@ -225,10 +226,10 @@ func TestIdempotentRotatingRelease(t *testing.T) {
 	if err != nil || again.IPv4 != first.IPv4 {
 		t.Fatalf("second ADD of same container = %v, %v; want %s", again.IPv4, err, first.IPv4)
 	}
-	if _, ok, err := a.Release(ctx, ipam.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil || !ok {
+	if _, ok, err := a.Release(ctx, api.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil || !ok {
 		t.Fatalf("release = %v %v", ok, err)
 	}
-	if _, ok, err := a.Release(ctx, ipam.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil || ok {
+	if _, ok, err := a.Release(ctx, api.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil || ok {
 		t.Fatalf("second release = %v %v, want nothing released and no error", ok, err)
 	}
 	next, err := a.Allocate(ctx, "dual", owner("c2"))
@@ -264,7 +265,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for cid, ip := range before {
-		ad, ok := a2.Lookup(ipam.Attachment{ContainerID: cid, Interface: "eth0"})
+		ad, ok := a2.Lookup(api.Attachment{ContainerID: cid, Interface: "eth0"})
 		if !ok || ad.IPv4 != ip {
 			t.Fatalf("after restart %s has %v, want %s", cid, ad.IPv4, ip)
 		}
@@ -299,7 +300,7 @@ func TestReleaseEmptyBlocks(t *testing.T) {
 	if rel, err := a.ReleaseEmptyBlocks(ctx, 0); err != nil || len(rel) != 0 {
 		t.Fatalf("released a block in use: %v %v", rel, err)
 	}
-	if _, _, err := a.Release(ctx, ipam.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil {
+	if _, _, err := a.Release(ctx, api.Attachment{ContainerID: "c1", Interface: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	if rel, err := a.ReleaseEmptyBlocks(ctx, time.Hour); err != nil || len(rel) != 0 {
@@ -335,7 +336,7 @@ func TestBlockLost(t *testing.T) {
 	if len(rec.released) != 1 || len(rec.acquired) != 2 {
 		t.Fatalf("observer saw acquired %v released %v", rec.acquired, rec.released)
 	}
-	if _, ok := a.Lookup(ipam.Attachment{ContainerID: "c1", Interface: "eth0"}); ok {
+	if _, ok := a.Lookup(api.Attachment{ContainerID: "c1", Interface: "eth0"}); ok {
 		t.Fatalf("container c1 still holds %s from the reclaimed block", first.IPv4)
 	}
 }

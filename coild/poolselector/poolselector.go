@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/model"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,8 +25,10 @@ const Annotation = "coil.cybozu.com/pool"
 // DefaultPool serves every namespace without a pool of its own.
 const DefaultPool = "default"
 
-// ErrNoPool means the pool a namespace selects does not exist.
-var ErrNoPool = errors.New("selected pool does not exist")
+// ErrNoPool means the pool a namespace selects does not exist. coild
+// answers it as unavailable: an admin may create the pool, and a retry
+// then succeeds.
+var ErrNoPool = api.WithReason(errors.New("selected pool does not exist"), api.ReasonUnavailable)
 
 // Selector maps namespaces to pools.
 type Selector struct {

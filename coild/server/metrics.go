@@ -1,9 +1,6 @@
 package server
 
-import (
-	"github.com/coil-project/coil/coild/ipam"
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	allocations prometheus.Counter
@@ -12,7 +9,7 @@ type metrics struct {
 	latency     prometheus.Histogram
 }
 
-func newMetrics(reg *prometheus.Registry, alloc *ipam.Allocator) *metrics {
+func newMetrics(reg *prometheus.Registry, alloc Allocator) *metrics {
 	m := &metrics{
 		allocations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "coild", Name: "allocations_total",

@@ -1,6 +1,7 @@
 // Package server is coild's REST API, used by the CNI plugin on the same
-// node. It turns HTTP requests into allocator calls and allocator errors
-// into the documented status codes.
+// node. It turns HTTP requests into calls of its Allocator, PoolSelector and
+// Egress interfaces (coild/ipam, coild/poolselector and coild/egress, which
+// it does not import), and their errors into the documented status codes.
 package server
 
 import (
@@ -16,15 +17,31 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
-	"github.com/coil-project/coil/coild/egress"
-	"github.com/coil-project/coil/coild/ipam"
-	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/model"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// PoolSelector chooses the pool of a namespace.
+// Allocator hands out the node's addresses (coild/ipam).
+type Allocator interface {
+	// Ready reports whether the allocator's state is restored.
+	Ready() bool
+	// Allocate returns the address of owner's attachment, allocating one
+	// from pool if it has none.
+	Allocate(ctx context.Context, pool string, owner model.Owner) (model.Address, error)
+	// Lookup returns the address of an attachment.
+	Lookup(att api.Attachment) (model.Address, bool)
+	// Release frees the address of an attachment, reporting what it freed.
+	Release(ctx context.Context, att api.Attachment) (model.Address, bool, error)
+	// Attachments lists every attachment holding an address.
+	Attachments() map[api.Attachment]model.Address
+	// Blocks returns the node's blocks by pool.
+	Blocks() map[string][]model.Block
+	// Usage is the number of blocks owned and addresses in use.
+	Usage() (blocks, addresses int)
+}
+
+// PoolSelector chooses the pool of a namespace (coild/poolselector).
 type PoolSelector interface {
 	PoolFor(ctx context.Context, namespace string) (string, error)
 }
@@ -32,14 +49,34 @@ type PoolSelector interface {
 // Egress sets up the egress tunnels of the node's pods (coild/egress).
 type Egress interface {
 	// SetupPod configures a pod whose interface is up, during its ADD.
-	SetupPod(ctx context.Context, addr model.Address) (api.EgressResponse, error)
+	SetupPod(ctx context.Context, addr model.Address) (EgressSetup, error)
 	// PodReleased learns that a pod's address was released (DEL, GC).
 	PodReleased(addr model.Address)
 }
 
+// EgressSetup is what Egress.SetupPod did for a pod; POST /egress reports
+// it as an api.EgressResponse.
+type EgressSetup struct {
+	// Clients are the egresses the pod is a client of.
+	Clients []EgressClient
+	// Gateway is the egress ("namespace/name") the pod is a gateway of.
+	Gateway string
+	// Missing lists egresses the pod is annotated for that do not exist.
+	Missing []string
+}
+
+// EgressClient is one egress of a client pod and the gateway pod
+// ("namespace/name") and address it goes through now; GatewayPod is empty
+// while the egress has no running gateway.
+type EgressClient struct {
+	Egress     string
+	GatewayPod string
+	Gateway    netip.Addr
+}
+
 // Config wires a Server.
 type Config struct {
-	Allocator *ipam.Allocator
+	Allocator Allocator
 	Selector  PoolSelector
 	// Egress may be nil: POST /egress then sets nothing up.
 	Egress Egress
@@ -119,36 +156,35 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 }
 
-// decodeRequest reads and checks the body of POST /ip and POST /egress,
-// answering the failure itself when it returns false.
-func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (api.AllocRequest, bool) {
-	var req api.AllocRequest
-	err := decodeBody(w, r, &req)
+// decodeRequest reads and checks the body of POST /ip and POST /egress into
+// req, answering the failure itself when it returns false.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, req interface{ Validate() error }) bool {
+	err := decodeBody(w, r, req)
 	if err == nil {
 		err = req.Validate()
 	}
 	if err != nil {
 		s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
 		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
-		return req, false
+		return false
 	}
 	if !s.cfg.Ready() {
 		s.metrics.failures.WithLabelValues(api.ReasonUnavailable).Inc()
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
-		return req, false
+		return false
 	}
-	return req, true
+	return true
 }
 
 func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
-	req, ok := s.decodeRequest(w, r)
-	if !ok {
+	var req api.AllocRequest
+	if !s.decodeRequest(w, r, &req) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	att := ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()}
+	att := req.Attachment()
 	// A retried ADD returns what the first got, whatever the namespace's
 	// pool is now.
 	addr, ok := s.cfg.Allocator.Lookup(att)
@@ -160,7 +196,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		}
 		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
 			Namespace: req.PodNamespace, Pod: req.PodName,
-			ContainerID: req.ContainerID, Interface: req.IfName(), NetNS: req.NetNS, PodUID: req.PodUID,
+			ContainerID: att.ContainerID, Interface: att.Interface, NetNS: req.NetNS, PodUID: req.PodUID,
 		})
 		if err != nil {
 			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -175,30 +211,43 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 // handleEgress sets up the egress tunnels of a pod whose interface the
 // plugin has just configured, before its ADD returns.
 func (s *Server) handleEgress(w http.ResponseWriter, r *http.Request) {
-	req, ok := s.decodeRequest(w, r)
-	if !ok {
+	var req api.EgressRequest
+	if !s.decodeRequest(w, r, &req) {
 		return
 	}
-	addr, ok := s.cfg.Allocator.Lookup(ipam.Attachment{ContainerID: req.ContainerID, Interface: req.IfName()})
+	att := req.Attachment()
+	addr, ok := s.cfg.Allocator.Lookup(att)
 	if !ok || addr.Namespace != req.PodNamespace || addr.Pod != req.PodName {
 		writeError(w, http.StatusNotFound, api.ReasonNotFound,
-			fmt.Sprintf("no address for pod %s/%s container %s interface %s: allocate first", req.PodNamespace, req.PodName, req.ContainerID, req.IfName()))
+			fmt.Sprintf("no address for pod %s/%s container %s interface %s: allocate first", req.PodNamespace, req.PodName, att.ContainerID, att.Interface))
 		return
 	}
 	if req.NetNS != "" {
 		addr.NetNS = req.NetNS
 	}
-	resp := api.EgressResponse{Status: http.StatusOK}
+	var setup EgressSetup
 	if s.cfg.Egress != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 		defer cancel()
 		var err error
-		if resp, err = s.cfg.Egress.SetupPod(ctx, addr); err != nil {
+		if setup, err = s.cfg.Egress.SetupPod(ctx, addr); err != nil {
 			s.fail(w, fmt.Errorf("set up egress of pod %s/%s: %w", req.PodNamespace, req.PodName, err))
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, egressResponse(setup))
+}
+
+func egressResponse(setup EgressSetup) api.EgressResponse {
+	resp := api.EgressResponse{Status: http.StatusOK, Gateway: setup.Gateway, Missing: setup.Missing}
+	for _, c := range setup.Clients {
+		route := api.EgressRoute{Egress: c.Egress}
+		if c.GatewayPod != "" {
+			route.GatewayPod, route.Gateway = c.GatewayPod, c.Gateway.String()
+		}
+		resp.Client = append(resp.Client, route)
+	}
+	return resp
 }
 
 func allocResponse(addr model.Address) api.AllocResponse {
@@ -212,12 +261,12 @@ func allocResponse(addr model.Address) api.AllocResponse {
 	return resp
 }
 
-func attachmentFromPath(r *http.Request) (ipam.Attachment, error) {
+func attachmentFromPath(r *http.Request) (api.Attachment, error) {
 	cid := r.PathValue("cid")
 	if r.PathValue("ns") == "" || r.PathValue("pod") == "" || cid == "" {
-		return ipam.Attachment{}, errors.New("path must be /ip/<namespace>/<pod>/<container-id>")
+		return api.Attachment{}, errors.New("path must be /ip/<namespace>/<pod>/<container-id>")
 	}
-	return ipam.Attachment{ContainerID: cid, Interface: api.IfNameOrDefault(r.URL.Query().Get(api.QueryInterface))}, nil
+	return api.Attachment{ContainerID: cid, Interface: r.URL.Query().Get(api.QueryInterface)}.Normalized(), nil
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
@@ -296,9 +345,9 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "coild is restoring its state and not ready yet")
 		return
 	}
-	valid := map[ipam.Attachment]bool{}
+	valid := map[api.Attachment]bool{}
 	for _, a := range req.ValidAttachments {
-		valid[ipam.Attachment{ContainerID: a.ContainerID, Interface: api.IfNameOrDefault(a.IfName)}] = true
+		valid[a.Normalized()] = true
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
@@ -327,22 +376,10 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.GCResponse{Status: http.StatusOK, Released: released})
 }
 
-// fail maps an error to its status code and reason.
+// fail answers an error with its status code and reason.
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	status, reason := http.StatusInternalServerError, api.ReasonInternal
-	switch {
-	case errors.Is(err, model.ErrPoolExhausted):
-		status, reason = http.StatusServiceUnavailable, api.ReasonPoolExhausted
-	case errors.Is(err, model.ErrUnavailable), errors.Is(err, ipam.ErrNotRestored),
-		errors.Is(err, context.DeadlineExceeded):
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	case errors.Is(err, egress.ErrNotReady):
-		// The egress state is still loading after a restart.
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	case errors.Is(err, model.ErrPoolNotFound), errors.Is(err, poolselector.ErrNoPool):
-		// An admin may create the pool: retrying later can succeed.
-		status, reason = http.StatusServiceUnavailable, api.ReasonUnavailable
-	}
+	reason := classify(err)
+	status := statusOf(reason)
 	s.metrics.failures.WithLabelValues(reason).Inc()
 	s.cfg.Logger.Warn("request failed", "status", status, "error", err)
 	writeError(w, status, reason, err.Error())
@@ -373,6 +410,40 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, reason, msg string) {
 	writeJSON(w, status, api.ErrorResponse{Status: status, Error: msg, Reason: reason})
+}
+
+// classify returns the reason of a failure of the allocator, the pool
+// selector or egress: by the model's sentinels, else by the reason the
+// error was marked with (api.WithReason).
+func classify(err error) string {
+	switch {
+	case errors.Is(err, model.ErrPoolExhausted):
+		return api.ReasonPoolExhausted
+	case errors.Is(err, model.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return api.ReasonUnavailable
+	case errors.Is(err, model.ErrPoolNotFound):
+		// An admin may create the pool: retrying later can succeed.
+		return api.ReasonUnavailable
+	}
+	// The allocator not restored yet, the egress state still loading
+	// after a restart, a selected pool missing...
+	if reason := api.ReasonOf(err); reason != "" {
+		return reason
+	}
+	return api.ReasonInternal
+}
+
+// statusOf is the status code coild answers a failure of reason with.
+func statusOf(reason string) int {
+	switch reason {
+	case api.ReasonBadRequest:
+		return http.StatusBadRequest
+	case api.ReasonNotFound:
+		return http.StatusNotFound
+	case api.ReasonPoolExhausted, api.ReasonUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func reasonFor(status int) string {

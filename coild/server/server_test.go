@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/coild/ipam"
+	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/coild/server"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdtest"
@@ -29,12 +31,17 @@ func TestMain(m *testing.M) {
 	os.Exit(etcdtest.Main(m, func(s *etcdtest.Server) { etcd = s }))
 }
 
-// fixedPool sends every namespace to one pool, except "missing".
+// fixedPool sends every namespace to one pool, except "missing" (to a
+// pool that does not exist) and "nopool" (annotated for a pool the
+// selector knows does not exist).
 type fixedPool string
 
 func (p fixedPool) PoolFor(_ context.Context, ns string) (string, error) {
-	if ns == "missing" {
+	switch ns {
+	case "missing":
 		return "nope", nil
+	case "nopool":
+		return "", fmt.Errorf("namespace %q is annotated for pool nope: %w", ns, poolselector.ErrNoPool)
 	}
 	return string(p), nil
 }
@@ -103,6 +110,7 @@ func TestRESTStatusCodes(t *testing.T) {
 		{"missing pod name", "POST", "/ip", `{"pod-namespace":"ns","container-id":"c"}`, 400, api.ReasonBadRequest},
 		{"body over 64 KiB", "POST", "/ip", `{"pod-namespace":"` + strings.Repeat("a", 70<<10) + `"}`, 400, api.ReasonBadRequest},
 		{"unknown pool", "POST", "/ip", `{"pod-namespace":"missing","pod-name":"p","container-id":"cx"}`, 503, api.ReasonUnavailable},
+		{"selected pool missing", "POST", "/ip", `{"pod-namespace":"nopool","pod-name":"p","container-id":"cy"}`, 503, api.ReasonUnavailable},
 		{"get", "GET", "/ip/ns/p1/c1", "", 200, ""},
 		{"get other interface", "GET", "/ip/ns/p1/c1?interface=net1", "", 404, api.ReasonNotFound},
 		{"get unknown", "GET", "/ip/ns/p9/c9", "", 404, api.ReasonNotFound},
@@ -142,11 +150,18 @@ type fakeEgress struct {
 	err      error
 }
 
-func (f *fakeEgress) SetupPod(_ context.Context, a model.Address) (api.EgressResponse, error) {
+func (f *fakeEgress) SetupPod(_ context.Context, a model.Address) (server.EgressSetup, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.setup = append(f.setup, a)
-	return api.EgressResponse{Status: 200, Gateway: "ns/eg"}, f.err
+	return server.EgressSetup{
+		Gateway: "ns/eg",
+		Clients: []server.EgressClient{
+			{Egress: "internet/nat", GatewayPod: "internet/gw-0", Gateway: netip.MustParseAddr("10.2.0.3")},
+			{Egress: "internet/down"},
+		},
+		Missing: []string{"internet/gone"},
+	}, f.err
 }
 
 func (f *fakeEgress) PodReleased(a model.Address) {
@@ -170,6 +185,7 @@ func TestEgressEndpoint(t *testing.T) {
 		{"missing container", `{"pod-namespace":"ns","pod-name":"p1"}`, nil, 400, api.ReasonBadRequest},
 		{"wrong pod", `{"pod-namespace":"ns","pod-name":"other","container-id":"c1"}`, nil, 404, api.ReasonNotFound},
 		{"ok", withNetNS, nil, 200, ""},
+		{"body of the allocation", `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1","interface":"eth0","netns":"/var/run/netns/p1","pod-uid":"u1"}`, nil, 200, ""},
 		{"egress not ready", withNetNS, fmt.Errorf("wrapped: %w", egress.ErrNotReady), 503, api.ReasonUnavailable},
 		{"egress failed", withNetNS, errors.New("create vxlan: boom"), 500, api.ReasonInternal},
 	}
@@ -187,8 +203,12 @@ func TestEgressEndpoint(t *testing.T) {
 			if code != c.want || c.reason != "" && body["reason"] != c.reason {
 				t.Fatalf("POST /egress = %d %v, want %d %s", code, body, c.want, c.reason)
 			}
-			if code == 200 && body["gateway"] != "ns/eg" {
-				t.Errorf("answer %v does not carry egress's response", body)
+			if code == 200 {
+				data, _ := json.Marshal(body)
+				want := `{"client":[{"egress":"internet/nat","gateway":"10.2.0.3","gateway-pod":"internet/gw-0"},{"egress":"internet/down"}],"gateway":"ns/eg","missing":["internet/gone"],"status":200}`
+				if string(data) != want {
+					t.Errorf("answer %s does not carry egress's response %s", data, want)
+				}
 			}
 		})
 	}
@@ -222,6 +242,25 @@ func TestPoolExhaustedIs503(t *testing.T) {
 	}
 }
 
+// An allocator whose state is not restored refuses to work, and the
+// server says so with 503: retry later.
+func TestNotRestoredIs503(t *testing.T) {
+	st := model.New(etcd.Client(t), etcdtest.Prefix(t))
+	alloc := ipam.New(st, "node1", nil)
+	h := server.New(server.Config{Allocator: alloc, Selector: fixedPool("default"), Ready: func() bool { return true }, Registry: prometheus.NewRegistry()})
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/ip", validBody},
+		{"DELETE", "/ip/ns/p1/c1", ""},
+	} {
+		code, body := do(t, c.method, ts.URL+c.path, c.body)
+		if code != 503 || body["reason"] != api.ReasonUnavailable || !strings.Contains(body["error"].(string), "not restored") {
+			t.Errorf("%s %s before restore = %d %v, want 503 unavailable", c.method, c.path, code, body)
+		}
+	}
+}
+
 func TestEtcdDownIs503(t *testing.T) {
 	private, err := etcdtest.Start(etcdtest.Options{})
 	if err != nil {
@@ -247,10 +286,10 @@ func TestGCKeepsValidAndYoung(t *testing.T) {
 	if code != 200 || body["released"].(float64) != 1 {
 		t.Fatalf("gc = %d %v", code, body)
 	}
-	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "keep", Interface: "eth0"}); !ok {
+	if _, ok := alloc.Lookup(api.Attachment{ContainerID: "keep", Interface: "eth0"}); !ok {
 		t.Fatal("gc released a valid attachment")
 	}
-	if _, ok := alloc.Lookup(ipam.Attachment{ContainerID: "drop", Interface: "eth0"}); ok {
+	if _, ok := alloc.Lookup(api.Attachment{ContainerID: "drop", Interface: "eth0"}); ok {
 		t.Fatal("gc kept an invalid attachment")
 	}
 }

@@ -333,24 +333,24 @@ func coildAllocPhase(ctx context.Context, clients []*api.Client, phase int, d ti
 func coildReleasePhase(ctx context.Context, clients []*api.Client, owned [][]podRef) (phaseResult, error) {
 	return countedPhase(ctx, len(clients), func(w int) int { return len(owned[w]) }, func(w, i int) error {
 		p := owned[w][i]
-		return clients[w].Release(ctx, benchNS, p.name, p.cid, "eth0")
+		return clients[w].Release(ctx, benchNS, p.name, api.Attachment{ContainerID: p.cid, Interface: "eth0"})
 	})
 }
 
 // warmUp allocates n addresses through the allocator, 16 at a time, and
 // returns the attachments to release again.
-func warmUp(ctx context.Context, alloc *ipam.Allocator, n int) ([]ipam.Attachment, error) {
+func warmUp(ctx context.Context, alloc *ipam.Allocator, n int) ([]api.Attachment, error) {
 	const workers = 16
-	atts := make([][]ipam.Attachment, workers)
+	atts := make([][]api.Attachment, workers)
 	_, err := countedPhase(ctx, workers, func(w int) int { return (n - w + workers - 1) / workers }, func(w, i int) error {
 		cid := fmt.Sprintf("warm-%d-%d", w, i)
 		if _, err := alloc.Allocate(ctx, "default", model.Owner{Namespace: benchNS, Pod: cid, ContainerID: cid, Interface: "eth0"}); err != nil {
 			return err
 		}
-		atts[w] = append(atts[w], ipam.Attachment{ContainerID: cid, Interface: "eth0"})
+		atts[w] = append(atts[w], api.Attachment{ContainerID: cid, Interface: "eth0"})
 		return nil
 	})
-	var all []ipam.Attachment
+	var all []api.Attachment
 	for _, a := range atts {
 		all = append(all, a...)
 	}
@@ -358,7 +358,7 @@ func warmUp(ctx context.Context, alloc *ipam.Allocator, n int) ([]ipam.Attachmen
 }
 
 // cooldown releases what warmUp allocated; the blocks stay with the node.
-func cooldown(ctx context.Context, alloc *ipam.Allocator, atts []ipam.Attachment) error {
+func cooldown(ctx context.Context, alloc *ipam.Allocator, atts []api.Attachment) error {
 	const workers = 16
 	_, err := countedPhase(ctx, workers, func(w int) int { return (len(atts) - w + workers - 1) / workers }, func(w, i int) error {
 		_, _, err := alloc.Release(ctx, atts[w+workers*i])
