@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
-	"github.com/coil-project/coil/mtest/apiserver"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -88,9 +88,9 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(etcd.Close)
-	api := apiserver.StartForTest(t, etcd.Endpoint, apiserver.Options{})
+	api := kubeapitest.StartForTest(t, etcd.Endpoint, kubeapitest.Options{})
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig, apiserver.AdminUser); err != nil {
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()

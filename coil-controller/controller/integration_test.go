@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/mtest/apiserver"
 	"github.com/prometheus/client_golang/prometheus"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,7 +37,7 @@ const (
 	testRetryPeriod   = 200 * time.Millisecond
 )
 
-func setupRBAC(ctx context.Context, api *apiserver.Server) error {
+func setupRBAC(ctx context.Context, api *kubeapitest.Server) error {
 	admin, err := kubernetes.NewForConfig(api.Config)
 	if err != nil {
 		return err
@@ -77,7 +77,7 @@ func deleteString(list []string, s string) []string {
 // cluster is one test's corner of the shared API server: its own namespace
 // (for pods and the leader Lease) and node names starting with its prefix.
 type cluster struct {
-	api    *apiserver.Server
+	api    *kubeapitest.Server
 	admin  kubernetes.Interface
 	ns     string
 	prefix string

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"

@@ -26,8 +26,8 @@ import (
 
 	"github.com/coil-project/coil/coil/plugin"
 	"github.com/coil-project/coil/coild/api"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/coil-project/coil/nodenet"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"

@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -43,9 +43,9 @@ import (
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/daemon"
 	"github.com/coil-project/coil/coild/poolselector"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
-	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/coil-project/coil/nodenet"
 )
 

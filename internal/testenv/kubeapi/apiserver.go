@@ -1,4 +1,4 @@
-package apiserver
+package kubeapitest
 
 import (
 	"context"
@@ -46,7 +46,7 @@ type User struct {
 // Options configure Start.
 type Options struct {
 	// EtcdEndpoint is the client URL of the etcd the server stores into
-	// (plain http; the embedded etcd of model/etcdtest fits). Required.
+	// (plain http; the embedded etcd of internal/testenv/etcd fits). Required.
 	EtcdEndpoint string
 	// Dir holds the server's certificates, keys, token file and log. It
 	// must exist; a test's t.TempDir() fits. Required.
@@ -115,7 +115,7 @@ var startSeq atomic.Int64
 // creates the "default" service accounts that pods would otherwise need.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.EtcdEndpoint == "" || opts.Dir == "" {
-		return nil, fmt.Errorf("apiserver.Start: EtcdEndpoint and Dir are required")
+		return nil, fmt.Errorf("kubeapitest.Start: EtcdEndpoint and Dir are required")
 	}
 	bin := opts.Binary
 	if bin == "" {
