@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
@@ -135,20 +137,13 @@ func TestRun(t *testing.T) {
 		}
 	})
 
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testenv.Eventually(t, 15*time.Second, "release of the missing node's block", func() error {
 		bs, err := st.NodeBlocks(ctx, "gone")
-		if err != nil {
-			t.Fatal(err)
+		if err == nil && len(bs) > 0 {
+			err = fmt.Errorf("node gone still owns %d blocks", len(bs))
 		}
-		if len(bs) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the block of the missing node was not released")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -146,22 +147,6 @@ func summary(t *testing.T, p *pod) nodenet.EgressSummary {
 	return s
 }
 
-// eventually retries cond every 50ms until it is nil or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestEgress runs the egress feature on one node, with coild in-process:
 // ADD of an annotated pod sets up its tunnel before it returns, an
 // unannotated pod is untouched, a deleted gateway's clients move within
@@ -254,7 +239,7 @@ func TestEgress(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		eventually(t, 5*time.Second, "egress metrics", func() error {
+		testenv.Eventually(t, 5*time.Second, "egress metrics", func() error {
 			m := n.metrics()
 			for _, want := range []string{
 				`coild_egress_clients{egress="internet/nat"} 2`,
@@ -330,7 +315,7 @@ func TestEgress(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		t.Logf("egress failover: new connections go through the other gateway %v after the gateway pod was deleted", took.Round(time.Millisecond))
-		eventually(t, 5*time.Second, "failover metric", func() error {
+		testenv.Eventually(t, 5*time.Second, "failover metric", func() error {
 			if m := n.metrics(); !strings.Contains(m, `coild_egress_failovers_total{egress="internet/nat"} 1`) &&
 				!strings.Contains(m, `coild_egress_failovers_total{egress="internet/nat"} 2`) {
 				return fmt.Errorf("no failover counted")
@@ -355,7 +340,7 @@ func TestEgress(t *testing.T) {
 		if s := summary(t, gone); s != (nodenet.EgressSummary{}) {
 			t.Errorf("DEL left egress settings %+v in the pod", s)
 		}
-		eventually(t, 5*time.Second, "gateway drops the deleted client", func() error {
+		testenv.Eventually(t, 5*time.Second, "gateway drops the deleted client", func() error {
 			if got := summary(t, chosen); got.FDB != before.FDB-1 || got.GatewayRoutes != before.GatewayRoutes-2 {
 				return fmt.Errorf("gateway holds %+v, before %+v", got, before)
 			}
@@ -379,14 +364,14 @@ func TestEgress(t *testing.T) {
 		}
 		before := summary(t, c)
 		setAnnotations(nil)
-		eventually(t, 5*time.Second, "settings of a pod that opted out removed", func() error {
+		testenv.Eventually(t, 5*time.Second, "settings of a pod that opted out removed", func() error {
 			if s := summary(t, c); s != (nodenet.EgressSummary{}) {
 				return fmt.Errorf("pod holds %+v", s)
 			}
 			return nil
 		})
 		setAnnotations(optIn)
-		eventually(t, 5*time.Second, "settings of a pod that opted in", func() error {
+		testenv.Eventually(t, 5*time.Second, "settings of a pod that opted in", func() error {
 			if s := summary(t, c); s != before {
 				return fmt.Errorf("pod holds %+v, want %+v", s, before)
 			}
@@ -396,14 +381,14 @@ func TestEgress(t *testing.T) {
 		n.stop()
 		setAnnotations(map[string]string{"unrelated": "x"})
 		n.start()
-		eventually(t, 5*time.Second, "leftovers removed after a restart", func() error {
+		testenv.Eventually(t, 5*time.Second, "leftovers removed after a restart", func() error {
 			if s := summary(t, c); s != (nodenet.EgressSummary{}) {
 				return fmt.Errorf("pod holds %+v", s)
 			}
 			return nil
 		})
 		setAnnotations(optIn)
-		eventually(t, 5*time.Second, "settings back", func() error {
+		testenv.Eventually(t, 5*time.Second, "settings back", func() error {
 			if s := summary(t, c); s != before {
 				return fmt.Errorf("pod holds %+v, want %+v", s, before)
 			}
@@ -418,7 +403,7 @@ func TestEgress(t *testing.T) {
 		if err := n.store.DeleteEgress(ctx, "internet", "nat"); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 5*time.Second, "tunnels removed", func() error {
+		testenv.Eventually(t, 5*time.Second, "tunnels removed", func() error {
 			for _, p := range []*pod{clients[0], chosen} {
 				if s := summary(t, p); s != (nodenet.EgressSummary{}) {
 					return fmt.Errorf("%s still holds %+v", p.name, s)

@@ -5,7 +5,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -51,11 +51,11 @@ func Start(opts Options) (*Server, error) {
 }
 
 func (s *Server) start(opts Options) error {
-	clientPort, err := freePort()
+	clientPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
-	peerPort, err := freePort()
+	peerPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -150,15 +150,6 @@ func Prefix(t testing.TB) string {
 func WipePrefix(ctx context.Context, cli *clientv3.Client, prefix string) error {
 	_, err := cli.Delete(ctx, prefix, clientv3.WithPrefix())
 	return err
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Main starts a server shared by a test binary's tests, hands it to set,

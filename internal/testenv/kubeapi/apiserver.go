@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"k8s.io/client-go/rest"
 	clientcmdv1 "k8s.io/client-go/tools/clientcmd/api/v1"
 	"sigs.k8s.io/yaml"
@@ -150,7 +151,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 var errPortInUse = errors.New("port in use")
 
 func (s *Server) start(ctx context.Context, bin string, opts Options) error {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -408,13 +409,4 @@ func randomToken() (string, error) {
 		return "", fmt.Errorf("generate token: %w", err)
 	}
 	return hex.EncodeToString(b), nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
