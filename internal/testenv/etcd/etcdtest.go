@@ -1,5 +1,7 @@
 // Package etcdtest runs a real etcd server inside the test process, so that
 // model and daemon tests exercise the same transactions production does.
+// StartProcess runs the etcd binary instead, for the bench, which must not
+// share its CPU with the server it measures.
 package etcdtest
 
 import (
