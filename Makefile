@@ -55,7 +55,7 @@ demo-down:
 	$(GO) run ./mtest/demo down
 
 kube-apiserver:
-	$(GO) run ./mtest/apiserver/ensure
+	$(GO) run ./internal/testenv/kubeapi/ensure
 
 # Benchmarks against references measured in the same run; rewrites the
 # generated part of docs/benchmarks.md and the throughput chart.

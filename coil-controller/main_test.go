@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,9 +14,10 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coil-controller/controller"
+	"github.com/coil-project/coil/internal/testenv"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
-	"github.com/coil-project/coil/mtest/apiserver"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -89,9 +91,9 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(etcd.Close)
-	api := apiserver.StartForTest(t, etcd.Endpoint, apiserver.Options{})
+	api := kubeapitest.StartForTest(t, etcd.Endpoint, kubeapitest.Options{})
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig, apiserver.AdminUser); err != nil {
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -137,20 +139,13 @@ func TestRun(t *testing.T) {
 		}
 	})
 
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testenv.Eventually(t, 15*time.Second, "release of the missing node's block", func() error {
 		bs, err := st.NodeBlocks(ctx, "gone")
-		if err != nil {
-			t.Fatal(err)
+		if err == nil && len(bs) > 0 {
+			err = fmt.Errorf("node gone still owns %d blocks", len(bs))
 		}
-		if len(bs) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the block of the missing node was not released")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

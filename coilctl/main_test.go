@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/coil-project/coil/model/etcdtest"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 )
 
 // TestBinary builds the real coilctl and runs it as a subprocess, proving

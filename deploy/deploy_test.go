@@ -25,7 +25,7 @@ import (
 	"github.com/coil-project/coil/coil-controller/controller"
 	installercmd "github.com/coil-project/coil/coil-installer/cmd"
 	"github.com/coil-project/coil/coil-installer/installer"
-	"github.com/coil-project/coil/mtest/apiserver"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -543,11 +543,11 @@ func helpFlags(t *testing.T, binary string, sub []string) map[string]bool {
 
 // sharedAPI is the API server the tests that need one share. The rendered
 // Namespace is created for real: every other object is namespaced in it.
-var sharedAPI = &apiserver.Shared{
+var sharedAPI = &kubeapitest.Shared{
 	// --allow-privileged is on in every cluster that runs a CNI DaemonSet
 	// (kubeadm's default); the test server's default is off.
-	Options: apiserver.Options{ExtraArgs: []string{"--allow-privileged=true"}},
-	Setup: func(ctx context.Context, s *apiserver.Server) error {
+	Options: kubeapitest.Options{ExtraArgs: []string{"--allow-privileged=true"}},
+	Setup: func(ctx context.Context, s *kubeapitest.Server) error {
 		objs, err := renderDir(".")
 		if err != nil {
 			return err
@@ -575,7 +575,7 @@ func TestMain(m *testing.M) {
 }
 
 // cluster returns the shared API server, started on first use.
-func cluster(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
+func cluster(t *testing.T) *kubeapitest.Server { return sharedAPI.Get(t) }
 
 func clients(cfg *rest.Config) (dynamic.Interface, meta.RESTMapper, error) {
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)

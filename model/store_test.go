@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )

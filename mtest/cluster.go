@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
-	"github.com/coil-project/coil/mtest/apiserver"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -73,7 +73,7 @@ type Cluster struct {
 	ctl    string
 
 	Kube       kubernetes.Interface
-	apiserver  *apiserver.Server
+	apiserver  *kubeapitest.Server
 	kubeconfig string
 	etcd       []*process
 	etcdURLs   []string
@@ -409,7 +409,7 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		return err
 	}
 	c.kubeEtcd = p
-	s, err := apiserver.Start(ctx, apiserver.Options{
+	s, err := kubeapitest.Start(ctx, kubeapitest.Options{
 		EtcdEndpoint: kubeEtcdURL,
 		Dir:          mkdir(filepath.Join(c.Dir, "apiserver")),
 		NetNS:        "/var/run/netns/" + c.ctl,
@@ -424,7 +424,7 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		return err
 	}
 	c.kubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
-	return s.WriteKubeconfig(c.kubeconfig, apiserver.AdminUser)
+	return s.WriteKubeconfig(c.kubeconfig, kubeapitest.AdminUser)
 }
 
 func mkdir(d string) string {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"

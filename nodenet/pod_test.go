@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -316,13 +317,9 @@ func TestTeardownAfterNetNSGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The kernel destroys a netns asynchronously, and the veth with it.
-	deadline := time.Now().Add(10 * time.Second)
-	for linkExists(t, host, cfg.HostVethName) {
-		if time.Now().After(deadline) {
-			t.Fatal("host veth outlived the pod netns")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, "the host veth to go with the pod netns", func() bool {
+		return !linkExists(t, host, cfg.HostVethName)
+	})
 	for range 2 {
 		inNS(t, host, func() error { return TeardownPod(path, "eth0", cfg.HostVethName) })
 	}

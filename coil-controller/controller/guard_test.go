@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -58,10 +59,10 @@ func TestGuardsKeepLiveAddresses(t *testing.T) {
 			stop := runInBackground(t, c.Run)
 
 			// The deleted node's block is released whatever the pods say.
-			eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
+			testenv.Eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
 				return nodeBlocks(t, st, "gone") == 0
 			})
-			eventually(t, 10*time.Second, "guard "+tc.wantReason+" to trip 3 times", func() bool {
+			testenv.Eventually(t, 10*time.Second, "guard "+tc.wantReason+" to trip 3 times", func() bool {
 				return metricValue(t, reg, "coil_controller_sweep_skipped_total", map[string]string{"reason": tc.wantReason}) >= 3
 			})
 			if err := stop(); err != nil {
@@ -96,7 +97,7 @@ func TestNodeGuard(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		c := New(st, fake.NewClientset(), Options{ScanInterval: 100 * time.Millisecond, Metrics: NewMetrics(reg), Logger: testLogger(t, "c")})
 		runInBackground(t, c.Run)
-		eventually(t, 10*time.Second, "the no-nodes guard", func() bool {
+		testenv.Eventually(t, 10*time.Second, "the no-nodes guard", func() bool {
 			return metricValue(t, reg, "coil_controller_sweep_skipped_total", map[string]string{"reason": "no-nodes"}) >= 3
 		})
 		if nodeBlocks(t, st, "n1") != 1 {
@@ -113,7 +114,7 @@ func TestNodeGuard(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		c := New(st, client, Options{ScanInterval: 100 * time.Millisecond, Metrics: NewMetrics(reg), Logger: testLogger(t, "c")})
 		runInBackground(t, c.Run)
-		eventually(t, 10*time.Second, "a complete sweep", func() bool {
+		testenv.Eventually(t, 10*time.Second, "a complete sweep", func() bool {
 			return metricValue(t, reg, "coil_controller_last_successful_sweep_timestamp_seconds", nil) > 0
 		})
 		time.Sleep(500 * time.Millisecond)

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/mtest/apiserver"
 	"github.com/prometheus/client_golang/prometheus"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,7 +38,7 @@ const (
 	testRetryPeriod   = 200 * time.Millisecond
 )
 
-func setupRBAC(ctx context.Context, api *apiserver.Server) error {
+func setupRBAC(ctx context.Context, api *kubeapitest.Server) error {
 	admin, err := kubernetes.NewForConfig(api.Config)
 	if err != nil {
 		return err
@@ -77,7 +78,7 @@ func deleteString(list []string, s string) []string {
 // cluster is one test's corner of the shared API server: its own namespace
 // (for pods and the leader Lease) and node names starting with its prefix.
 type cluster struct {
-	api    *apiserver.Server
+	api    *kubeapitest.Server
 	admin  kubernetes.Interface
 	ns     string
 	prefix string
@@ -289,7 +290,7 @@ func (c *cluster) start(t *testing.T, name string, st Store, io instanceOptions)
 
 func (in *instance) waitLeading(t *testing.T) {
 	t.Helper()
-	eventually(t, 15*time.Second, in.name+" to lead", in.leading.Load)
+	testenv.Eventually(t, 15*time.Second, in.name+" to lead", in.leading.Load)
 }
 
 func (in *instance) metric(t *testing.T, name string, labels map[string]string) float64 {
@@ -357,7 +358,7 @@ func TestNodeDeletionReleasesBlocks(t *testing.T) {
 
 	start := time.Now()
 	c.deleteNode(t, n1)
-	eventually(t, 10*time.Second, "release of the deleted node's blocks and record", func() bool {
+	testenv.Eventually(t, 10*time.Second, "release of the deleted node's blocks and record", func() bool {
 		return nodeBlocks(t, st, n1) == 0 && !hasNodeRecord(t, st, n1)
 	})
 	t.Logf("blocks released %s after the node was deleted", time.Since(start).Round(time.Millisecond))
@@ -371,7 +372,7 @@ func TestNodeDeletionReleasesBlocks(t *testing.T) {
 	if got := in.metric(t, "coil_controller_reclaimed_addresses_total", map[string]string{"cause": causeNodeDeleted}); got != 2 {
 		t.Errorf("reclaimed addresses metric = %v, want 2", got)
 	}
-	eventually(t, 10*time.Second, "a BlocksReleased event", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a BlocksReleased event", func() bool {
 		return hasReason(c.events(t, metav1.NamespaceDefault, n1), EventBlocksReleased)
 	})
 }
@@ -397,7 +398,7 @@ func TestNodeDeletedWhileControllerDown(t *testing.T) {
 
 	in := c.start(t, "solo", st, instanceOptions{user: controllerUser, opts: quiet})
 	in.waitLeading(t)
-	eventually(t, 10*time.Second, "start-up clean-up of the node deleted earlier", func() bool {
+	testenv.Eventually(t, 10*time.Second, "start-up clean-up of the node deleted earlier", func() bool {
 		return nodeBlocks(t, st, n1) == 0 && !hasNodeRecord(t, st, n1) && !hasNodeRecord(t, st, n3)
 	})
 	if nodeBlocks(t, st, n2) != 1 || !hasNodeRecord(t, st, n2) || !exists(t, st, kept) {
@@ -426,7 +427,7 @@ func TestLeakedAddressReclaimedAfterGrace(t *testing.T) {
 	in := c.start(t, "solo", st, instanceOptions{user: controllerUser,
 		opts: Options{ScanInterval: 200 * time.Millisecond, LeakGrace: grace}})
 	in.waitLeading(t)
-	eventually(t, 10*time.Second, "a complete sweep", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a complete sweep", func() bool {
 		return in.metric(t, "coil_controller_last_successful_sweep_timestamp_seconds", nil) > 0
 	})
 	if !exists(t, st, deleted) {
@@ -436,7 +437,7 @@ func TestLeakedAddressReclaimedAfterGrace(t *testing.T) {
 	deletedAt := time.Now()
 	c.deletePod(t, "deleted")
 	var gone time.Time
-	eventually(t, grace+10*time.Second, "reclaim of the deleted pod's address", func() bool {
+	testenv.Eventually(t, grace+10*time.Second, "reclaim of the deleted pod's address", func() bool {
 		if exists(t, st, deleted) {
 			return false
 		}
@@ -461,7 +462,7 @@ func TestLeakedAddressReclaimedAfterGrace(t *testing.T) {
 	if got := in.metric(t, "coil_controller_reclaimed_addresses_total", map[string]string{"cause": causeLeak}); got != 2 {
 		t.Errorf("reclaimed addresses metric = %v, want 2", got)
 	}
-	eventually(t, 10*time.Second, "an AddressReclaimed event", func() bool {
+	testenv.Eventually(t, 10*time.Second, "an AddressReclaimed event", func() bool {
 		return hasReason(c.events(t, c.ns, "deleted"), EventAddressReclaimed)
 	})
 }
@@ -498,10 +499,10 @@ func TestUnreadablePodsReclaimNothing(t *testing.T) {
 			in := c.start(t, "solo", st, instanceOptions{user: tc.user,
 				opts: Options{ScanInterval: 200 * time.Millisecond, LeakGrace: 0}})
 			in.waitLeading(t)
-			eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
+			testenv.Eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
 				return nodeBlocks(t, st, gone) == 0
 			})
-			eventually(t, 10*time.Second, "guard "+tc.wantReason+" to trip 3 times", func() bool {
+			testenv.Eventually(t, 10*time.Second, "guard "+tc.wantReason+" to trip 3 times", func() bool {
 				return in.metric(t, "coil_controller_sweep_skipped_total", map[string]string{"reason": tc.wantReason}) >= 3
 			})
 			addrs, err := st.ListAddresses(context.Background(), "")
@@ -536,7 +537,7 @@ func TestOneLeaderActs(t *testing.T) {
 	al.alloc(t, n1, c.ns, "p1", false)
 	time.Sleep(time.Second) // b campaigns several times meanwhile
 	c.deleteNode(t, n1)
-	eventually(t, 10*time.Second, "release by the leader", func() bool { return nodeBlocks(t, st, n1) == 0 })
+	testenv.Eventually(t, 10*time.Second, "release by the leader", func() bool { return nodeBlocks(t, st, n1) == 0 })
 	if b.leading.Load() || b.store.writes.Load() != 0 {
 		t.Fatalf("standby replica acted: leading=%v writes=%d", b.leading.Load(), b.store.writes.Load())
 	}
@@ -555,7 +556,7 @@ func TestOneLeaderActs(t *testing.T) {
 	n2 := c.createNode(t, "n2")
 	al.alloc(t, n2, c.ns, "p2", false)
 	c.deleteNode(t, n2)
-	eventually(t, 10*time.Second, "release by the new leader", func() bool { return nodeBlocks(t, st, n2) == 0 })
+	testenv.Eventually(t, 10*time.Second, "release by the new leader", func() bool { return nodeBlocks(t, st, n2) == 0 })
 	if b.store.writes.Load() == 0 {
 		t.Fatal("new leader made no write")
 	}
@@ -574,7 +575,7 @@ func TestOneLeaderActs(t *testing.T) {
 	// Someone else takes the lease (as a replica would after b stalled):
 	// b must notice within the renew deadline and stop acting.
 	hijack(t, c, DefaultLeaseName, "intruder")
-	eventually(t, 10*time.Second, "replica b to stop leading", func() bool { return !b.leading.Load() })
+	testenv.Eventually(t, 10*time.Second, "replica b to stop leading", func() bool { return !b.leading.Load() })
 	if err := b.stop(); !errors.Is(err, ErrLeadershipLost) {
 		t.Errorf("replica b returned %v, want ErrLeadershipLost", err)
 	}
@@ -593,7 +594,7 @@ func TestOneLeaderActs(t *testing.T) {
 func hijack(t *testing.T, c *cluster, name, holder string) {
 	t.Helper()
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "lease update", func() bool {
+	testenv.Eventually(t, 10*time.Second, "lease update", func() bool {
 		l, err := c.admin.CoordinationV1().Leases(c.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
-	"github.com/coil-project/coil/mtest/apiserver"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -26,8 +26,8 @@ import (
 // need it, storing into the same etcd under its own prefix.
 var (
 	etcdServer *etcdtest.Server
-	sharedAPI  = &apiserver.Shared{
-		Options: apiserver.Options{Users: []apiserver.User{{Name: controllerUser}, {Name: noPodsUser}}},
+	sharedAPI  = &kubeapitest.Shared{
+		Options: kubeapitest.Options{Users: []kubeapitest.User{{Name: controllerUser}, {Name: noPodsUser}}},
 		Setup:   setupRBAC,
 	}
 )
@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 }
 
 // kubeAPI returns the shared kube-apiserver, starting it on first use.
-func kubeAPI(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
+func kubeAPI(t *testing.T) *kubeapitest.Server { return sharedAPI.Get(t) }
 
 // newStore returns a store under a prefix of the test's own, with one
 // pool "default" of /30 blocks (4 addresses each) in 10.100.0.0/24.
@@ -141,18 +141,6 @@ func hasNodeRecord(t *testing.T, st *model.Store, name string) bool {
 		}
 	}
 	return false
-}
-
-// eventually polls cond every 100ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // metricValue reads a counter or gauge from reg; labels select one series.

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
-	"github.com/coil-project/coil/mtest/apiserver"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -35,9 +35,9 @@ const (
 
 // sharedAPI is the kube-apiserver the tests share, with the users above bound
 // to their rules.
-var sharedAPI = &apiserver.Shared{
-	Options: apiserver.Options{Users: []apiserver.User{{Name: untaintUser}, {Name: readOnlyUser}}},
-	Setup: func(ctx context.Context, s *apiserver.Server) error {
+var sharedAPI = &kubeapitest.Shared{
+	Options: kubeapitest.Options{Users: []kubeapitest.User{{Name: untaintUser}, {Name: readOnlyUser}}},
+	Setup: func(ctx context.Context, s *kubeapitest.Server) error {
 		if err := bindUser(ctx, s, untaintUser, []string{"get", "patch"}); err != nil {
 			return err
 		}
@@ -53,9 +53,9 @@ func TestMain(m *testing.M) {
 }
 
 // kubeAPI returns the shared kube-apiserver.
-func kubeAPI(t *testing.T) *apiserver.Server { return sharedAPI.Get(t) }
+func kubeAPI(t *testing.T) *kubeapitest.Server { return sharedAPI.Get(t) }
 
-func bindUser(ctx context.Context, s *apiserver.Server, user string, verbs []string) error {
+func bindUser(ctx context.Context, s *kubeapitest.Server, user string, verbs []string) error {
 	admin, err := kubernetes.NewForConfig(s.Config)
 	if err != nil {
 		return err
@@ -78,10 +78,10 @@ func bindUser(ctx context.Context, s *apiserver.Server, user string, verbs []str
 	return nil
 }
 
-func userClient(t *testing.T, s *apiserver.Server, user string) kubernetes.Interface {
+func userClient(t *testing.T, s *kubeapitest.Server, user string) kubernetes.Interface {
 	t.Helper()
 	cfg := s.Config
-	if user != apiserver.AdminUser {
+	if user != kubeapitest.AdminUser {
 		var err error
 		if cfg, err = s.UserConfig(user); err != nil {
 			t.Fatal(err)
@@ -141,7 +141,7 @@ var (
 // bootstrap taint.
 func TestRemoveTaint(t *testing.T) {
 	s := kubeAPI(t)
-	admin := userClient(t, s, apiserver.AdminUser)
+	admin := userClient(t, s, kubeapitest.AdminUser)
 	tests := []struct {
 		name        string
 		taints      []corev1.Taint
@@ -192,7 +192,7 @@ func withoutBootstrap(keys []string) []string {
 
 func TestRemoveTaintErrors(t *testing.T) {
 	s := kubeAPI(t)
-	admin := userClient(t, s, apiserver.AdminUser)
+	admin := userClient(t, s, kubeapitest.AdminUser)
 	name := createNode(t, admin, []corev1.Taint{bootstrapNoSchedule})
 
 	_, err := RemoveTaint(context.Background(), userClient(t, s, readOnlyUser), name, BootstrapTaint)
@@ -257,7 +257,7 @@ func (f *fakeCoild) client(t *testing.T) *api.Client {
 // it answers 200 the taint goes and the other taints stay.
 func TestUntaintWaitsForCoild(t *testing.T) {
 	s := kubeAPI(t)
-	admin := userClient(t, s, apiserver.AdminUser)
+	admin := userClient(t, s, kubeapitest.AdminUser)
 	name := createNode(t, admin, []corev1.Taint{bootstrapNoSchedule, dedicated})
 	coild := startFakeCoild(t)
 
@@ -301,7 +301,7 @@ func TestUntaintWaitsForCoild(t *testing.T) {
 
 func TestUntaintGivesUp(t *testing.T) {
 	s := kubeAPI(t)
-	admin := userClient(t, s, apiserver.AdminUser)
+	admin := userClient(t, s, kubeapitest.AdminUser)
 	name := createNode(t, admin, []corev1.Taint{bootstrapNoSchedule})
 	coild := startFakeCoild(t)
 

@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/nodenet/netnstest"
+	"github.com/coil-project/coil/internal/testenv/fakecoild"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -110,14 +111,14 @@ func TestAddCheckDel(t *testing.T) {
 		t.Run(tt.version, func(t *testing.T) {
 			host := newHost(t)
 			pod := newTestNS(t)
-			coild := newFakeCoild("10.1.0.5", "fd00::5")
-			ep := serve(t, coild)
+			coild := fakecoild.New("10.1.0.5", "fd00::5")
+			ep := coild.ServeTCP(t)
 			args := cmdArgs(pod, netconf(tt.version, ep, map[string]any{"mtu": 1450}))
 			hostVeth := nodenet.HostVethName("ns1", "web-0")
 
 			out := add(t, host, args)
-			if coild.lastAlloc != (api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path()}) {
-				t.Errorf("coild got %+v", coild.lastAlloc)
+			if got := coild.LastAlloc(); got == nil || *got != (api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path()}) {
+				t.Errorf("coild got %+v", got)
 			}
 
 			// Compare the result with MACs masked: they are random.
@@ -182,8 +183,8 @@ func TestAddCheckDel(t *testing.T) {
 				inNS(t, host, func() error {
 					return testutils.CmdDelWithArgs(args, func() error { return CmdDel(args) })
 				})
-				if !coild.saw("DELETE /ip/ns1/web-0/cid-1") || coild.holds() != 0 {
-					t.Errorf("DEL %d did not release the address: %v", i+1, coild.requests)
+				if !coild.Saw("DELETE /ip/ns1/web-0/cid-1") || coild.Holds() != 0 {
+					t.Errorf("DEL %d did not release the address: %v", i+1, coild.Requests())
 				}
 			}
 			inNS(t, host, func() error {
@@ -211,8 +212,9 @@ func listenIn(t *testing.T, n ns.NetNS, addr netip.Addr) string {
 func TestAddUnixSocketIPv4Only(t *testing.T) {
 	host := newHost(t)
 	pod := newTestNS(t)
-	coild := newFakeCoild("10.1.0.7")
-	args := cmdArgs(pod, netconf("1.0.0", serveUnix(t, coild), nil))
+	coild := fakecoild.New("10.1.0.7")
+	ep, _ := coild.ServeUnix(t)
+	args := cmdArgs(pod, netconf("1.0.0", ep, nil))
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, add(t, host, args)); err != nil {
 		t.Fatal(err)
@@ -238,8 +240,8 @@ func TestDelAfterNetNSGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coild := newFakeCoild("10.1.0.8")
-	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
+	coild := fakecoild.New("10.1.0.8")
+	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
 	add(t, host, args)
 
 	pod.Close()
@@ -250,7 +252,7 @@ func TestDelAfterNetNSGone(t *testing.T) {
 		args.Netns = netnsPath
 		inNS(t, host, func() error { return CmdDel(args) })
 	}
-	if coild.holds() != 0 {
+	if coild.Holds() != 0 {
 		t.Error("address not released")
 	}
 }
@@ -258,8 +260,8 @@ func TestDelAfterNetNSGone(t *testing.T) {
 func TestCheckDetectsMissingRoute(t *testing.T) {
 	host := newHost(t)
 	pod := newTestNS(t)
-	coild := newFakeCoild("10.1.0.9", "fd00::9")
-	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
+	coild := fakecoild.New("10.1.0.9", "fd00::9")
+	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
 	add(t, host, args)
 	inNS(t, pod, func() error {
 		return netlink.RouteDel(&netlink.Route{
@@ -281,8 +283,8 @@ func TestAddRollback(t *testing.T) {
 	inNS(t, pod, func() error {
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "other"})
 	})
-	coild := newFakeCoild("10.1.0.10")
-	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
+	coild := fakecoild.New("10.1.0.10")
+	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
 	err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
 	if code := cniCode(t, err); code != types.ErrInternal {
 		t.Errorf("code %d, want %d: %v", code, types.ErrInternal, err)
@@ -290,8 +292,8 @@ func TestAddRollback(t *testing.T) {
 	if !strings.Contains(err.Error(), "set up network of pod ns1/web-0") {
 		t.Errorf("error does not say what failed: %v", err)
 	}
-	if !coild.saw("DELETE /ip/ns1/web-0/cid-1") || coild.holds() != 0 {
-		t.Errorf("address not released on rollback: %v", coild.requests)
+	if !coild.Saw("DELETE /ip/ns1/web-0/cid-1") || coild.Holds() != 0 {
+		t.Errorf("address not released on rollback: %v", coild.Requests())
 	}
 	inNS(t, host, func() error {
 		if _, err := netlink.LinkByName(nodenet.HostVethName("ns1", "web-0")); err == nil {
@@ -322,9 +324,9 @@ func TestAddEgressRollback(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			host := newHost(t)
 			pod := newTestNS(t)
-			coild := newFakeCoild("10.1.0.12")
-			coild.failEgress = tt.fail
-			args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
+			coild := fakecoild.New("10.1.0.12")
+			coild.FailEgress = tt.fail
+			args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
 			err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
 			if code := cniCode(t, err); code != tt.wantCode {
 				t.Errorf("code %d, want %d: %v", code, tt.wantCode, err)
@@ -332,11 +334,11 @@ func TestAddEgressRollback(t *testing.T) {
 			if !strings.Contains(err.Error(), "set up egress of pod ns1/web-0") || !strings.Contains(err.Error(), tt.fail.Error) {
 				t.Errorf("error does not say what failed: %v", err)
 			}
-			if e := coild.lastEgress; e == nil || e.NetNS != pod.Path() || e.ContainerID != "cid-1" || e.PodName != "web-0" {
+			if e := coild.LastEgress(); e == nil || e.NetNS != pod.Path() || e.ContainerID != "cid-1" || e.PodName != "web-0" {
 				t.Errorf("POST /egress body = %+v", e)
 			}
-			if !coild.saw("DELETE /ip/ns1/web-0/cid-1") || coild.holds() != 0 {
-				t.Errorf("address not released on rollback: %v", coild.requests)
+			if !coild.Saw("DELETE /ip/ns1/web-0/cid-1") || coild.Holds() != 0 {
+				t.Errorf("address not released on rollback: %v", coild.Requests())
 			}
 			inNS(t, host, func() error {
 				if _, err := netlink.LinkByName(nodenet.HostVethName("ns1", "web-0")); err == nil {
@@ -376,11 +378,11 @@ func TestAddErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			host := newHost(t)
 			pod := newTestNS(t)
-			coild := newFakeCoild("10.1.0.11")
-			coild.failAlloc = tt.fail
-			ep := downEndpoint(t)
+			coild := fakecoild.New("10.1.0.11")
+			coild.FailAlloc = tt.fail
+			ep := fakecoild.DownEndpoint(t)
 			if !tt.down {
-				ep = serve(t, coild)
+				ep = coild.ServeTCP(t)
 			}
 			args := cmdArgs(pod, netconf("1.1.0", ep, nil))
 			err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
@@ -407,11 +409,11 @@ func TestStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			coild := newFakeCoild("10.1.0.12")
-			coild.notReady = tt.notReady
-			ep := downEndpoint(t)
+			coild := fakecoild.New("10.1.0.12")
+			coild.NotReady = tt.notReady
+			ep := fakecoild.DownEndpoint(t)
 			if !tt.down {
-				ep = serve(t, coild)
+				ep = coild.ServeTCP(t)
 			}
 			args := &skel.CmdArgs{StdinData: netconf("1.1.0", ep, nil)}
 			err := testutils.CmdStatus(func() error { return CmdStatus(args) })
@@ -432,8 +434,8 @@ func TestStatus(t *testing.T) {
 }
 
 func TestGC(t *testing.T) {
-	coild := newFakeCoild("10.1.0.13")
-	conf := netconf("1.1.0", serve(t, coild), map[string]any{
+	coild := fakecoild.New("10.1.0.13")
+	conf := netconf("1.1.0", coild.ServeTCP(t), map[string]any{
 		"cni.dev/valid-attachments": []map[string]string{
 			{"containerID": "a", "ifname": "eth0"},
 			{"containerID": "b", "ifname": "net1"},
@@ -443,12 +445,12 @@ func TestGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []api.Attachment{{ContainerID: "a", Interface: "eth0"}, {ContainerID: "b", Interface: "net1"}}
-	if coild.lastGC == nil || len(coild.lastGC.ValidAttachments) != 2 ||
-		coild.lastGC.ValidAttachments[0] != want[0] || coild.lastGC.ValidAttachments[1] != want[1] {
-		t.Errorf("coild got GC %+v, want %+v", coild.lastGC, want)
+	if gc := coild.LastGC(); gc == nil || len(gc.ValidAttachments) != 2 ||
+		gc.ValidAttachments[0] != want[0] || gc.ValidAttachments[1] != want[1] {
+		t.Errorf("coild got GC %+v, want %+v", gc, want)
 	}
 
-	err := CmdGC(&skel.CmdArgs{StdinData: netconf("1.1.0", downEndpoint(t), nil)})
+	err := CmdGC(&skel.CmdArgs{StdinData: netconf("1.1.0", fakecoild.DownEndpoint(t), nil)})
 	if code := cniCode(t, err); code != types.ErrTryAgainLater {
 		t.Errorf("GC with coild down: code %d, want %d", code, types.ErrTryAgainLater)
 	}

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/mtest/apiserver"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -20,9 +20,9 @@ import (
 func TestCheck(t *testing.T) {
 	ctx := context.Background()
 	h := newHarness(t)
-	api := apiserver.StartForTest(t, server.Endpoint, apiserver.Options{})
+	api := kubeapitest.StartForTest(t, server.Endpoint, kubeapitest.Options{})
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := api.WriteKubeconfig(kubeconfig, apiserver.AdminUser); err != nil {
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
 		t.Fatal(err)
 	}
 	kube, err := kubernetes.NewForConfig(api.Config)

@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/coil-project/coil/coilctl/cmd"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 

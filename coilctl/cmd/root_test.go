@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coilctl/cmd"
-	"github.com/coil-project/coil/model/etcdtest"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 )
 
 func TestCommandLine(t *testing.T) {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/ipam"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 

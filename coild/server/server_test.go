@@ -20,8 +20,8 @@ import (
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/coild/server"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

@@ -59,8 +59,8 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 	if err != nil {
 		return err
 	}
-	defer etcd.stop()
-	cli, err := etcd.client()
+	defer etcd.Stop()
+	cli, err := etcd.Client()
 	if err != nil {
 		return err
 	}
@@ -160,13 +160,13 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 					if guarded {
 						guard = &blockGuard
 					}
-					m := startCPU(etcd.pid())
+					m := startCPU(etcd.PID())
 					created, create, err := rawCreatePhase(ctx, cli, c, phase, o.phase, string(value), guard)
 					if err != nil {
 						return fmt.Errorf("raw create, %d clients: %w", c, err)
 					}
 					create.cpu = m.stop()
-					m = startCPU(etcd.pid())
+					m = startCPU(etcd.PID())
 					del, err := rawDeletePhase(ctx, cli, created)
 					if err != nil {
 						return fmt.Errorf("raw delete, %d clients: %w", c, err)
@@ -180,14 +180,14 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 					}
 				case 2:
 					before := kv.snapshot()
-					m := startCPU(etcd.pid())
+					m := startCPU(etcd.PID())
 					owned, a, err := coildAllocPhase(ctx, clients, phase, o.phase)
 					if err != nil {
 						return fmt.Errorf("coild POST /ip, %d clients: %w", c, err)
 					}
 					a.cpu = m.stop()
 					mid := kv.snapshot()
-					m = startCPU(etcd.pid())
+					m = startCPU(etcd.PID())
 					r, err := coildReleasePhase(ctx, clients, owned)
 					if err != nil {
 						return fmt.Errorf("coild DELETE /ip, %d clients: %w", c, err)

@@ -82,8 +82,8 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	if err != nil {
 		return err
 	}
-	defer etcd.stop()
-	cli, err := etcd.client()
+	defer etcd.Stop()
+	cli, err := etcd.Client()
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 			NodeName:      "bench-node",
 			NodeAddresses: []netip.Addr{netip.MustParsePrefix(nodeAddr).Addr()},
 			Etcd: etcdconfig.Config{
-				Endpoints: []string{etcd.endpoint},
+				Endpoints: []string{etcd.Endpoint},
 				Prefix:    etcdconfig.DefaultPrefix,
 				Timeout:   5 * time.Second,
 			},
@@ -248,27 +248,27 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 			order = []string{ptpNet, coilNet}
 		}
 		for _, net := range order {
-			cpu0 := ourTime() + cpuTime(etcd.pid())
+			cpu0 := ourTime() + cpuTime(etcd.PID())
 			add, err := countedPhase(ctx, par, func(w int) int { return (len(pods) - w + par - 1) / par }, func(w, i int) error {
 				return r.run(ctx, "add", net, pods[w+par*i])
 			})
 			if err != nil {
 				return fmt.Errorf("%s ADD, %d concurrent: %w", net, par, err)
 			}
-			add.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.pid()) - cpu0}
+			add.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.PID()) - cpu0}
 			if net == coilNet {
 				if err := expectPods(ctx, client, len(pods)); err != nil {
 					return err
 				}
 			}
-			cpu0 = ourTime() + cpuTime(etcd.pid())
+			cpu0 = ourTime() + cpuTime(etcd.PID())
 			del, err := countedPhase(ctx, par, func(w int) int { return (len(pods) - w + par - 1) / par }, func(w, i int) error {
 				return r.run(ctx, "del", net, pods[w+par*i])
 			})
 			if err != nil {
 				return fmt.Errorf("%s DEL, %d concurrent: %w", net, par, err)
 			}
-			del.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.pid()) - cpu0}
+			del.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.PID()) - cpu0}
 			if net == coilNet {
 				if err := expectPods(ctx, client, 0); err != nil {
 					return err

@@ -60,8 +60,8 @@ func runScaleBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 	if err != nil {
 		return err
 	}
-	defer etcd.stop()
-	cli, err := etcd.client()
+	defer etcd.Stop()
+	cli, err := etcd.Client()
 	if err != nil {
 		return err
 	}

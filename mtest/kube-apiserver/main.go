@@ -1,8 +1,8 @@
 // Command kube-apiserver is a stock Kubernetes API server built from the
 // k8s.io/kubernetes module at a pinned version. It lives in its own module so
 // that the heavy k8s.io/kubernetes dependency tree never enters Coil's root
-// module; tests obtain the binary through mtest/apiserver, which builds and
-// caches it.
+// module; tests obtain the binary through internal/testenv/kubeapi, which
+// builds and caches it.
 package main
 
 import (

@@ -5,7 +5,7 @@
 // The root module never imports k8s.io/kubernetes; the binary is built by
 // the go command in its own module, so the heavy dependency tree stays out
 // of Coil's go.mod.
-package apiserver
+package kubeapitest
 
 import (
 	"bufio"
@@ -33,13 +33,14 @@ const CacheDirEnv = "COIL_CACHE_DIR"
 var ErrSourceNotFound = errors.New("mtest/kube-apiserver source not found")
 
 // SourceDir returns the directory of the mtest/kube-apiserver module,
-// found relative to this file so that tests in any package can build it.
+// found relative to this file (internal/testenv/kubeapi) so that tests in
+// any package can build it.
 func SourceDir() (string, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		return "", fmt.Errorf("%w: runtime.Caller failed", ErrSourceNotFound)
 	}
-	dir := filepath.Join(filepath.Dir(file), "..", "kube-apiserver")
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "mtest", "kube-apiserver")
 	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrSourceNotFound, err)
 	}

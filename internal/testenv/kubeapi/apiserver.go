@@ -1,4 +1,4 @@
-package apiserver
+package kubeapitest
 
 import (
 	"context"
@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"k8s.io/client-go/rest"
 	clientcmdv1 "k8s.io/client-go/tools/clientcmd/api/v1"
 	"sigs.k8s.io/yaml"
@@ -46,7 +47,7 @@ type User struct {
 // Options configure Start.
 type Options struct {
 	// EtcdEndpoint is the client URL of the etcd the server stores into
-	// (plain http; the embedded etcd of model/etcdtest fits). Required.
+	// (plain http; the embedded etcd of internal/testenv/etcd fits). Required.
 	EtcdEndpoint string
 	// Dir holds the server's certificates, keys, token file and log. It
 	// must exist; a test's t.TempDir() fits. Required.
@@ -115,7 +116,7 @@ var startSeq atomic.Int64
 // creates the "default" service accounts that pods would otherwise need.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.EtcdEndpoint == "" || opts.Dir == "" {
-		return nil, fmt.Errorf("apiserver.Start: EtcdEndpoint and Dir are required")
+		return nil, fmt.Errorf("kubeapitest.Start: EtcdEndpoint and Dir are required")
 	}
 	bin := opts.Binary
 	if bin == "" {
@@ -150,7 +151,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 var errPortInUse = errors.New("port in use")
 
 func (s *Server) start(ctx context.Context, bin string, opts Options) error {
-	port, err := freePort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -408,13 +409,4 @@ func randomToken() (string, error) {
 		return "", fmt.Errorf("generate token: %w", err)
 	}
 	return hex.EncodeToString(b), nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,11 +1,12 @@
 // Package etcdtest runs a real etcd server inside the test process, so that
 // model and daemon tests exercise the same transactions production does.
+// StartProcess runs the etcd binary instead, for the bench, which must not
+// share its CPU with the server it measures.
 package etcdtest
 
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coil-project/coil/internal/testenv"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -51,11 +53,11 @@ func Start(opts Options) (*Server, error) {
 }
 
 func (s *Server) start(opts Options) error {
-	clientPort, err := freePort()
+	clientPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
-	peerPort, err := freePort()
+	peerPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -150,15 +152,6 @@ func Prefix(t testing.TB) string {
 func WipePrefix(ctx context.Context, cli *clientv3.Client, prefix string) error {
 	_, err := cli.Delete(ctx, prefix, clientv3.WithPrefix())
 	return err
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Main starts a server shared by a test binary's tests, hands it to set,

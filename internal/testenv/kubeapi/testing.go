@@ -1,4 +1,4 @@
-package apiserver
+package kubeapitest
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/model/etcdtest"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 )
 
 // BuildTimeout bounds how long StartForTest waits for the first build of

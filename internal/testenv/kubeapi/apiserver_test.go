@@ -1,4 +1,4 @@
-package apiserver
+package kubeapitest
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/model/etcdtest"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"

@@ -3,7 +3,7 @@
 // already, and prints its path. Run it before `go test` so that no test
 // binary spends its timeout on the first build:
 //
-//	go run ./mtest/apiserver/ensure
+//	go run ./internal/testenv/kubeapi/ensure
 package main
 
 import (
@@ -13,12 +13,12 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/coil-project/coil/mtest/apiserver"
+	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	path, err := apiserver.Ensure(ctx)
+	path, err := kubeapitest.Ensure(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ensure kube-apiserver:", err)
