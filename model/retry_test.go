@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
-	"github.com/coil-project/coil/model/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 

@@ -127,9 +127,11 @@ func TestClientErrors(t *testing.T) {
 			wantIs:     api.ErrUnavailable,
 		},
 		{
-			name:       "reason derived from status",
-			fail:       &api.ErrorResponse{Status: 503, Error: "etcd down"},
-			call:       func(c *api.Client) error { return c.Release(context.Background(), "a", "b", api.Attachment{ContainerID: "c"}) },
+			name: "reason derived from status",
+			fail: &api.ErrorResponse{Status: 503, Error: "etcd down"},
+			call: func(c *api.Client) error {
+				return c.Release(context.Background(), "a", "b", api.Attachment{ContainerID: "c"})
+			},
 			wantStatus: 503,
 			wantIs:     api.ErrUnavailable,
 		},
