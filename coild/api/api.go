@@ -56,6 +56,9 @@ const (
 	// yet: the request may succeed if repeated later.
 	ReasonUnavailable = "unavailable"
 	ReasonInternal    = "internal"
+	// ReasonForbidden: the request reached a listener that does not serve
+	// it (the loopback TCP listener is read-only; use the unix socket).
+	ReasonForbidden = "forbidden"
 )
 
 // Attachment names one interface of a container: the key under which coild

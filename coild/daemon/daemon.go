@@ -173,7 +173,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 	env := well.NewEnvironment(ctx)
 	for _, l := range listeners {
-		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+		var h http.Handler = srv
+		if l.Addr().Network() != "unix" {
+			// Any local process reaches the TCP listener; only root
+			// reaches the socket.
+			h = server.ReadOnly(srv)
+		}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		env.Go(func(ctx context.Context) error {
 			go func() {
 				<-ctx.Done()
