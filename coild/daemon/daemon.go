@@ -160,6 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
+		NetNS:          podNetNS{host: d.hostNSPath()},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       time.Minute,
 		Ready:          d.isReady,
@@ -307,6 +308,15 @@ func (d *daemon) restore(ctx context.Context) error {
 	blocks, addresses := d.alloc.Usage()
 	d.log.Info("restored state from etcd", "blocks", blocks, "addresses", addresses)
 	return d.inHostNS(func() error { d.reconcileKernel(); return nil })
+}
+
+// hostNSPath is the node's own network namespace, which no request may
+// name as a pod's.
+func (d *daemon) hostNSPath() string {
+	if d.cfg.HostNS != nil {
+		return d.cfg.HostNS.Path()
+	}
+	return "/proc/self/ns/net"
 }
 
 // inHostNS runs kernel work in the node's network namespace. Goroutines of
