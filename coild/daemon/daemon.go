@@ -433,7 +433,7 @@ func (d *daemon) listen() ([]net.Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", d.cfg.HTTPAddr, err)
 		}
-		ls = append(ls, l)
+		ls = append(ls, loopbackListener{Listener: l, log: d.log})
 	}
 	if d.cfg.SocketPath != "" {
 		if err := os.MkdirAll(filepath.Dir(d.cfg.SocketPath), 0o755); err != nil {
@@ -481,5 +481,29 @@ func (o exportObserver) BlockReleased(b model.Block) {
 		if err := o.d.inHostNS(func() error { return o.d.exporter.Withdraw(p) }); err != nil {
 			o.d.log.Error("withdraw block route", "block", p.String(), "error", err)
 		}
+	}
+}
+
+// loopbackListener accepts connections from loopback addresses only. A
+// pod reaches the node's 127.0.0.1 when route_localnet is on (kube-proxy
+// turns it on for NodePorts): its packets then arrive from its own
+// address, and are closed here before a byte is read.
+type loopbackListener struct {
+	net.Listener
+	log *slog.Logger
+}
+
+// Accept implements net.Listener.
+func (l loopbackListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil && ap.Addr().Unmap().IsLoopback() {
+			return c, nil
+		}
+		l.log.Warn("refused a connection to the loopback listener from a non-loopback address", "remote", c.RemoteAddr().String())
+		c.Close()
 	}
 }
