@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/nodenet"
+	"github.com/containernetworking/plugins/pkg/ns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -176,6 +179,10 @@ func TestFlatL2(t *testing.T) {
 			t.Fatalf("pod of annotated namespace got %v, want an address of pool tenant", p.IPs)
 		}
 		pods = append(pods, p)
+	})
+
+	t.Run("pods cannot reach coild's listeners", func(t *testing.T) {
+		podCannotReachCoild(t, c.Nodes[0], pods[0])
 	})
 
 	step(t, "cross-node traffic", func(t *testing.T) {
@@ -408,4 +415,102 @@ func TestEtcdMemberDown(t *testing.T) {
 		mustStartPod(t, c.Nodes[0], "default", fmt.Sprintf("more%d", i))
 	}
 	pingEventually(t, a, b.IPv4())
+}
+
+// podCannotReachCoild: coild's TCP listener is on the node's 127.0.0.1,
+// which a pod reaches when route_localnet is on (kube-proxy sets it) and
+// the pod, holding CAP_NET_ADMIN in its namespace, routes 127.0.0.1 out
+// of eth0. Its packets then come from the pod's address: coild must
+// answer nothing to them, least of all a state-changing request.
+func podCannotReachCoild(t *testing.T, n *Node, p *Pod) {
+	const listener = "127.0.0.1:9383"
+	// The hostile setup: the node with route_localnet, the pod sending
+	// 127.0.0.1 to the node.
+	if _, err := runIn(n.NetNS, nil, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = runIn(n.NetNS, nil, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0") })
+	// The pod's loopback routes may not exist (lo down): remove them if so.
+	_, _ = runIn(p.NetNS, nil, "ip", "route", "flush", "table", "local", "127.0.0.0/8")
+	for _, args := range [][]string{
+		{"sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"},
+		{"ip", "route", "add", "127.0.0.1/32", "via", nodenet.GatewayIPv4.String(), "dev", "eth0", "onlink", "src", p.IPv4().String()},
+	} {
+		if _, err := runIn(p.NetNS, nil, args[0], args[1:]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The node really delivers such packets locally: a listener of our own
+	// on the node's loopback is reachable from the pod, so a refusal below
+	// is coild's doing, not the path's.
+	probe, err := listenIn("/var/run/netns/"+n.NetNS, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	go func() {
+		for {
+			c, err := probe.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello\n"))
+			c.Close()
+		}
+	}()
+	if got, err := exchange("/var/run/netns/"+p.NetNS, probe.Addr().String(), ""); err != nil || !strings.HasPrefix(got, "hello") {
+		t.Fatalf("the pod cannot reach a listener on the node's loopback, so the test proves nothing: %q, %v", got, err)
+	}
+
+	for _, req := range []string{
+		"GET /status HTTP/1.0\r\n\r\n",
+		"POST /gc HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 24\r\n\r\n{\"valid-attachments\":[]}",
+	} {
+		got, err := exchange("/var/run/netns/"+p.NetNS, listener, req)
+		if strings.Contains(got, "HTTP/1") {
+			t.Errorf("the pod got an answer from coild's TCP listener to %q: %q (%v)", strings.Fields(req)[0]+" "+strings.Fields(req)[1], got, err)
+		}
+	}
+	// Nor on the node's own addresses.
+	for _, a := range []netip.Addr{n.V4, n.V6} {
+		if got, err := exchange("/var/run/netns/"+p.NetNS, netip.AddrPortFrom(a, 9383).String(), "GET /status HTTP/1.0\r\n\r\n"); err == nil || strings.Contains(got, "HTTP/1") {
+			t.Errorf("the pod reached coild on %s: %q", a, got)
+		}
+	}
+}
+
+// exchange connects from the network namespace to addr, sends req and
+// returns what comes back within a short time.
+func exchange(netnsPath, addr, req string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := dialIn(netnsPath, ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if req != "" {
+		if _, err := c.Write([]byte(req)); err != nil {
+			return "", err
+		}
+	}
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// listenIn opens a TCP listener inside the network namespace at path.
+func listenIn(path, addr string) (net.Listener, error) {
+	target, err := ns.GetNS(path)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	var l net.Listener
+	err = target.Do(func(ns.NetNS) error {
+		var lerr error
+		l, lerr = net.Listen("tcp", addr)
+		return lerr
+	})
+	return l, err
 }

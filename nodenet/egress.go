@@ -83,6 +83,13 @@ var (
 	// ErrInvalidEgress is returned for a client or gateway configuration
 	// that cannot be programmed.
 	ErrInvalidEgress = errors.New("invalid egress configuration")
+	// ErrForeignLink is returned when a pod's namespace holds a link under
+	// a name coil uses that coil did not make (a pod with CAP_NET_ADMIN
+	// can create any link in its own namespace): coil neither uses nor
+	// deletes it.
+	ErrForeignLink = errors.New("link of the wrong type under a name coil uses")
+	// ErrPanic wraps a panic recovered while working in a pod's namespace.
+	ErrPanic = errors.New("recovered panic")
 )
 
 // EgressClientLinkName is the name of a client pod's tunnel device of the
@@ -143,8 +150,11 @@ func ensureVXLAN(spec vxlanSpec) (netlink.Link, error) {
 	}
 	if err == nil {
 		vx, ok := link.(*netlink.Vxlan)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s is a %s, not a vxlan device", ErrForeignLink, spec.name, link.Type())
+		}
 		src, _ := addrOf(vx.SrcAddr)
-		if !ok || vx.VxlanId != int(spec.vni) || src != spec.local || vx.Port != EgressVXLANPort || vx.Learning {
+		if vx.VxlanId != int(spec.vni) || src != spec.local || vx.Port != EgressVXLANPort || vx.Learning {
 			if err := netlink.LinkDel(link); err != nil && !isLinkNotFound(err) {
 				return nil, fmt.Errorf("replace %s: %w", spec.name, err)
 			}
@@ -436,5 +446,15 @@ func inPodNS(path string, fn func(podNS ns.NetNS) error) error {
 		return err
 	}
 	defer podNS.Close()
-	return podNS.Do(func(ns.NetNS) error { return fn(podNS) })
+	// ns.Do runs fn on a goroutine of its own, where no caller's recover
+	// reaches: whatever a pod put in its namespace must not take coild
+	// down, so a panic becomes this pod's error.
+	return podNS.Do(func(ns.NetNS) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("%w: panic in netns %s: %v", ErrPanic, path, r)
+			}
+		}()
+		return fn(podNS)
+	})
 }

@@ -84,8 +84,9 @@ func (g *EgressGateway) local(a netip.Addr) netip.Addr {
 // SyncEgressGateway makes the gateway pod whose network namespace is at
 // netnsPath serve exactly cfg: tunnel devices, return routes and rule, and
 // the NAT table (docs/egress.md, "What each side programs"). Running it
-// again leaves one copy of everything: the nftables table is replaced in
-// one transaction, the rest is diffed.
+// again leaves one copy of everything: the contents of the nftables table
+// (but the drop counter, EgressGuardCounter) are replaced in one
+// transaction, the rest is diffed.
 func SyncEgressGateway(netnsPath string, cfg EgressGateway) error {
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
@@ -208,7 +209,7 @@ func syncGateway(podNS ns.NetNS, cfg *EgressGateway) error {
 	if err := syncRules([]int{EgressGatewayPriority}, rules); err != nil {
 		errs = append(errs, err)
 	}
-	if err := programGatewayNFT(int(podNS.Fd()), cfg.Uplink, devices); err != nil {
+	if err := programGatewayNFT(int(podNS.Fd()), cfg, devices); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteVXLANs(EgressGatewayLinkPrefix, keep); err != nil {
@@ -257,27 +258,80 @@ func nftIfName(name string) []byte {
 	return b
 }
 
-// programGatewayNFT replaces the gateway's nftables table with one built
-// for uplink and the tunnel devices, in a single transaction:
+// Names inside the gateway's nftables table.
+const (
+	// EgressGuardCounter is the named counter of the VXLAN packets of the
+	// gateway's VNI that came from no client and were dropped. It survives
+	// every sync (only teardown removes it), so it only grows.
+	EgressGuardCounter = "foreign-vxlan"
+	// egressClientSet4 and egressClientSet6 hold the outer addresses of
+	// the gateway's current clients, the only sources its VXLAN device
+	// takes packets from.
+	egressClientSet4 = "clients4"
+	egressClientSet6 = "clients6"
+)
+
+// programGatewayNFT makes the gateway's nftables table exactly this, in a
+// single transaction:
 //
 //	table inet coil-egress {
+//	  set clients4 { type ipv4_addr; elements = { <IPv4 client outers> } }
+//	  set clients6 { type ipv6_addr; elements = { <IPv6 client outers> } }
+//	  counter foreign-vxlan {}
+//	  chain input { type filter hook input priority filter;
+//	    meta nfproto ipv4 meta l4proto udp udp dport 4789 @th,96,24 <vni>
+//	      ip saddr != @clients4 counter name foreign-vxlan drop
+//	    meta nfproto ipv6 meta l4proto udp udp dport 4789 @th,96,24 <vni>
+//	      ip6 saddr != @clients6 counter name foreign-vxlan drop }
 //	  chain prerouting { type filter hook prerouting priority mangle;
 //	    iifname "egg4-…" ct mark set 0xc011
 //	    iifname "eth0" ct mark 0xc011 meta mark set 0xc011 }
 //	  chain postrouting { type nat hook postrouting priority srcnat;
 //	    oifname "eth0" ct mark 0xc011 masquerade }
 //	}
-func programGatewayNFT(nsFd int, uplink string, devices []string) error {
+//
+// The input chain is the guard: the kernel hands a VXLAN packet to the
+// tunnel device only after the input hook, so a packet of this VNI from an
+// address that is no client never gets decapsulated, let alone NATed.
+// Packets of other VNIs (the pod's own client tunnels of other egresses)
+// are left alone.
+func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 	conn, err := nftables.New(nftables.WithNetNSFd(nsFd))
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: EgressNFTable}
-	// Add (a no-op if it exists), delete, add: the transaction replaces
-	// whatever an earlier run or crash left with exactly this.
+	old, err := listGatewayNFT(conn, t)
+	if err != nil {
+		return err
+	}
+	// Add the table (a no-op if it exists), delete every chain, set and
+	// object an earlier run or crash left in it but the drop counter, and
+	// add them afresh: the transaction leaves exactly this, and the counter
+	// keeps its count. Deleting a chain deletes its rules first, which
+	// frees the sets for deletion.
 	conn.AddTable(t)
-	conn.DelTable(t)
-	conn.AddTable(t)
+	for _, c := range old.chains {
+		conn.DelChain(c)
+	}
+	for _, s := range old.sets {
+		conn.DelSet(s)
+	}
+	for _, o := range old.objects {
+		if o.Name != EgressGuardCounter {
+			conn.DeleteObject(o)
+		}
+	}
+	conn.AddObj(&nftables.CounterObj{Table: t, Name: EgressGuardCounter})
+	sets, err := addClientSets(conn, t, cfg.Clients)
+	if err != nil {
+		return err
+	}
+
+	input := conn.AddChain(&nftables.Chain{
+		Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+	})
 	pre := conn.AddChain(&nftables.Chain{
 		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
@@ -286,6 +340,36 @@ func programGatewayNFT(nsFd int, uplink string, devices []string) error {
 		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
 	})
+
+	vni := binaryutil.BigEndian.PutUint32(cfg.VNI)[1:]
+	for _, g := range []struct {
+		nfproto   byte
+		srcOffset uint32
+		srcLen    uint32
+		set       *nftables.Set
+	}{
+		{unix.NFPROTO_IPV4, 12, 4, sets[0]},
+		{unix.NFPROTO_IPV6, 8, 16, sets[1]},
+	} {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{g.nfproto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+			// UDP destination port.
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(EgressVXLANPort)},
+			// The VNI: bytes 4-6 of the VXLAN header after the 8 of UDP.
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 4, Len: 3},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vni},
+			// The outer source address, looked up in the client set.
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: g.srcOffset, Len: g.srcLen},
+			&expr.Lookup{SourceRegister: 1, SetName: g.set.Name, SetID: g.set.ID, Invert: true},
+			&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: EgressGuardCounter},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+
 	mark := binaryutil.NativeEndian.PutUint32(EgressMark)
 	for _, dev := range devices {
 		conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
@@ -297,7 +381,7 @@ func programGatewayNFT(nsFd int, uplink string, devices []string) error {
 	}
 	conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(uplink)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(cfg.Uplink)},
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
 		&expr.Immediate{Register: 1, Data: mark},
@@ -305,7 +389,7 @@ func programGatewayNFT(nsFd int, uplink string, devices []string) error {
 	}})
 	conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(uplink)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(cfg.Uplink)},
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
 		&expr.Masq{},
@@ -314,6 +398,84 @@ func programGatewayNFT(nsFd int, uplink string, devices []string) error {
 		return fmt.Errorf("program nftables table %s: %w", EgressNFTable, err)
 	}
 	return nil
+}
+
+// addClientSets queues the two client sets (IPv4, then IPv6) with the
+// clients' outer addresses.
+func addClientSets(conn *nftables.Conn, t *nftables.Table, clients []EgressGatewayClient) ([2]*nftables.Set, error) {
+	sets := [2]*nftables.Set{
+		{Table: t, Name: egressClientSet4, KeyType: nftables.TypeIPAddr},
+		{Table: t, Name: egressClientSet6, KeyType: nftables.TypeIP6Addr},
+	}
+	var elems [2][]nftables.SetElement
+	seen := map[netip.Addr]bool{}
+	for _, c := range clients {
+		a := c.Outer.Unmap()
+		if seen[a] {
+			continue
+		}
+		seen[a] = true
+		i := 0
+		if a.Is6() {
+			i = 1
+		}
+		elems[i] = append(elems[i], nftables.SetElement{Key: a.AsSlice()})
+	}
+	for i, s := range sets {
+		if err := conn.AddSet(s, elems[i]); err != nil {
+			return sets, fmt.Errorf("nftables set %s: %w", s.Name, err)
+		}
+	}
+	return sets, nil
+}
+
+// gatewayNFT is what a gateway's nftables table holds.
+type gatewayNFT struct {
+	chains  []*nftables.Chain
+	sets    []*nftables.Set
+	objects []*nftables.NamedObj
+}
+
+// listGatewayNFT lists the chains, sets and objects of table t; all empty
+// if t does not exist.
+func listGatewayNFT(conn *nftables.Conn, t *nftables.Table) (gatewayNFT, error) {
+	var got gatewayNFT
+	tables, err := conn.ListTablesOfFamily(t.Family)
+	if err != nil {
+		return got, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == t.Name }) {
+		return got, nil
+	}
+	chains, err := conn.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return got, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table.Name == t.Name {
+			got.chains = append(got.chains, c)
+		}
+	}
+	sets, err := conn.GetSets(t)
+	if err != nil {
+		return got, fmt.Errorf("list nftables sets of %s: %w", t.Name, err)
+	}
+	for _, s := range sets {
+		// Anonymous sets belong to a rule and go with it.
+		if !s.Anonymous {
+			got.sets = append(got.sets, s)
+		}
+	}
+	objs, err := conn.GetNamedObjects(t)
+	if err != nil {
+		return got, fmt.Errorf("list nftables objects of %s: %w", t.Name, err)
+	}
+	for _, o := range objs {
+		if no, ok := o.(*nftables.NamedObj); ok {
+			got.objects = append(got.objects, no)
+		}
+	}
+	return got, nil
 }
 
 // deleteGatewayNFT removes the gateway's nftables table if it exists.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -25,9 +26,10 @@ type EgressSummary struct {
 	// and EgressGatewayTable.
 	ClientRoutes, GatewayRoutes int
 	// NFTTable tells whether the table EgressNFTable exists; NFTRules
-	// counts the rules in its chains.
-	NFTTable bool
-	NFTRules int
+	// counts the rules in its chains, NFTSets its named sets and
+	// NFTElements the elements of those sets.
+	NFTTable                       bool
+	NFTRules, NFTSets, NFTElements int
 }
 
 // SummarizeEgress counts the egress settings in the namespace at netnsPath.
@@ -114,6 +116,50 @@ func summarizeNFT(nsFd int, sum *EgressSummary) error {
 			}
 			sum.NFTRules += len(rules)
 		}
+		sets, err := conn.GetSets(t)
+		if err != nil {
+			return fmt.Errorf("list nftables sets: %w", err)
+		}
+		for _, s := range sets {
+			if s.Anonymous {
+				continue
+			}
+			sum.NFTSets++
+			elems, err := conn.GetSetElements(s)
+			if err != nil {
+				return fmt.Errorf("list elements of set %s: %w", s.Name, err)
+			}
+			sum.NFTElements += len(elems)
+		}
 	}
 	return nil
+}
+
+// EgressGatewayDrops returns how many VXLAN packets the gateway pod whose
+// namespace is at netnsPath has dropped because they came from an address
+// that was not one of its clients (the counter EgressGuardCounter). The
+// count grows across syncs; it is 0 where no gateway is programmed.
+func EgressGatewayDrops(netnsPath string) (uint64, error) {
+	var packets uint64
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error {
+		conn, err := nftables.New(nftables.WithNetNSFd(int(podNS.Fd())))
+		if err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+		t := &nftables.Table{Family: nftables.TableFamilyINet, Name: EgressNFTable}
+		got, err := listGatewayNFT(conn, t)
+		if err != nil {
+			return err
+		}
+		for _, o := range got.objects {
+			if c, ok := o.Obj.(*expr.Counter); ok && o.Name == EgressGuardCounter {
+				packets = c.Packets
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("egress gateway drops in %s: %w", netnsPath, err)
+	}
+	return packets, nil
 }

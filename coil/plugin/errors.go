@@ -31,6 +31,9 @@ func coildError(what string, err error) *types.Error {
 	case errors.Is(err, api.ErrPoolExhausted):
 		return types.NewError(ErrCodePoolExhausted,
 			fmt.Sprintf("pool exhausted: %s: %s", what, detail), "")
+	case errors.Is(err, api.ErrForbidden):
+		return types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("coil: %s: the \"coild\" endpoint refuses it (its TCP listener is read-only; set \"coild\" to coild's unix socket, e.g. \"unix:///run/coild.sock\"): %s", what, detail), "")
 	case errors.Is(err, api.ErrBadRequest):
 		return types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("coil: %s: coild refused the request: %s", what, detail), "")

@@ -371,6 +371,10 @@ func TestAddErrors(t *testing.T) {
 			wantCode: ErrCodePoolExhausted, wantMsg: "pool exhausted: "},
 		{name: "bad request", fail: &api.ErrorResponse{Status: 400, Error: "unknown pool", Reason: api.ReasonBadRequest},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "unknown pool"},
+		{name: "read-only listener", fail: &api.ErrorResponse{Status: 403, Error: "POST /ip: coild's TCP listener is read-only", Reason: api.ReasonForbidden},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "unix:///run/coild.sock"},
+		{name: "forbidden without a reason", fail: &api.ErrorResponse{Status: 403, Error: "forbidden"},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "coild's unix socket"},
 		{name: "internal", fail: &api.ErrorResponse{Status: 500, Error: "boom", Reason: api.ReasonInternal},
 			wantCode: types.ErrInternal, wantMsg: "boom"},
 	}

@@ -25,8 +25,9 @@ import (
 
 // Defaults shared by coild and its clients.
 const (
-	// DefaultEndpoint is where coild listens unless configured otherwise.
-	DefaultEndpoint = "http://127.0.0.1:9383"
+	// DefaultEndpoint is coild's unix socket unless configured otherwise:
+	// the only listener that serves allocations (the TCP one is read-only).
+	DefaultEndpoint = "unix:///run/coild.sock"
 	// DefaultInterface is the pod interface when a request names none.
 	DefaultInterface = "eth0"
 	// MaxRequestBytes is the largest request body coild accepts; requests
@@ -56,6 +57,9 @@ const (
 	// yet: the request may succeed if repeated later.
 	ReasonUnavailable = "unavailable"
 	ReasonInternal    = "internal"
+	// ReasonForbidden: the request reached a listener that does not serve
+	// it (the loopback TCP listener is read-only; use the unix socket).
+	ReasonForbidden = "forbidden"
 )
 
 // Attachment names one interface of a container: the key under which coild
@@ -263,6 +267,7 @@ var (
 	ErrPoolExhausted error = reasonError(ReasonPoolExhausted)
 	ErrUnavailable   error = reasonError(ReasonUnavailable)
 	ErrInternal      error = reasonError(ReasonInternal)
+	ErrForbidden     error = reasonError(ReasonForbidden)
 )
 
 // WithReason returns an error with the text of err that coild answers with
@@ -308,6 +313,8 @@ func reasonForStatus(status int) string {
 		return ReasonBadRequest
 	case status == 404:
 		return ReasonNotFound
+	case status == 403:
+		return ReasonForbidden
 	case status == 503 || status == 429 || status == 504 || status == 502:
 		return ReasonUnavailable
 	default:

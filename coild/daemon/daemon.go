@@ -160,6 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
+		NetNS:          podNetNS{host: d.hostNSPath()},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       time.Minute,
 		Ready:          d.isReady,
@@ -173,7 +174,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 	env := well.NewEnvironment(ctx)
 	for _, l := range listeners {
-		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+		var h http.Handler = srv
+		if l.Addr().Network() != "unix" {
+			// Any local process reaches the TCP listener; only root
+			// reaches the socket.
+			h = server.ReadOnly(srv)
+		}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		env.Go(func(ctx context.Context) error {
 			go func() {
 				<-ctx.Done()
@@ -303,6 +310,15 @@ func (d *daemon) restore(ctx context.Context) error {
 	return d.inHostNS(func() error { d.reconcileKernel(); return nil })
 }
 
+// hostNSPath is the node's own network namespace, which no request may
+// name as a pod's.
+func (d *daemon) hostNSPath() string {
+	if d.cfg.HostNS != nil {
+		return d.cfg.HostNS.Path()
+	}
+	return "/proc/self/ns/net"
+}
+
 // inHostNS runs kernel work in the node's network namespace. Goroutines of
 // the daemon may run on any OS thread, so every netlink call goes through
 // here rather than trusting the calling thread's namespace.
@@ -417,7 +433,7 @@ func (d *daemon) listen() ([]net.Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", d.cfg.HTTPAddr, err)
 		}
-		ls = append(ls, l)
+		ls = append(ls, loopbackListener{Listener: l, log: d.log})
 	}
 	if d.cfg.SocketPath != "" {
 		if err := os.MkdirAll(filepath.Dir(d.cfg.SocketPath), 0o755); err != nil {
@@ -465,5 +481,29 @@ func (o exportObserver) BlockReleased(b model.Block) {
 		if err := o.d.inHostNS(func() error { return o.d.exporter.Withdraw(p) }); err != nil {
 			o.d.log.Error("withdraw block route", "block", p.String(), "error", err)
 		}
+	}
+}
+
+// loopbackListener accepts connections from loopback addresses only. A
+// pod reaches the node's 127.0.0.1 when route_localnet is on (kube-proxy
+// turns it on for NodePorts): its packets then arrive from its own
+// address, and are closed here before a byte is read.
+type loopbackListener struct {
+	net.Listener
+	log *slog.Logger
+}
+
+// Accept implements net.Listener.
+func (l loopbackListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil && ap.Addr().Unmap().IsLoopback() {
+			return c, nil
+		}
+		l.log.Warn("refused a connection to the loopback listener from a non-loopback address", "remote", c.RemoteAddr().String())
+		c.Close()
 	}
 }

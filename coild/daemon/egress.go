@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/coild/server"
 	"github.com/coil-project/coil/model"
+	"github.com/coil-project/coil/nodenet"
 )
 
 // serverEgress lets the server drive the egress reconciler: the two
@@ -23,4 +25,14 @@ func (e serverEgress) SetupPod(ctx context.Context, addr model.Address) (server.
 		setup.Clients = append(setup.Clients, server.EgressClient{Egress: c.Egress, GatewayPod: c.GatewayPod, Gateway: c.Gateway})
 	}
 	return setup, err
+}
+
+// podNetNS checks the netns paths of requests with nodenet against the
+// node's own namespace.
+type podNetNS struct{ host string }
+
+func (p podNetNS) Check(path string) error { return nodenet.CheckPodNetNS(path, p.host) }
+
+func (p podNetNS) CheckAddresses(path, ifName string, addrs []netip.Addr) error {
+	return nodenet.CheckPodAddresses(path, ifName, addrs)
 }

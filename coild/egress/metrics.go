@@ -8,6 +8,7 @@ type metrics struct {
 	served       *prometheus.GaugeVec
 	failovers    *prometheus.CounterVec
 	syncFailures prometheus.Counter
+	panics       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,9 +33,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "coild", Subsystem: "egress", Name: "sync_failures_total",
 			Help: "Failed attempts to program a pod's egress settings (retried).",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "reconcile_panics_total",
+			Help: "Reconcile passes that panicked and were abandoned (a bug: the log has the stack).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures)
+		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures, m.panics)
 	}
 	return m
 }

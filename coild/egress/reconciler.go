@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +52,12 @@ import (
 // decision on partial data could send the pod's traffic the wrong way.
 // coild answers it as unavailable: the plugin's retry will succeed.
 var ErrNotReady = api.WithReason(errors.New("egress state not loaded yet"), api.ReasonUnavailable)
+
+// ErrNetNSGone is returned when programming a pod failed and its network
+// namespace path does not exist as coild sees it: the sandbox is gone, or
+// its path is not visible to coild (a mount propagation mistake). Nothing
+// was programmed for the pod.
+var ErrNetNSGone = errors.New("pod network namespace not found")
 
 // PodSetup is what SetupPod did for a pod.
 type PodSetup struct {
@@ -249,8 +256,22 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(20 * time.Millisecond):
 		}
-		r.reconcile(full)
+		r.reconcileGuarded(full)
 	}
+}
+
+// reconcileGuarded runs one pass. A panic in it (a bug, or something a pod
+// put in its own namespace that nodenet did not expect) abandons that pass
+// only: coild must not crash-loop on every restart because of one pod.
+func (r *Reconciler) reconcileGuarded(full bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.metrics.panics.Inc()
+			r.log.Error("egress reconcile pass panicked; retrying", "panic", v, "stack", string(debug.Stack()))
+			r.retryIn(time.Second)
+		}
+	}()
+	r.reconcile(full)
 }
 
 // ready reports whether every input has been loaded once.
@@ -439,7 +460,10 @@ func (r *Reconciler) reconcile(full bool) {
 
 	failed := false
 	for k, d := range want {
-		if err := r.apply(k, d, full); err != nil {
+		if err := r.apply(k, d, full); errors.Is(err, ErrNetNSGone) {
+			// Its DEL will come; a recreated sandbox comes with an ADD.
+			r.log.Debug("egress of a pod whose namespace is gone", "pod", k, "error", err)
+		} else if err != nil {
 			failed = true
 			r.log.Error("program egress", "pod", k, "error", err)
 		}
@@ -514,15 +538,16 @@ func (r *Reconciler) apply(key string, d podState, force bool) error {
 		errs = append(errs, nodenet.TeardownEgressGateway(d.netns))
 	}
 	err := errors.Join(errs...)
-	if err != nil && !netnsExists(d.netns) {
-		// The pod's sandbox is gone (DEL is on its way, or came while
-		// this ran): there is nothing left to program.
-		err = nil
-		d = podState{}
-	}
 
 	r.stateMu.Lock()
 	defer r.stateMu.Unlock()
+	if err != nil && !netnsExists(d.netns) {
+		// The sandbox is gone (DEL is on its way), or coild cannot see
+		// the path at all. Either way nothing is programmed there: say
+		// so, and remember nothing, never a success (fail closed).
+		delete(r.applied, key)
+		return fmt.Errorf("%w: %s: %w", ErrNetNSGone, d.netns, err)
+	}
 	if err != nil {
 		r.metrics.syncFailures.Inc()
 		// Forget what is there: the next pass programs it all again.
@@ -546,6 +571,15 @@ func (r *Reconciler) apply(key string, d podState, force bool) error {
 func netnsExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// rollback removes what a failed SetupPod may have programmed in part, and
+// forgets it, so that a later pass starts from nothing.
+func (r *Reconciler) rollback(key, netns string) {
+	r.teardownLeftovers(key, netns)
+	r.stateMu.Lock()
+	delete(r.applied, key)
+	r.stateMu.Unlock()
 }
 
 // teardownLeftovers removes egress settings from a pod that should have
@@ -578,6 +612,10 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup,
 	s.networks[key] = net
 	d := r.desired(s, p, net, r.appliedState(key))
 	if err := r.apply(key, d, true); err != nil {
+		// Fail closed: the plugin rolls the pod back and the runtime
+		// retries the ADD, rather than a pod whose traffic would leave
+		// with its own address while ADD reported a gateway.
+		r.rollback(key, d.netns)
 		return resp, fmt.Errorf("program egress of pod %s: %w", key, err)
 	}
 	for _, e := range clientEgresses(p) {

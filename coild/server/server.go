@@ -54,6 +54,17 @@ type Egress interface {
 	PodReleased(addr model.Address)
 }
 
+// PodNetNS checks the network namespace paths that requests carry
+// (nodenet): a path from a request is not trusted.
+type PodNetNS interface {
+	// Check refuses a path that is not a network namespace, or is the
+	// host's own.
+	Check(path string) error
+	// CheckAddresses refuses a namespace whose interface ifName does not
+	// hold addrs.
+	CheckAddresses(path, ifName string, addrs []netip.Addr) error
+}
+
 // EgressSetup is what Egress.SetupPod did for a pod; POST /egress reports
 // it as an api.EgressResponse.
 type EgressSetup struct {
@@ -78,6 +89,9 @@ type EgressClient struct {
 type Config struct {
 	Allocator Allocator
 	Selector  PoolSelector
+	// NetNS checks netns paths before they are stored or programmed; nil
+	// accepts every path (tests of the server alone).
+	NetNS PodNetNS
 	// Egress may be nil: POST /egress then sets nothing up.
 	Egress Egress
 	// RequestTimeout bounds the etcd work of one request.
@@ -182,6 +196,12 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	if !s.decodeRequest(w, r, &req) {
 		return
 	}
+	if req.NetNS != "" && s.cfg.NetNS != nil {
+		if err := s.cfg.NetNS.Check(req.NetNS); err != nil {
+			s.badRequest(w, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err))
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
 	att := req.Attachment()
@@ -224,6 +244,24 @@ func (s *Server) handleEgress(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.NetNS != "" {
 		addr.NetNS = req.NetNS
+	}
+	if s.cfg.NetNS != nil {
+		// The namespace is programmed as this pod's: it must be a pod's,
+		// and hold the addresses allocated to this attachment.
+		var addrs []netip.Addr
+		for _, a := range []netip.Addr{addr.IPv4, addr.IPv6} {
+			if a.IsValid() {
+				addrs = append(addrs, a)
+			}
+		}
+		err := s.cfg.NetNS.Check(addr.NetNS)
+		if err == nil {
+			err = s.cfg.NetNS.CheckAddresses(addr.NetNS, att.Interface, addrs)
+		}
+		if err != nil {
+			s.badRequest(w, fmt.Errorf("egress of pod %s/%s: %w", req.PodNamespace, req.PodName, err))
+			return
+		}
 	}
 	var setup EgressSetup
 	if s.cfg.Egress != nil {
@@ -383,6 +421,14 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	s.metrics.failures.WithLabelValues(reason).Inc()
 	s.cfg.Logger.Warn("request failed", "status", status, "error", err)
 	writeError(w, status, reason, err.Error())
+}
+
+// badRequest refuses a request for what it carries, logged because a
+// refused netns path may be an attempt to reach the host.
+func (s *Server) badRequest(w http.ResponseWriter, err error) {
+	s.metrics.failures.WithLabelValues(api.ReasonBadRequest).Inc()
+	s.cfg.Logger.Warn("request refused", "status", http.StatusBadRequest, "error", err)
+	writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 }
 
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {

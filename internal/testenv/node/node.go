@@ -91,6 +91,11 @@ type Node struct {
 	// Socket is coild's unix socket and Client talks to it.
 	Socket string
 	Client *api.Client
+	// HTTPAddr is coild's TCP listener, if Options asked for one.
+	HTTPAddr string
+	// PluginEndpoint is the "coild" of the plugin in Conflist; coild's
+	// socket unless a test changes it.
+	PluginEndpoint string
 
 	t   *testing.T
 	env *Env
@@ -121,6 +126,8 @@ type Options struct {
 	BlockGrace time.Duration
 	// ScanInterval is coild's ScanInterval; default 200ms.
 	ScanInterval time.Duration
+	// HTTPAddr, if set, is coild's loopback TCP listener (--http).
+	HTTPAddr string
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -150,6 +157,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		etcdEndpoint: opts.EtcdEndpoint,
 		Prefix:       etcdtest.Prefix(t),
 		Socket:       filepath.Join(t.TempDir(), "coild.sock"),
+		HTTPAddr:     opts.HTTPAddr,
 		log:          &logBuffer{},
 		blockGrace:   opts.BlockGrace,
 		scanInterval: opts.ScanInterval,
@@ -197,6 +205,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		t.Fatal(err)
 	}
 	n.Client = client
+	n.PluginEndpoint = "unix://" + n.Socket
 
 	t.Cleanup(func() {
 		n.Stop()
@@ -233,6 +242,7 @@ func (n *Node) Config() daemon.Config {
 		NodeAddresses:     []netip.Addr{IPv4, IPv6},
 		Etcd:              etcd,
 		SocketPath:        n.Socket,
+		HTTPAddr:          n.HTTPAddr,
 		TableID:           ExportTable,
 		ProtocolID:        ExportProtocol,
 		ScanInterval:      n.scanInterval,

@@ -148,7 +148,7 @@ func (n *Node) Conflist() []byte {
 		"cniVersion": "1.1.0",
 		"name":       NetworkName,
 		"plugins": []any{
-			map[string]any{"type": "coil", "coild": "unix://" + n.Socket},
+			map[string]any{"type": "coil", "coild": n.PluginEndpoint},
 			map[string]any{"type": "tuning", "sysctl": map[string]string{"net.core.somaxconn": TuningSomaxconn}},
 			map[string]any{"type": "portmap", "backend": "nftables", "capabilities": map[string]bool{"portMappings": true}},
 		},
