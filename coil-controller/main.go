@@ -1,8 +1,6 @@
-// Command coil-controller is Coil's cluster controller (a Deployment): it
-// releases the address blocks of deleted nodes and reclaims addresses
-// leaked by pods that went away without a CNI DEL. The work is done by
-// controller.Run; this file only reads the flags. See
-// docs/coil-controller.md.
+// Command coil-controller is Coil's cluster controller: it frees the blocks
+// of deleted nodes and the addresses leaked by pods that left without a CNI
+// DEL. It only reads flags; controller.Run does the work.
 package main
 
 import (

@@ -1,13 +1,6 @@
-// Package mtest is Coil's multi-node end-to-end test bed: a Kubernetes-like
-// cluster on one machine, built of network namespaces that the suite
-// creates and removes. Nothing in the root namespace is changed.
-//
-//	fabric ns:  bridge br0 192.168.100.1/24, fd00:100::1/64 (BGP route reflector)
-//	ctl ns:     eth0 192.168.100.2: etcd member(s), kube-apiserver, coil-controller
-//	node<i> ns: eth0 192.168.100.1<i>, fd00:100::1<i>: coild (and BIRD)
-//	pod ns:     one per pod, set up by the coil plugin through cnitool
-//	ext ns:     (Options.External) a host outside the cluster, 203.0.113.2,
-//	            fd00:203::2, behind the fabric, which routes to it
+// Package mtest is Coil's multi-node end-to-end suite: it builds clusters of
+// network namespaces on one machine, so that real binaries can be tested
+// together without changing the host. The layout is in docs/mtest.md.
 package mtest
 
 import (

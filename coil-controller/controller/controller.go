@@ -1,13 +1,7 @@
-// Package controller keeps Coil's state in etcd in step with the cluster:
-// it releases the address blocks of deleted nodes and reclaims addresses
-// whose pod went away without a CNI DEL.
-//
-// The comparison itself is package audit, read-only, which `coilctl check`
-// shares. Controller adds the actions, the safety guards that keep it from
-// freeing live state on a bad view of the cluster, and the timing (watch
-// events for nodes, a periodic sweep for everything). LeaderElection makes
-// sure only one replica acts at a time. Config and Run are the whole
-// coil-controller process, which its main only feeds with flags.
+// Package controller acts on what package audit finds: it frees the blocks
+// of deleted nodes and the addresses of vanished pods, behind guards that
+// keep a wrong view of the cluster from freeing live state. Config and Run
+// are the whole coil-controller process; see docs/coil-controller.md.
 package controller
 
 import (

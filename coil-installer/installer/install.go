@@ -1,16 +1,7 @@
-// Package installer prepares a node for Coil and releases it to
-// workloads. It is the logic of the coil-installer command, which runs in
-// the coild DaemonSet:
-//
-//   - Install (an init container) enables IP forwarding, copies the coil
-//     CNI plugin (and, where the host lacks them, the reference plugins it
-//     chains) into the host's CNI bin directory, writes the network
-//     configuration list, and moves away configuration files that would be
-//     used instead of Coil's. Every file is replaced atomically and only
-//     when its content changes, so running it again is harmless.
-//   - Untaint (a sidecar container) waits until coild answers ready and
-//     then removes the bootstrap taint from the node, so that pods are
-//     scheduled there only once Coil can give them addresses.
+// Package installer is the logic of coil-installer: Install prepares a node
+// for Coil (forwarding, plugins, configuration list) and Untaint releases it
+// to workloads once coild is ready, so that no pod lands on a node that
+// cannot give it an address yet. See docs/setup.md#coil-installer.
 package installer
 
 import (

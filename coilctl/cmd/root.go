@@ -1,9 +1,6 @@
-// Package cmd implements coilctl, the operator CLI that edits Coil's address
-// pools and egresses and inspects their state directly in etcd.
-//
-// The command tree is built by NewRootCommand and run by Run, which is all
-// that coilctl's main does; tests drive the very same tree with their own
-// writers and arguments.
+// Package cmd is coilctl's command tree. It is a package of its own, apart
+// from main, so that tests can run the very same commands with their own
+// arguments and writers.
 package cmd
 
 import (

@@ -1,19 +1,7 @@
 // Package api is the REST protocol between the Coil CNI plugin and coild:
-// request and response types, the Attachment that keys allocations, paths,
-// error reasons, and a client. It knows nothing of etcd or netlink, so both
-// sides can import it.
-//
-// Endpoints:
-//
-//	POST   /ip                                       AllocRequest  -> AllocResponse
-//	GET    /ip/<ns>/<pod>/<container-id>?interface=I                -> AllocResponse, 404
-//	DELETE /ip/<ns>/<pod>/<container-id>?interface=I                -> 200
-//	GET    /status                                                  -> StatusResponse
-//	GET    /readyz                                                  -> 200 ready, 503 not
-//	POST   /gc                                       GCRequest     -> GCResponse
-//	POST   /egress                                   EgressRequest -> EgressResponse
-//
-// Every failure is answered with an ErrorResponse.
+// its types, paths, error reasons and a client. It knows nothing of etcd or
+// netlink, so that both sides can import it; the endpoints are described in
+// docs/rest-api.md.
 package api
 
 import (

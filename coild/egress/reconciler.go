@@ -1,24 +1,7 @@
 // Package egress keeps the egress NAT tunnels of the pods on coild's node in
 // step with the egress records in etcd and the pods in the Kubernetes API.
-//
-// A pod annotated egress.coil.cybozu.com/<namespace>: <name> is a client of
-// that egress: its traffic to the egress's destinations goes through a
-// VXLAN tunnel to one of the egress's gateway pods (pods of <namespace>
-// labelled coil.cybozu.com/egress=<name>), which masquerades it. Each
-// client picks its gateway among the running ones by rendezvous hashing,
-// so the node of the client and the node of the gateway agree without
-// talking, and only the clients of a gateway that goes away move.
-//
-// The node's side of the work:
-//   - client pods of this node: the tunnels, through nodenet.SyncEgressClient;
-//   - gateway pods of this node: the tunnel end, masquerade and return
-//     routes to every client, wherever it runs, that chose them, through
-//     nodenet.SyncEgressGateway.
-//
-// CNI ADD configures a pod synchronously (SetupPod), so that its first
-// packet takes the right path; a reconcile loop, woken by informer events
-// and the etcd watch and run in full every resync interval, keeps every
-// pod in step afterwards.
+// Only the node's own daemon can enter its pods' network namespaces, so this
+// runs in coild; the design is in docs/egress.md.
 package egress
 
 import (

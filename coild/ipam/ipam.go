@@ -1,12 +1,6 @@
-// Package ipam is coild's address allocator for the node it runs on. It
-// hands out addresses of the node's blocks by attachment (api.Attachment)
-// and commits them through a Store: model.Store in coild, a fake in tests.
-//
-// coild is the only writer of addresses in its node's blocks, so the
-// allocator keeps them in memory (a bitmap per block, an index by
-// attachment) and touches etcd only to commit: one transaction per address
-// in a block the node owns, one per new block. Its memory is rebuilt from
-// etcd by Restore before anything is served.
+// Package ipam is coild's address allocator. coild is the only writer of
+// addresses in its node's blocks, so the allocator decides in memory and
+// goes to etcd only to commit; see "Allocation" in docs/coild.md.
 package ipam
 
 import (
@@ -21,7 +15,8 @@ import (
 	"github.com/coil-project/coil/model"
 )
 
-// Store is the part of model.Store the allocator uses. Its errors are the
+// Store is the part of model.Store the allocator uses: model.Store in coild,
+// a fake in unit tests, which is why it is an interface. Its errors are the
 // model's: ErrBlockLost and ErrAddressInUse when another writer won a race,
 // ErrPoolExhausted, ErrPoolNotFound, ErrNotOwner, and ErrUnavailable when
 // etcd did not answer (a commit may then have happened or not).
@@ -41,7 +36,10 @@ type Observer interface {
 	BlockReleased(b model.Block)
 }
 
-// Allocator hands out addresses of the node's blocks.
+// Allocator hands out addresses of the node's blocks. No one else writes
+// addresses in those blocks, so its memory (a bitmap per block, an index
+// by attachment) is authoritative while coild runs, and etcd sees one
+// transaction per address. Restore rebuilds that memory before serving.
 type Allocator struct {
 	store    Store
 	node     string

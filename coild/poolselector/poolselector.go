@@ -1,8 +1,6 @@
-// Package poolselector decides which address pool serves a namespace.
-//
-// An admin-only namespace annotation is the multi-tenancy guard: a pod's
-// owner cannot choose another tenant's pool. Namespaces are read from an
-// informer's cache, not from the API server on every request.
+// Package poolselector picks the address pool of a namespace. The choice
+// rests on an admin-only namespace annotation, so that a pod's owner cannot
+// take another tenant's pool; see "Allocation" in docs/coild.md.
 package poolselector
 
 import (

@@ -1,27 +1,6 @@
-// Command bench measures Coil against the physical limits beneath it and
-// against the reference CNI plugins, on one machine, and writes the results
-// to docs/benchmarks.md and docs/benchmarks-throughput.svg.
-//
-//	go run ./mtest/bench            # full run (a few minutes), refreshes docs/
-//	go run ./mtest/bench -quick     # sanity run with small counts, prints only
-//
-// It needs root (network namespaces), the etcd binary ($ETCD_BIN_DIR) and
-// the reference CNI tools ($CNI_BIN_DIR), as `make deps` installs them.
-// Every etcd it starts listens on 127.0.0.1 only, every pod and node is a
-// network namespace it creates, and everything is removed on exit, also on
-// error or interrupt.
-//
-// Three parts:
-//
-//  1. Allocation against the physical limit: raw etcd create-if-absent
-//     transactions versus coild's REST API (POST /ip, DELETE /ip/...) on the
-//     same etcd, at 1 to 16 concurrent clients, and etcd requests per
-//     allocation counted on the store's KV.
-//  2. CNI ADD/DEL through cnitool: coil (with coild running in-process for a
-//     node namespace) versus ptp + host-local.
-//  3. Scale: many simulated nodes, each a real allocator, filling their pods
-//     from one pool against one etcd; then the clean-up of deleted nodes the
-//     way coil-controller does it.
+// Command bench measures Coil against the limits beneath it (raw etcd) and
+// against the reference CNI plugins, on one machine, and refreshes
+// docs/benchmarks.md, which describes what it runs and what it needs.
 package main
 
 import (

@@ -1,8 +1,6 @@
-// Command kube-apiserver is a stock Kubernetes API server built from the
-// k8s.io/kubernetes module at a pinned version. It lives in its own module so
-// that the heavy k8s.io/kubernetes dependency tree never enters Coil's root
-// module; tests obtain the binary through internal/testenv/kubeapi, which
-// builds and caches it.
+// Command kube-apiserver is a stock Kubernetes API server at a pinned
+// version, in a module of its own so that k8s.io/kubernetes never enters
+// Coil's root module. Tests get it through internal/testenv/kubeapi.
 package main
 
 import (

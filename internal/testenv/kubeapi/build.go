@@ -1,10 +1,6 @@
-// Package apiserver gives tests a real kube-apiserver: it builds the binary
-// from the separate module in mtest/kube-apiserver (once per machine, cached
-// by version), and runs it against an etcd the test provides.
-//
-// The root module never imports k8s.io/kubernetes; the binary is built by
-// the go command in its own module, so the heavy dependency tree stays out
-// of Coil's go.mod.
+// Package kubeapitest gives tests a real kube-apiserver, built once per
+// machine from the separate module mtest/kube-apiserver (which keeps
+// k8s.io/kubernetes out of Coil's go.mod) and run on an etcd the test owns.
 package kubeapitest
 
 import (

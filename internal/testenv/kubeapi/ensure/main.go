@@ -1,9 +1,6 @@
-// Command ensure builds the test kube-apiserver into the
-// cache ($COIL_CACHE_DIR, default $HOME/.cache/coil) unless it is there
-// already, and prints its path. Run it before `go test` so that no test
-// binary spends its timeout on the first build:
-//
-//	go run ./internal/testenv/kubeapi/ensure
+// Command ensure builds the test kube-apiserver into the cache unless it is
+// there, and prints its path. `make kube-apiserver` runs it before the
+// tests, so that no test binary spends its timeout on the first build.
 package main
 
 import (
