@@ -185,6 +185,8 @@ func TestRender(t *testing.T) {
 		"RoleBinding/" + namespace + "/coil-controller-leader-election",
 		"ServiceAccount/" + namespace + "/coil-controller",
 		"ServiceAccount/" + namespace + "/coild",
+		"ValidatingAdmissionPolicy/coil-coild-own-node",
+		"ValidatingAdmissionPolicyBinding/coil-coild-own-node",
 	}
 	sort.Strings(want)
 	if !reflect.DeepEqual(ids, want) {

@@ -25,11 +25,27 @@ var (
 	ErrAddressNotInNetNS = errors.New("the namespace does not hold the pod's addresses")
 )
 
+// NetNSID identifies a network namespace: the device and inode of its nsfs
+// file, the same whatever path names it.
+type NetNSID struct{ Dev, Ino uint64 }
+
+// NetNSIDOf returns the identity of the namespace at path. For coild's own
+// namespace use /proc/thread-self/ns/net, read by a goroutine not locked
+// into another namespace: /proc/self names the main thread, which may be
+// running a goroutine that entered a pod's namespace at that moment.
+func NetNSIDOf(path string) (NetNSID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return NetNSID{}, fmt.Errorf("netns %q: %w", path, err)
+	}
+	return NetNSID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
 // CheckPodNetNS accepts path only if it names a network namespace other
-// than the one at hostPath. A path comes from a request, so it is not
-// trusted: it may name the host's own namespace, which coild would then
-// program as if it were a pod's, or a file that is no namespace at all.
-func CheckPodNetNS(path, hostPath string) error {
+// than host. A path comes from a request, so it is not trusted: it may
+// name the host's own namespace, which coild would then program as if it
+// were a pod's, or a file that is no namespace at all.
+func CheckPodNetNS(path string, host NetNSID) error {
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("netns %q: %w: not an absolute path", path, ErrNotNetNS)
 	}
@@ -50,14 +66,11 @@ func CheckPodNetNS(path, hostPath string) error {
 	if t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || t != unix.CLONE_NEWNET {
 		return fmt.Errorf("netns %q: %w: another kind of namespace", path, ErrNotNetNS)
 	}
-	var pod, host unix.Stat_t
+	var pod unix.Stat_t
 	if err := unix.Fstat(fd, &pod); err != nil {
 		return fmt.Errorf("netns %q: %w", path, err)
 	}
-	if err := unix.Stat(hostPath, &host); err != nil {
-		return fmt.Errorf("host netns %q: %w", hostPath, err)
-	}
-	if pod.Dev == host.Dev && pod.Ino == host.Ino {
+	if (NetNSID{Dev: pod.Dev, Ino: pod.Ino}) == host {
 		return fmt.Errorf("netns %q: %w", path, ErrHostNetNS)
 	}
 	return nil

@@ -156,11 +156,15 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry: reg,
 		Logger:   d.log,
 	})
+	hostNS, err := d.hostNSID()
+	if err != nil {
+		return fmt.Errorf("identify the node's network namespace: %w", err)
+	}
 	srv := server.New(server.Config{
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
-		NetNS:          podNetNS{host: d.hostNSPath()},
+		NetNS:          podNetNS{host: hostNS},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       time.Minute,
 		Ready:          d.isReady,
@@ -310,13 +314,14 @@ func (d *daemon) restore(ctx context.Context) error {
 	return d.inHostNS(func() error { d.reconcileKernel(); return nil })
 }
 
-// hostNSPath is the node's own network namespace, which no request may
-// name as a pod's.
-func (d *daemon) hostNSPath() string {
+// hostNSID is the node's own network namespace, which no request may name
+// as a pod's. Run calls it before any goroutine can enter a pod's
+// namespace.
+func (d *daemon) hostNSID() (nodenet.NetNSID, error) {
 	if d.cfg.HostNS != nil {
-		return d.cfg.HostNS.Path()
+		return nodenet.NetNSIDOf(d.cfg.HostNS.Path())
 	}
-	return "/proc/self/ns/net"
+	return nodenet.NetNSIDOf("/proc/thread-self/ns/net")
 }
 
 // inHostNS runs kernel work in the node's network namespace. Goroutines of

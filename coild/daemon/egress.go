@@ -29,7 +29,7 @@ func (e serverEgress) SetupPod(ctx context.Context, addr model.Address) (server.
 
 // podNetNS checks the netns paths of requests with nodenet against the
 // node's own namespace.
-type podNetNS struct{ host string }
+type podNetNS struct{ host nodenet.NetNSID }
 
 func (p podNetNS) Check(path string) error { return nodenet.CheckPodNetNS(path, p.host) }
 

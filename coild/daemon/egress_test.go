@@ -170,6 +170,7 @@ func TestEgress(t *testing.T) {
 				`coild_egress_clients{egress="internet/nat"} 2`,
 				`coild_egress_gateways{egress="internet/nat"} 2`,
 				`coild_egress_gateway_clients{egress="internet/nat"} 2`,
+				`coild_egress_gateway_foreign_packets_dropped{egress="internet/nat"} 0`,
 			} {
 				if !strings.Contains(m, want) {
 					return fmt.Errorf("metrics lack %q", want)

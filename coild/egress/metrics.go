@@ -1,6 +1,9 @@
 package egress
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/coil-project/coil/nodenet"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	clients      *prometheus.GaugeVec
@@ -9,6 +12,7 @@ type metrics struct {
 	failovers    *prometheus.CounterVec
 	syncFailures prometheus.Counter
 	panics       prometheus.Counter
+	foreignDrops *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,13 +37,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "coild", Subsystem: "egress", Name: "sync_failures_total",
 			Help: "Failed attempts to program a pod's egress settings (retried).",
 		}),
+		foreignDrops: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "gateway_foreign_packets_dropped",
+			Help: "VXLAN packets the egress's gateway pods on this node dropped because they came from an address that is not one of its clients (summed over the running gateway pods' counters).",
+		}, []string{"egress"}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "coild", Subsystem: "egress", Name: "reconcile_panics_total",
 			Help: "Reconcile passes that panicked and were abandoned (a bug: the log has the stack).",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures, m.panics)
+		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures, m.panics, m.foreignDrops)
 	}
 	return m
 }
@@ -51,6 +59,7 @@ func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
 	m.clients.Reset()
 	m.gateways.Reset()
 	m.served.Reset()
+	m.foreignDrops.Reset()
 	for e := range s.egresses {
 		m.gateways.WithLabelValues(e).Set(float64(len(s.gateways[e])))
 		m.clients.WithLabelValues(e)
@@ -62,6 +71,9 @@ func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
 		}
 		if d.gateway != nil {
 			m.served.WithLabelValues(d.serves).Add(float64(len(d.gateway.Clients)))
+			// A pod gone since this pass began has nothing left to count.
+			drops, _ := nodenet.EgressGatewayDrops(d.netns)
+			m.foreignDrops.WithLabelValues(d.serves).Add(float64(drops))
 		}
 	}
 }
