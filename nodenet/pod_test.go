@@ -2,6 +2,7 @@ package nodenet
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -162,9 +163,12 @@ func TestSetupPod(t *testing.T) {
 					continue
 				}
 				target := listen(t, host, pair.hostAddr)
-				if err := dial(pod, target); err != nil {
-					t.Errorf("pod %s cannot reach host %s: %v", pair.podAddr, target, err)
-				}
+				// Under load the kernel takes up to a second to route IPv6
+				// over a fresh veth (connect: network is unreachable), an
+				// asynchronous step SetupPod cannot wait for: allow it.
+				testenv.Eventually(t, 3*time.Second, fmt.Sprintf("pod %s reaches host %s", pair.podAddr, target), func() error {
+					return dial(pod, target)
+				})
 			}
 
 			// Teardown is idempotent.
