@@ -66,6 +66,13 @@ func newAddress(b Block, offset int, owner Owner, now time.Time) Address {
 // AllocateAddress records the address at offset of block b for owner in one
 // transaction: it succeeds only if b is still the caller's block and the
 // address is free. It fails with ErrBlockLost or ErrAddressInUse otherwise.
+//
+// A record the same attachment (node, container id and interface) already
+// holds at that offset is returned as a success: it is what an earlier
+// call whose answer was lost committed, so asking again is safe. When
+// etcd's answer is lost and cannot be learnt, the error wraps
+// ErrOutcomeUnknown: the address may be recorded, and calling again with
+// the same block, offset and owner settles it.
 func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner Owner) (Address, error) {
 	if offset < 0 || offset >= b.Size() {
 		return Address{}, fmt.Errorf("allocate offset %d of block %s: out of range", offset, b.ID())
@@ -73,32 +80,34 @@ func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner 
 	a := newAddress(b, offset, owner, time.Now().UTC())
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	akey := s.addressKey(b.Pool, b.Subnet, b.Index, offset)
-	resp, err := s.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
-			clientv3.Compare(clientv3.CreateRevision(akey), "=", 0)).
-		Then(clientv3.OpPut(akey, encode(a))).
-		Commit()
+	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
+		return s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
+				clientv3.Compare(clientv3.CreateRevision(akey), "=", 0)).
+			Then(clientv3.OpPut(akey, encode(a))).
+			// On failure, what is in the way answers why, in the same request.
+			Else(clientv3.OpGet(akey), clientv3.OpGet(bkey, clientv3.WithKeysOnly()))
+	})
 	if err != nil {
-		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), etcdErr("commit", err))
+		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), err)
 	}
-	if !resp.Succeeded {
-		// Tell the two causes apart only on this rare path.
-		return Address{}, s.allocationConflict(ctx, b, akey, a)
+	if resp.Succeeded {
+		a.Revision = resp.Header.Revision
+		return a, nil
 	}
-	a.Revision = resp.Header.Revision
-	return a, nil
-}
-
-func (s *Store) allocationConflict(ctx context.Context, b Block, akey string, a Address) error {
-	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
-	resp, err := s.kv.Get(ctx, bkey)
-	if err != nil {
-		return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), etcdErr("get", err))
+	bkvs := resp.Responses[1].GetResponseRange().Kvs
+	if len(bkvs) == 0 || bkvs[0].CreateRevision != b.Revision {
+		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrBlockLost)
 	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != b.Revision {
-		return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrBlockLost)
+	if akvs := resp.Responses[0].GetResponseRange().Kvs; len(akvs) > 0 {
+		var cur Address
+		if decode(akey, akvs[0].Value, &cur) == nil && cur.Node == a.Node &&
+			cur.ContainerID == a.ContainerID && cur.Interface == a.Interface {
+			cur.Revision = akvs[0].CreateRevision
+			return cur, nil
+		}
 	}
-	return fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrAddressInUse)
+	return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrAddressInUse)
 }
 
 // ReleaseAddress deletes the record a, provided it is the very record that
@@ -107,13 +116,16 @@ func (s *Store) allocationConflict(ctx context.Context, b Block, akey string, a 
 // is left alone.
 func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
 	akey := s.addressKey(a.Pool, a.Subnet, a.Block, a.Offset)
-	resp, err := s.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(akey), "=", a.Revision)).
-		Then(clientv3.OpDelete(akey)).
-		Else(clientv3.OpGet(akey, clientv3.WithCountOnly())).
-		Commit()
+	// Asked again after a lost answer, the delete finds the record gone
+	// (or someone else's): the same answer as a late release.
+	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
+		return s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(akey), "=", a.Revision)).
+			Then(clientv3.OpDelete(akey)).
+			Else(clientv3.OpGet(akey, clientv3.WithCountOnly()))
+	})
 	if err != nil {
-		return fmt.Errorf("release %v: %w", a.IPs(), etcdErr("commit", err))
+		return fmt.Errorf("release %v: %w", a.IPs(), err)
 	}
 	if resp.Succeeded || resp.Responses[0].GetResponseRange().Count == 0 {
 		return nil

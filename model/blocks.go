@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -76,6 +77,11 @@ func (b Block) AddressAt(offset int) (v4, v6 netip.Addr) {
 // ErrPoolNotFound or ErrPoolExhausted when it cannot. Each race lost to
 // another node means another block was taken, so the pool fills up long
 // before the attempts run out (ErrConflict).
+//
+// When etcd's answer is lost and cannot be learnt, the error wraps
+// ErrOutcomeUnknown and the block and address returned are those the
+// transaction tried to create: the node may own them, and ClaimBlock
+// settles it.
 func (s *Store) AcquireBlock(ctx context.Context, pool string, owner Owner) (Block, Address, error) {
 	var b Block
 	var a Address
@@ -84,7 +90,11 @@ func (s *Store) AcquireBlock(ctx context.Context, pool string, owner Owner) (Blo
 		return err
 	})
 	if err != nil {
-		return Block{}, Address{}, fmt.Errorf("acquire block in pool %q for node %q: %w", pool, owner.Node, err)
+		err = fmt.Errorf("acquire block in pool %q for node %q: %w", pool, owner.Node, err)
+		if errors.Is(err, ErrOutcomeUnknown) {
+			return b, a, err
+		}
+		return Block{}, Address{}, err
 	}
 	return b, a, nil
 }
@@ -110,24 +120,92 @@ func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owne
 	now := time.Now().UTC()
 	b := Block{Pool: poolName, Subnet: subnet, Index: index, IPv4: v4, IPv6: v6, Node: owner.Node, AcquiredAt: now}
 	a := newAddress(b, 0, owner, now)
-	bkey := s.blockKey(poolName, subnet, index)
-	akey := s.addressKey(poolName, subnet, index, 0)
-	tx, err := s.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(s.poolKey(poolName)), "=", poolRev),
-			clientv3.Compare(clientv3.CreateRevision(bkey), "=", 0),
-			// Addresses of a block are deleted with it; a leftover would be a bug
-			// elsewhere, and must not be silently overwritten.
-			clientv3.Compare(clientv3.CreateRevision(s.blockAddressesPrefix(poolName, subnet, index)), "=", 0).WithPrefix()).
-		Then(clientv3.OpPut(bkey, encode(b)), clientv3.OpPut(akey, encode(a))).
-		Commit()
-	if err != nil {
-		return Block{}, Address{}, etcdErr("commit", err)
-	}
-	if !tx.Succeeded {
+	b, a, err = s.createBlock(ctx, poolRev, b, a)
+	if errors.Is(err, errBlockTaken) {
 		return Block{}, Address{}, errConflict
 	}
-	b.Revision = tx.Header.Revision
-	a.Revision = tx.Header.Revision
+	return b, a, err
+}
+
+// errBlockTaken: createBlock found the block owned by another record.
+var errBlockTaken = errors.New("block taken")
+
+// createBlock records block b and its first address a, provided the pool
+// is unchanged since poolRev and the block is free. It returns errConflict
+// when the pool changed or addresses linger under the block, errBlockTaken
+// when another record holds the block, and b and a with their revision
+// when the node holds them, whether this call or an earlier one whose
+// answer was lost wrote them (the block record is then the very one built
+// by that call: same value).
+func (s *Store) createBlock(ctx context.Context, poolRev int64, b Block, a Address) (Block, Address, error) {
+	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
+	akey := s.addressKey(b.Pool, b.Subnet, b.Index, a.Offset)
+	bval := encode(b)
+	tx, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
+		return s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.poolKey(b.Pool)), "=", poolRev),
+				clientv3.Compare(clientv3.CreateRevision(bkey), "=", 0),
+				// Addresses of a block are deleted with it; a leftover would be a bug
+				// elsewhere, and must not be silently overwritten.
+				clientv3.Compare(clientv3.CreateRevision(s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index)), "=", 0).WithPrefix()).
+			Then(clientv3.OpPut(bkey, bval), clientv3.OpPut(akey, encode(a))).
+			Else(clientv3.OpGet(bkey))
+	})
+	if err != nil {
+		return b, a, err
+	}
+	if tx.Succeeded {
+		b.Revision = tx.Header.Revision
+		a.Revision = tx.Header.Revision
+		return b, a, nil
+	}
+	kvs := tx.Responses[0].GetResponseRange().Kvs
+	switch {
+	case len(kvs) == 0:
+		return Block{}, Address{}, errConflict
+	case string(kvs[0].Value) == bval:
+		// AcquiredAt has nanoseconds: no other acquisition writes this value.
+		b.Revision = kvs[0].CreateRevision
+		a.Revision = kvs[0].CreateRevision
+		return b, a, nil
+	}
+	return Block{}, Address{}, errBlockTaken
+}
+
+// ClaimBlock settles an acquisition whose outcome AcquireBlock could not
+// learn (ErrOutcomeUnknown), given the block and address it returned: it
+// completes the acquisition if the block is still free, so that a delayed
+// copy of the lost request can no longer take effect later, and returns
+// them with their revision when the node holds them. It fails with
+// ErrBlockLost when another record holds the block or the pool no longer
+// defines it, and with ErrOutcomeUnknown when etcd still does not answer.
+func (s *Store) ClaimBlock(ctx context.Context, b Block, a Address) (Block, Address, error) {
+	err := retryConflicts(ctx, maxConflictAttempts, func() error {
+		p, poolRev, err := s.GetPool(ctx, b.Pool)
+		if errors.Is(err, ErrPoolNotFound) {
+			return ErrBlockLost
+		}
+		if err != nil {
+			return err
+		}
+		if b.Subnet < 0 || b.Subnet >= len(p.Subnets) || b.Index < 0 || b.Index >= p.Subnets[b.Subnet].NumBlocks(p.BlockSizeBits) {
+			return ErrBlockLost
+		}
+		if v4, v6 := p.BlockPrefixes(b.Subnet, b.Index); v4 != b.IPv4 || v6 != b.IPv6 {
+			return ErrBlockLost
+		}
+		nb, na, err := s.createBlock(ctx, poolRev, b, a)
+		if errors.Is(err, errBlockTaken) {
+			return ErrBlockLost
+		}
+		if err == nil {
+			b, a = nb, na
+		}
+		return err
+	})
+	if err != nil {
+		return Block{}, Address{}, fmt.Errorf("claim block %s for node %q: %w", b.ID(), b.Node, err)
+	}
 	return b, a, nil
 }
 
@@ -166,19 +244,25 @@ func (s *Store) pickFreeBlock(p *Pool, node string, taken map[string]bool) (subn
 func (s *Store) ReleaseBlock(ctx context.Context, b Block) error {
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	addrs := s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index)
-	resp, err := s.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
-			clientv3.Compare(clientv3.CreateRevision(addrs), "=", 0).WithPrefix()).
-		Then(clientv3.OpDelete(bkey)).
-		Else(clientv3.OpGet(bkey), clientv3.OpGet(addrs, clientv3.WithPrefix(), clientv3.WithCountOnly())).
-		Commit()
+	resp, reissued, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
+		return s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
+				clientv3.Compare(clientv3.CreateRevision(addrs), "=", 0).WithPrefix()).
+			Then(clientv3.OpDelete(bkey)).
+			Else(clientv3.OpGet(bkey), clientv3.OpGet(addrs, clientv3.WithPrefix(), clientv3.WithCountOnly()))
+	})
 	if err != nil {
-		return fmt.Errorf("release block %s: %w", b.ID(), etcdErr("commit", err))
+		return fmt.Errorf("release block %s: %w", b.ID(), err)
 	}
 	if resp.Succeeded {
 		return nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 && reissued {
+		// Asked again after a lost answer: the block is gone, most likely
+		// by the first request. Either way the node no longer owns it.
+		return nil
+	}
 	if len(kvs) == 0 || kvs[0].CreateRevision != b.Revision {
 		return fmt.Errorf("release block %s: %w", b.ID(), ErrBlockLost)
 	}

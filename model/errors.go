@@ -60,6 +60,11 @@ var (
 	ErrEgressNotFound = errors.New("egress not found")
 	// ErrVNIExhausted: every VNI is held by some egress.
 	ErrVNIExhausted = errors.New("no free VNI")
+	// ErrOutcomeUnknown: etcd's answer to a write was lost and asking
+	// again did not settle whether it was applied. Errors wrapping it wrap
+	// ErrUnavailable too; the caller must treat the write as possibly
+	// done (never hand out what it may have taken) and repeat it later.
+	ErrOutcomeUnknown = errors.New("outcome of the write unknown")
 	// ErrConflict: a write lost to concurrent writers on every attempt.
 	// Errors wrapping it wrap ErrUnavailable too: trying later is the
 	// remedy.

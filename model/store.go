@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -22,6 +23,9 @@ type Store struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
 	prefix  string
+	// outcomeWait bounds how long a write whose answer was lost keeps
+	// asking etcd what became of it (see commit).
+	outcomeWait time.Duration
 }
 
 // New returns a Store using the client's KV API under prefix (for example
@@ -37,7 +41,7 @@ func NewWithKV(kv clientv3.KV, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{kv: kv, prefix: prefix}
+	return &Store{kv: kv, prefix: prefix, outcomeWait: defaultOutcomeWait}
 }
 
 // Prefix is the key prefix of the store.

@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -24,10 +25,15 @@ type fakeStore struct {
 
 	// allocateFails, if set, is asked before each AllocateAddress: a
 	// non-nil error is returned instead of the outcome, after the address
-	// is recorded anyway when commit is set (an ambiguous commit).
+	// is recorded anyway when commit is set (an ambiguous commit: the
+	// error should then wrap model.ErrOutcomeUnknown, as model.Store's
+	// does once asking etcd again did not tell).
 	allocateFails func(b model.Block, offset int) (commit bool, err error)
-	// acquireFails, if set, is asked before each AcquireBlock.
-	acquireFails func() error
+	// acquireFails, if set, is asked before each AcquireBlock, and
+	// claimFails before each ClaimBlock, likewise. An AcquireBlock failing
+	// with model.ErrOutcomeUnknown returns the block it tried.
+	acquireFails func() (commit bool, err error)
+	claimFails   func() (commit bool, err error)
 }
 
 var _ ipam.Store = (*fakeStore)(nil)
@@ -126,9 +132,11 @@ func (f *fakeStore) BlockAddresses(_ context.Context, b model.Block) ([]model.Ad
 func (f *fakeStore) AcquireBlock(_ context.Context, pool string, owner model.Owner) (model.Block, model.Address, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var commit bool
+	var fail error
 	if f.acquireFails != nil {
-		if err := f.acquireFails(); err != nil {
-			return model.Block{}, model.Address{}, err
+		if commit, fail = f.acquireFails(); fail != nil && !commit && !errors.Is(fail, model.ErrOutcomeUnknown) {
+			return model.Block{}, model.Address{}, fail
 		}
 	}
 	if pool != "default" {
@@ -137,8 +145,16 @@ func (f *fakeStore) AcquireBlock(_ context.Context, pool string, owner model.Own
 	for i := range f.numBlocks() {
 		if _, taken := f.blocks[i]; !taken {
 			b := f.blockAt(i, owner.Node)
-			f.blocks[i] = b
-			return b, f.record(b, 0, owner), nil
+			if fail == nil || commit {
+				f.blocks[i] = b
+				a := f.record(b, 0, owner)
+				if fail == nil {
+					return b, a, nil
+				}
+			}
+			v4, v6 := b.AddressAt(0)
+			owner.Node = b.Node
+			return b, model.Address{Pool: b.Pool, Block: b.Index, IPv4: v4, IPv6: v6, Owner: owner}, fail
 		}
 	}
 	return model.Block{}, model.Address{}, fmt.Errorf("acquire block in pool %q: %w", pool, model.ErrPoolExhausted)
@@ -158,10 +174,38 @@ func (f *fakeStore) AllocateAddress(_ context.Context, b model.Block, offset int
 	if cur, ok := f.blocks[b.Index]; !ok || cur.Revision != b.Revision {
 		return model.Address{}, fmt.Errorf("allocate in block %s: %w", b.ID(), model.ErrBlockLost)
 	}
-	if _, ok := f.addrs[addrKey(b.Index, offset)]; ok {
+	if cur, ok := f.addrs[addrKey(b.Index, offset)]; ok {
+		if cur.Node == b.Node && cur.ContainerID == owner.ContainerID && cur.Interface == owner.Interface {
+			// What an earlier call whose answer was lost committed.
+			return cur, nil
+		}
 		return model.Address{}, fmt.Errorf("allocate offset %d of block %s: %w", offset, b.ID(), model.ErrAddressInUse)
 	}
 	return f.record(b, offset, owner), nil
+}
+
+// ClaimBlock completes the acquisition of b if the block is free, and
+// returns it when the node holds the very record (same revision as when
+// tried, or the acquisition happened now).
+func (f *fakeStore) ClaimBlock(_ context.Context, b model.Block, a model.Address) (model.Block, model.Address, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.claimFails != nil {
+		if _, err := f.claimFails(); err != nil {
+			return model.Block{}, model.Address{}, err
+		}
+	}
+	cur, ok := f.blocks[b.Index]
+	switch {
+	case !ok:
+		f.rev++
+		b.Revision = f.rev
+		f.blocks[b.Index] = b
+		return b, f.record(b, a.Offset, a.Owner), nil
+	case cur.Revision == b.Revision && cur.Node == b.Node:
+		return cur, f.addrs[addrKey(b.Index, a.Offset)], nil
+	}
+	return model.Block{}, model.Address{}, fmt.Errorf("claim block %s: %w", b.ID(), model.ErrBlockLost)
 }
 
 func (f *fakeStore) ReleaseAddress(_ context.Context, a model.Address) error {

@@ -19,12 +19,15 @@ import (
 // a fake in unit tests, which is why it is an interface. Its errors are the
 // model's: ErrBlockLost and ErrAddressInUse when another writer won a race,
 // ErrPoolExhausted, ErrPoolNotFound, ErrNotOwner, and ErrUnavailable when
-// etcd did not answer (a commit may then have happened or not).
+// etcd did not answer. A commit whose outcome could not be learnt wraps
+// ErrOutcomeUnknown too: AllocateAddress repeated with the same arguments
+// and ClaimBlock settle it.
 type Store interface {
 	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
 	BlockAddresses(ctx context.Context, b model.Block) ([]model.Address, error)
 	AcquireBlock(ctx context.Context, pool string, owner model.Owner) (model.Block, model.Address, error)
 	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
+	ClaimBlock(ctx context.Context, b model.Block, a model.Address) (model.Block, model.Address, error)
 	ReleaseAddress(ctx context.Context, a model.Address) error
 	ReleaseBlock(ctx context.Context, b model.Block) error
 }
@@ -55,6 +58,33 @@ type Allocator struct {
 	inflight  map[api.Attachment]chan struct{}
 	acquiring map[string]*flight // single-flight block acquisition per pool
 	restored  bool
+	// freed lists per pool the addresses released since the restore,
+	// oldest first: they are handed out again in that order, and only
+	// when no block of the pool has a never-used address left. Entries of
+	// dropped blocks or of addresses in use again are skipped.
+	freed map[string][]slot
+	// pending holds the commits of an attachment whose outcome etcd did
+	// not tell (model.ErrOutcomeUnknown): the address or block stays
+	// reserved until the attachment's next Allocate or Release settles it.
+	pending map[api.Attachment]pendingCommit
+}
+
+// slot is one address of a block.
+type slot struct {
+	b   *block
+	off int
+}
+
+// pendingCommit is an allocation whose commit may or may not have happened.
+type pendingCommit struct {
+	owner model.Owner
+	// b and off: an address of a block the node holds in memory.
+	b   *block
+	off int
+	// acquired and first: a block acquisition and its first address;
+	// the block is not in memory.
+	acquired model.Block
+	first    model.Address
 }
 
 // flight is one block acquisition in progress; err is set before done closes.
@@ -65,11 +95,21 @@ type flight struct {
 
 type block struct {
 	model.Block
-	used       bitmap
-	count      int
-	next       int // rotation cursor: freed addresses are reused last
+	used  bitmap
+	count int
+	// spent marks the addresses handed out since the block was acquired
+	// or restored (a superset of used): the clear ones have not been used
+	// since and go first, in rotation order from next. Freed addresses
+	// wait in the pool's freed list.
+	spent      bitmap
+	spentCount int
+	next       int
 	emptySince time.Time
 	retiring   bool
+}
+
+func newBlock(mb model.Block) *block {
+	return &block{Block: mb, used: newBitmap(mb.Size()), spent: newBitmap(mb.Size())}
 }
 
 // New returns an allocator for node. observer may be nil.
@@ -84,6 +124,8 @@ func New(store Store, node string, observer Observer) *Allocator {
 		owners:    map[api.Attachment]model.Address{},
 		inflight:  map[api.Attachment]chan struct{}{},
 		acquiring: map[string]*flight{},
+		freed:     map[string][]slot{},
+		pending:   map[api.Attachment]pendingCommit{},
 	}
 }
 
@@ -106,16 +148,24 @@ func (a *Allocator) Restore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("restore addresses of block %s: %w", mb.ID(), err)
 		}
-		b := &block{Block: mb, used: newBitmap(mb.Size())}
-		last := -1
+		b := newBlock(mb)
+		// Rotation resumes after the most recently allocated address (the
+		// newest record), not after the highest offset: after a wrap the
+		// highest offset is old, and the address after it may have been
+		// freed just before the restart.
+		last, newest := -1, int64(-1)
 		for _, ad := range addrs {
 			if ad.Offset < 0 || ad.Offset >= mb.Size() {
 				continue
 			}
 			b.used.set(ad.Offset)
+			b.spent.set(ad.Offset)
 			b.count++
+			b.spentCount++
 			owners[api.Attachment{ContainerID: ad.ContainerID, Interface: ad.Interface}] = ad
-			last = max(last, ad.Offset)
+			if ad.Revision > newest {
+				last, newest = ad.Offset, ad.Revision
+			}
 		}
 		b.next = (last + 1) % mb.Size()
 		if b.count == 0 {
@@ -133,6 +183,9 @@ func (a *Allocator) Restore(ctx context.Context) error {
 		a.pools[b.Pool] = append(a.pools[b.Pool], b)
 	}
 	a.owners = owners
+	// etcd is the truth now: what was pending is a record or nothing.
+	a.freed = map[string][]slot{}
+	a.pending = map[api.Attachment]pendingCommit{}
 	a.restored = true
 	a.mu.Unlock()
 	return nil
@@ -179,7 +232,10 @@ func (a *Allocator) Allocate(ctx context.Context, pool string, owner model.Owner
 		a.inflight[key] = done
 		a.mu.Unlock()
 
-		addr, err := a.allocate(ctx, pool, owner)
+		addr, settled, err := a.settle(ctx, key)
+		if !settled && err == nil {
+			addr, err = a.allocate(ctx, pool, owner)
+		}
 
 		a.mu.Lock()
 		delete(a.inflight, key)
@@ -198,7 +254,7 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 	var flightErr error
 	for attempt := 0; attempt < maxAttempts; {
 		a.mu.Lock()
-		b, off, ok := a.reserveLocked(pool)
+		b, off, fresh, ok := a.reserveLocked(pool)
 		if ok {
 			a.mu.Unlock()
 			addr, err := a.store.AllocateAddress(ctx, b.Block, off, owner)
@@ -208,6 +264,12 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 			a.mu.Lock()
 			attempt++
 			switch {
+			case errors.Is(err, model.ErrOutcomeUnknown):
+				// The record may exist: keep the address reserved for
+				// this attachment until etcd tells.
+				a.pending[attachmentOf(owner)] = pendingCommit{owner: owner, b: b, off: off}
+				a.mu.Unlock()
+				return model.Address{}, fmt.Errorf("allocate in pool %q: %w", pool, err)
 			case errors.Is(err, model.ErrAddressInUse):
 				// A record we did not know of holds it: leave it marked used.
 				a.mu.Unlock()
@@ -220,7 +282,7 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 				}
 				continue
 			default:
-				a.unreserveLocked(b, off)
+				a.unreserveLocked(b, off, fresh)
 				a.mu.Unlock()
 				return model.Address{}, fmt.Errorf("allocate in pool %q: %w", pool, err)
 			}
@@ -251,10 +313,11 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 		delete(a.acquiring, pool)
 		f.err = err
 		if err == nil {
-			nb := &block{Block: mb, used: newBitmap(mb.Size()), count: 1, next: 1 % mb.Size()}
-			nb.used.set(addr.Offset)
-			a.blocks[mb.ID()] = nb
-			a.pools[pool] = append(a.pools[pool], nb)
+			a.addBlockLocked(mb, addr.Offset)
+		} else if errors.Is(err, model.ErrOutcomeUnknown) {
+			// The node may own the block: settle it on the attachment's
+			// next request rather than leave an orphan block in etcd.
+			a.pending[attachmentOf(owner)] = pendingCommit{owner: owner, acquired: mb, first: addr}
 		}
 		close(f.done)
 		a.mu.Unlock()
@@ -269,30 +332,109 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 	return model.Address{}, fmt.Errorf("allocate in pool %q: gave up after %d conflicting attempts: %w", pool, maxAttempts, model.ErrUnavailable)
 }
 
-// reserveLocked marks a free offset used in the first block of pool that
-// has one, so concurrent requests never try the same address.
-func (a *Allocator) reserveLocked(pool string) (*block, int, bool) {
+func attachmentOf(owner model.Owner) api.Attachment {
+	return api.Attachment{ContainerID: owner.ContainerID, Interface: owner.Interface}
+}
+
+// addBlockLocked adds a block the node acquired, with the address at off in use.
+func (a *Allocator) addBlockLocked(mb model.Block, off int) {
+	nb := newBlock(mb)
+	nb.used.set(off)
+	nb.spent.set(off)
+	nb.count, nb.spentCount = 1, 1
+	nb.next = (off + 1) % mb.Size()
+	a.blocks[mb.ID()] = nb
+	a.pools[mb.Pool] = append(a.pools[mb.Pool], nb)
+}
+
+// reserveLocked marks a free offset of pool used, so concurrent requests
+// never try the same address. It prefers, across all the pool's blocks,
+// an address not used since the block was acquired or restored (fresh),
+// then the address freed longest ago: a freed address goes to another pod
+// as late as possible (conntrack and egress NAT state of its last holder).
+// No etcd request, no scan beyond the node's own blocks.
+func (a *Allocator) reserveLocked(pool string) (b *block, off int, fresh, ok bool) {
+	for _, b := range a.pools[pool] {
+		if b.retiring || b.spentCount >= b.Size() {
+			continue
+		}
+		if off := b.spent.nextFree(b.next, b.Size()); off >= 0 {
+			b.next = (off + 1) % b.Size()
+			a.takeLocked(b, off)
+			return b, off, true, true
+		}
+	}
+	q := a.freed[pool]
+	for len(q) > 0 {
+		s := q[0]
+		q = q[1:]
+		if a.blocks[s.b.ID()] == s.b && !s.b.retiring && !s.b.used.isSet(s.off) {
+			a.setFreedLocked(pool, q)
+			a.takeLocked(s.b, s.off)
+			return s.b, s.off, false, true
+		}
+	}
+	a.setFreedLocked(pool, nil)
+	// A free address no entry names: its entry was skipped while its
+	// block was being retired. Rare; better late than never.
 	for _, b := range a.pools[pool] {
 		if b.retiring || b.count >= b.Size() {
 			continue
 		}
-		off := b.used.nextFree(b.next, b.Size())
-		if off < 0 {
-			continue
+		if off := b.used.nextFree(b.next, b.Size()); off >= 0 {
+			a.takeLocked(b, off)
+			return b, off, false, true
 		}
-		b.used.set(off)
-		b.count++
-		b.next = (off + 1) % b.Size()
-		b.emptySince = time.Time{}
-		return b, off, true
 	}
-	return nil, 0, false
+	return nil, 0, false, false
 }
 
-func (a *Allocator) unreserveLocked(b *block, off int) {
+func (a *Allocator) setFreedLocked(pool string, q []slot) {
+	if len(q) == 0 {
+		delete(a.freed, pool)
+		return
+	}
+	a.freed[pool] = q
+}
+
+func (a *Allocator) takeLocked(b *block, off int) {
+	b.used.set(off)
+	b.count++
+	if !b.spent.isSet(off) {
+		b.spent.set(off)
+		b.spentCount++
+	}
+	b.emptySince = time.Time{}
+}
+
+// unreserveLocked undoes reserveLocked for an address whose commit
+// certainly failed: it goes back where it was taken from (fresh, or the
+// head of the freed list).
+func (a *Allocator) unreserveLocked(b *block, off int, fresh bool) {
 	if !b.used.isSet(off) {
 		return
 	}
+	a.clearLocked(b, off)
+	if fresh {
+		b.spent.clear(off)
+		b.spentCount--
+		return
+	}
+	a.freed[b.Pool] = append([]slot{{b, off}}, a.freed[b.Pool]...)
+}
+
+// freeLocked marks the address at off of b free after its record was
+// deleted from etcd (by this node, or by anyone else when a watch reports
+// it), queueing it behind every address freed before.
+func (a *Allocator) freeLocked(b *block, off int) {
+	if !b.used.isSet(off) {
+		return
+	}
+	a.clearLocked(b, off)
+	a.freed[b.Pool] = append(a.freed[b.Pool], slot{b, off})
+}
+
+func (a *Allocator) clearLocked(b *block, off int) {
 	b.used.clear(off)
 	b.count--
 	if b.count == 0 {
@@ -311,6 +453,19 @@ func (a *Allocator) dropLocked(b *block) {
 	}
 	if len(a.pools[b.Pool]) == 0 {
 		delete(a.pools, b.Pool)
+	}
+	var q []slot
+	for _, e := range a.freed[b.Pool] {
+		if e.b != b {
+			q = append(q, e)
+		}
+	}
+	a.setFreedLocked(b.Pool, q)
+	for k, p := range a.pending {
+		// The block's records went with it: nothing left to settle.
+		if p.b == b {
+			delete(a.pending, k)
+		}
 	}
 	for k, ad := range a.owners {
 		if ad.Pool == b.Pool && ad.Subnet == b.Subnet && ad.Block == b.Index {
@@ -337,7 +492,22 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		return model.Address{}, false, ErrNotRestored
 	}
 	addr, ok := a.owners[att]
+	_, pending := a.pending[att]
 	a.mu.Unlock()
+	if !ok && pending {
+		// A commit of this attachment may have happened: settle it, so
+		// its record (if any) is found and deleted, not orphaned.
+		settled, done, err := a.settle(ctx, att)
+		if err != nil {
+			return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
+		}
+		if done {
+			a.mu.Lock()
+			a.owners[att] = settled
+			a.mu.Unlock()
+			addr, ok = settled, true
+		}
+	}
 	if !ok {
 		return model.Address{}, false, nil
 	}
@@ -353,7 +523,7 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		delete(a.owners, att)
 	}
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
-		a.unreserveLocked(b, addr.Offset)
+		a.freeLocked(b, addr.Offset)
 	}
 	return addr, true, nil
 }
@@ -428,4 +598,65 @@ func (a *Allocator) ReleaseEmptyBlocks(ctx context.Context, grace time.Duration)
 		errs = append(errs, err)
 	}
 	return released, errors.Join(errs...)
+}
+
+// settle learns the outcome of the attachment's pending commit, if it has
+// one, by repeating it: the store's writes are safe to repeat, and the
+// repetition fences off a delayed copy of the lost request. It returns the
+// address when the attachment holds one in etcd (settled), nothing when
+// the commit did not happen (the reservation is then dropped), and an
+// error when etcd still does not tell.
+func (a *Allocator) settle(ctx context.Context, att api.Attachment) (model.Address, bool, error) {
+	a.mu.Lock()
+	p, ok := a.pending[att]
+	a.mu.Unlock()
+	if !ok {
+		return model.Address{}, false, nil
+	}
+	if p.b != nil {
+		addr, err := a.store.AllocateAddress(ctx, p.b.Block, p.off, p.owner)
+		a.mu.Lock()
+		switch {
+		case err == nil:
+			delete(a.pending, att)
+			a.mu.Unlock()
+			return addr, true, nil
+		case errors.Is(err, model.ErrAddressInUse):
+			// Another record holds it: the address stays marked used.
+			delete(a.pending, att)
+			a.mu.Unlock()
+			return model.Address{}, false, nil
+		case errors.Is(err, model.ErrBlockLost):
+			delete(a.pending, att)
+			lost := a.blocks[p.b.ID()] == p.b
+			if lost {
+				a.dropLocked(p.b)
+			}
+			a.mu.Unlock()
+			if lost && a.observer != nil {
+				a.observer.BlockReleased(p.b.Block)
+			}
+			return model.Address{}, false, nil
+		}
+		a.mu.Unlock()
+		return model.Address{}, false, fmt.Errorf("settle earlier allocation in block %s: %w", p.b.ID(), err)
+	}
+	mb, addr, err := a.store.ClaimBlock(ctx, p.acquired, p.first)
+	switch {
+	case err == nil:
+		a.mu.Lock()
+		delete(a.pending, att)
+		a.addBlockLocked(mb, addr.Offset)
+		a.mu.Unlock()
+		if a.observer != nil {
+			a.observer.BlockAcquired(mb)
+		}
+		return addr, true, nil
+	case errors.Is(err, model.ErrBlockLost):
+		a.mu.Lock()
+		delete(a.pending, att)
+		a.mu.Unlock()
+		return model.Address{}, false, nil
+	}
+	return model.Address{}, false, fmt.Errorf("settle earlier acquisition of block %s: %w", p.acquired.ID(), err)
 }

@@ -340,3 +340,79 @@ func TestBlockLost(t *testing.T) {
 		t.Fatalf("container c1 still holds %s from the reclaimed block", first.IPv4)
 	}
 }
+
+// A released address is handed out again only after every address freed
+// before it, or never used, in any block of the node: a pod's address must
+// not go to the next pod at once (conntrack entries and egress NAT state
+// of the old pod would still match it). After a restart the rotation of a
+// block resumes after its most recently allocated address.
+func TestReuseOrder(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		bits int
+		// allocate these containers in order first, then release these.
+		allocate, release []string
+		// before the restart (if restart is set), allocate these and
+		// release these too.
+		allocate2, release2 []string
+		restart             bool
+		// the addresses (last octet) the next allocations get, in order.
+		want []int
+	}{{
+		name:     "a freed address of the first block, otherwise full, waits for the never used ones of the next",
+		bits:     2,
+		allocate: []string{"c0", "c1", "c2", "c3", "c4"},
+		release:  []string{"c2", "c1"},
+		want:     []int{5, 6, 7, 2, 1, 8},
+	}, {
+		name:     "freed addresses come back oldest first across blocks",
+		bits:     2,
+		allocate: []string{"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"},
+		release:  []string{"c6", "c1", "c4"},
+		want:     []int{6, 1, 4, 8},
+	}, {
+		name:      "after a restart the rotation resumes after the newest address, not the highest offset",
+		bits:      3,
+		allocate:  []string{"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"},
+		release:   []string{"c0", "c1"},
+		allocate2: []string{"d0"}, // takes 10.x.0.0, the newest record
+		release2:  []string{"c7"}, // freed just before the restart
+		restart:   true,
+		want:      []int{1, 7, 8},
+	}}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st, _ := setup(t, "default", fmt.Sprintf("10.16.%d.0/24", i), "", c.bits)
+			a := restored(t, st, "n1", nil)
+			run := func(alloc, rel []string) {
+				for _, cid := range alloc {
+					if _, err := a.Allocate(ctx, "default", owner(cid)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, cid := range rel {
+					if _, ok, err := a.Release(ctx, api.Attachment{ContainerID: cid, Interface: "eth0"}); err != nil || !ok {
+						t.Fatalf("release %s = %v, %v", cid, ok, err)
+					}
+				}
+			}
+			run(c.allocate, c.release)
+			run(c.allocate2, c.release2)
+			if c.restart {
+				a = restored(t, st, "n1", nil)
+			}
+			var got []int
+			for j := range c.want {
+				ad, err := a.Allocate(ctx, "default", owner(fmt.Sprintf("new%d", j)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, int(ad.IPv4.As4()[3]))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(c.want) {
+				t.Fatalf("addresses handed out (last octet) %v, want %v", got, c.want)
+			}
+		})
+	}
+}

@@ -36,6 +36,7 @@ func att(cid string) api.Attachment { return api.Attachment{ContainerID: cid, In
 // back, allocates for container "new", and checks what a user sees.
 func TestAllocatorRaces(t *testing.T) {
 	unavailable := fmt.Errorf("commit: %w: context deadline exceeded", model.ErrUnavailable)
+	outcomeUnknown := fmt.Errorf("commit: %w: %w: context deadline exceeded", model.ErrOutcomeUnknown, model.ErrUnavailable)
 	cases := []struct {
 		name string
 		bits int // block size bits; 2 unless set
@@ -105,28 +106,113 @@ func TestAllocatorRaces(t *testing.T) {
 			}
 		},
 	}, {
-		name: "ambiguous commit: unavailable, and the committed address is never handed out",
+		name: "outcome unknown, committed: unavailable; the retry gets the committed address, nothing is orphaned",
 		before: func(_ *testing.T, f *fakeStore, _ *ipam.Allocator) {
-			f.allocateFails = once(unavailable, true)
+			f.allocateFails = once(outcomeUnknown, true)
 		},
-		wantErr: model.ErrUnavailable,
+		wantErr: model.ErrOutcomeUnknown,
 		after: func(t *testing.T, f *fakeStore, a *ipam.Allocator, _ *recorder) {
-			// kubelet retries the ADD; later pods fill the block. The
-			// record of the failed attempt (10.0.0.1) is found in the way
-			// and skipped; coil-controller reclaims such leaks.
-			seen := map[netip.Addr]string{}
-			for _, cid := range []string{"new", "p3", "p4"} {
-				got, err := a.Allocate(context.Background(), "default", owner(cid))
-				if err != nil {
-					t.Fatalf("allocate %s: %v", cid, err)
-				}
-				if got.IPv4 == ip("10.0.0.1") || seen[got.IPv4] != "" {
-					t.Errorf("%s got %s, handed out or committed before (%v)", cid, got.IPv4, seen)
-				}
-				seen[got.IPv4] = cid
+			// Until settled, the address is not handed to anyone else.
+			other, err := a.Allocate(context.Background(), "default", owner("p2"))
+			if err != nil || other.IPv4 != ip("10.0.0.2") {
+				t.Errorf("another pod got %v, %v; want 10.0.0.2", other.IPv4, err)
 			}
-			if seen[ip("10.0.0.4")] != "p4" {
-				t.Errorf("allocations %v, want p4 in the next block", seen)
+			// kubelet retries the ADD: it gets what etcd holds for it.
+			got, err := a.Allocate(context.Background(), "default", owner("new"))
+			if err != nil || got.IPv4 != ip("10.0.0.1") {
+				t.Errorf("retry = %v, %v; want the committed 10.0.0.1", got.IPv4, err)
+			}
+			if h := f.holders(); len(h) != 3 || h[ip("10.0.0.1")] != "new" {
+				t.Errorf("store holds %v", h)
+			}
+		},
+	}, {
+		name: "outcome unknown, not committed: the retry commits the same address",
+		before: func(_ *testing.T, f *fakeStore, _ *ipam.Allocator) {
+			f.allocateFails = once(outcomeUnknown, false)
+		},
+		wantErr: model.ErrOutcomeUnknown,
+		after: func(t *testing.T, f *fakeStore, a *ipam.Allocator, _ *recorder) {
+			got, err := a.Allocate(context.Background(), "default", owner("new"))
+			if err != nil || got.IPv4 != ip("10.0.0.1") {
+				t.Errorf("retry = %v, %v; want 10.0.0.1", got.IPv4, err)
+			}
+			if h := f.holders(); len(h) != 2 || h[ip("10.0.0.1")] != "new" {
+				t.Errorf("store holds %v", h)
+			}
+		},
+	}, {
+		name: "outcome unknown, committed, then DEL instead of a retry: the record is deleted, not orphaned",
+		before: func(_ *testing.T, f *fakeStore, _ *ipam.Allocator) {
+			f.allocateFails = once(outcomeUnknown, true)
+		},
+		wantErr: model.ErrOutcomeUnknown,
+		after: func(t *testing.T, f *fakeStore, a *ipam.Allocator, _ *recorder) {
+			if _, ok, err := a.Release(context.Background(), att("new")); err != nil || !ok {
+				t.Errorf("release = %v, %v; want the committed address released", ok, err)
+			}
+			if h := f.holders(); len(h) != 1 {
+				t.Errorf("store holds %v, want only first", h)
+			}
+			if _, used := a.Usage(); used != 1 {
+				t.Errorf("%d addresses in use, want 1", used)
+			}
+		},
+	}, {
+		name: "block acquisition outcome unknown, committed: the retry adopts the block, none is orphaned",
+		before: func(t *testing.T, f *fakeStore, a *ipam.Allocator) {
+			for i := 1; i < 4; i++ {
+				if _, err := a.Allocate(context.Background(), "default", owner(fmt.Sprintf("p%d", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			failed := false
+			f.acquireFails = func() (bool, error) {
+				if failed {
+					return false, nil
+				}
+				failed = true
+				return true, fmt.Errorf("acquire block: %w", outcomeUnknown)
+			}
+		},
+		wantErr: model.ErrOutcomeUnknown,
+		after: func(t *testing.T, f *fakeStore, a *ipam.Allocator, rec *recorder) {
+			got, err := a.Allocate(context.Background(), "default", owner("new"))
+			if err != nil || got.IPv4 != ip("10.0.0.4") {
+				t.Errorf("retry = %v, %v; want 10.0.0.4 of the block committed before", got.IPv4, err)
+			}
+			if nb, _ := a.Usage(); nb != 2 || len(rec.acquired) != 2 {
+				t.Errorf("%d blocks (observer saw %v), want 2", nb, rec.acquired)
+			}
+			if blocks, _ := f.NodeBlocks(context.Background(), "node1"); len(blocks) != 2 {
+				t.Errorf("store holds %d blocks for the node, want 2", len(blocks))
+			}
+		},
+	}, {
+		name: "block acquisition outcome unknown and still unknown: the retry stays unavailable, no second block",
+		before: func(t *testing.T, f *fakeStore, a *ipam.Allocator) {
+			for i := 1; i < 4; i++ {
+				if _, err := a.Allocate(context.Background(), "default", owner(fmt.Sprintf("p%d", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.acquireFails = func() (bool, error) { return true, fmt.Errorf("acquire block: %w", outcomeUnknown) }
+			f.claimFails = func() (bool, error) { return false, fmt.Errorf("claim block: %w", outcomeUnknown) }
+		},
+		wantErr: model.ErrOutcomeUnknown,
+		after: func(t *testing.T, f *fakeStore, a *ipam.Allocator, rec *recorder) {
+			if _, err := a.Allocate(context.Background(), "default", owner("new")); !errors.Is(err, model.ErrUnavailable) {
+				t.Errorf("retry while etcd does not tell = %v, want unavailable", err)
+			}
+			f.claimFails = nil
+			if _, ok, err := a.Release(context.Background(), att("new")); err != nil || !ok {
+				t.Errorf("release once etcd answers = %v, %v", ok, err)
+			}
+			if blocks, _ := f.NodeBlocks(context.Background(), "node1"); len(blocks) != 2 || len(rec.acquired) != 2 {
+				t.Errorf("store holds %d blocks, observer saw %v: want the committed block adopted", len(blocks), rec.acquired)
+			}
+			if h := f.holders(); len(h) != 4 {
+				t.Errorf("store holds %v, want first and p1-p3", h)
 			}
 		},
 	}, {
@@ -159,12 +245,12 @@ func TestAllocatorRaces(t *testing.T) {
 				}
 			}
 			failed := false
-			f.acquireFails = func() error {
+			f.acquireFails = func() (bool, error) {
 				if failed {
-					return nil
+					return false, nil
 				}
 				failed = true
-				return fmt.Errorf("acquire block: %w", unavailable)
+				return false, fmt.Errorf("acquire block: %w", unavailable)
 			}
 		},
 		wantErr: model.ErrUnavailable,

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -18,6 +19,10 @@ type TCPProxy struct {
 	cut    bool
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
+	// drop discards what the target sends back while it is set, so a
+	// request reaches the server and takes effect but its answer never
+	// arrives (a commit whose outcome the client cannot know).
+	drop atomic.Bool
 }
 
 // NewTCPProxy starts a proxy to target (host:port) on loopback, stopped
@@ -61,13 +66,13 @@ func (p *TCPProxy) serve() {
 		}
 		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
 		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
+		pipe := func(dst io.WriteCloser, src net.Conn) {
 			_, _ = io.Copy(dst, src)
 			dst.Close()
 			src.Close()
 		}
 		p.wg.Go(func() { pipe(up, c) })
-		p.wg.Go(func() { pipe(c, up) })
+		p.wg.Go(func() { pipe(&dropWriter{w: c, drop: &p.drop}, up) })
 	}
 }
 
@@ -85,3 +90,25 @@ func (p *TCPProxy) SetCut(cut bool) {
 		clear(p.conns)
 	}
 }
+
+// SetDropResponses makes the proxy swallow (true) or pass (false) the bytes
+// the target sends on every connection, while still forwarding what the
+// clients send. A test sets it, lets a request through, and then cuts the
+// connection (SetCut) so the client fails without having seen the answer.
+func (p *TCPProxy) SetDropResponses(drop bool) { p.drop.Store(drop) }
+
+// dropWriter forwards writes to w unless drop is set, in which case it
+// pretends to have written them.
+type dropWriter struct {
+	w    net.Conn
+	drop *atomic.Bool
+}
+
+func (d *dropWriter) Write(b []byte) (int, error) {
+	if d.drop.Load() {
+		return len(b), nil
+	}
+	return d.w.Write(b)
+}
+
+func (d *dropWriter) Close() error { return d.w.Close() }
