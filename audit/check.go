@@ -240,7 +240,7 @@ func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodNotFound})
 		case p.Spec.NodeName != a.Node:
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodOnOtherNode, PodNode: p.Spec.NodeName})
-		case a.PodUID != "" && string(p.UID) != a.PodUID:
+		case !IsPodUID(p, a.PodUID):
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodReplaced, PodNode: p.Spec.NodeName})
 		}
 	}
@@ -272,6 +272,23 @@ func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 		return a.Offset < b.Offset
 	})
 	return r
+}
+
+// MirrorPodAnnotation is the annotation kubelet puts on the mirror Pod of
+// a static pod: the static pod's config hash. kubelet passes that hash to
+// CNI as K8S_POD_UID, while the mirror Pod in the API has a UID of its own.
+const MirrorPodAnnotation = "kubernetes.io/config.mirror"
+
+// IsPodUID reports whether uid, the K8S_POD_UID an address was allocated
+// under, names the pod p: its UID or, for the mirror Pod of a static pod,
+// the config hash in its MirrorPodAnnotation. An empty uid (a runtime
+// that passed none) matches any pod.
+func IsPodUID(p *corev1.Pod, uid string) bool {
+	if uid == "" || string(p.UID) == uid {
+		return true
+	}
+	hash, ok := p.Annotations[MirrorPodAnnotation]
+	return ok && hash == uid
 }
 
 // NodeGuard returns nil when it is safe to release the blocks of

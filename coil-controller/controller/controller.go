@@ -408,7 +408,7 @@ func (c *Controller) reclaim(ctx context.Context, cand audit.LeakCandidate) erro
 	a := cand.Address
 	pod, err := c.client.CoreV1().Pods(a.Namespace).Get(ctx, a.Pod, metav1.GetOptions{})
 	switch {
-	case err == nil && pod.Spec.NodeName == a.Node && (a.PodUID == "" || string(pod.UID) == a.PodUID):
+	case err == nil && pod.Spec.NodeName == a.Node && audit.IsPodUID(pod, a.PodUID):
 		c.tracker.forget(a) // the cache was behind; the pod is there
 		return nil
 	case err != nil && !apierrors.IsNotFound(err):
@@ -503,5 +503,16 @@ func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID,
 		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp,
 		DeletionTimestamp: m.DeletionTimestamp,
+		Annotations:       mirrorOnly(m.Annotations),
 	}
+}
+
+// mirrorOnly keeps the one annotation the comparison reads: a static
+// pod's address is recorded under the hash its mirror Pod carries there.
+func mirrorOnly(annotations map[string]string) map[string]string {
+	hash, ok := annotations[audit.MirrorPodAnnotation]
+	if !ok {
+		return nil
+	}
+	return map[string]string{audit.MirrorPodAnnotation: hash}
 }
