@@ -60,6 +60,11 @@ var (
 	ErrEgressNotFound = errors.New("egress not found")
 	// ErrVNIExhausted: every VNI is held by some egress.
 	ErrVNIExhausted = errors.New("no free VNI")
+	// ErrClusterMismatch: the key prefix is stamped with another
+	// Kubernetes cluster's identity (Store.StampCluster).
+	ErrClusterMismatch = errors.New("etcd prefix belongs to another cluster")
+	// ErrInvalidCluster: an empty cluster identity.
+	ErrInvalidCluster = errors.New("invalid cluster identity")
 	// ErrConflict: a write lost to concurrent writers on every attempt.
 	// Errors wrapping it wrap ErrUnavailable too: trying later is the
 	// remedy.

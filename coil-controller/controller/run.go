@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/coil-project/coil/audit"
 	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
@@ -103,6 +104,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer etcd.Close()
 	store := model.New(etcd, cfg.Etcd.Prefix)
+	// Against another cluster's prefix every one of its nodes would look
+	// deleted and have its blocks freed: refuse to start, before writing
+	// anything.
+	if _, err := audit.EnsureCluster(ctx, client, store, 4*cfg.Etcd.Timeout, log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	initCtx, cancel := cfg.Etcd.RequestContext(ctx)
 	err = store.Init(initCtx)
 	cancel()
