@@ -194,3 +194,32 @@ func TestGuards(t *testing.T) {
 		})
 	}
 }
+
+func TestNodeReleaseGuard(t *testing.T) {
+	missing := func(n int) []MissingNode { return make([]MissingNode, n) }
+	tests := []struct {
+		name   string
+		report Report
+		ratio  float64
+		want   error
+	}{
+		{name: "nothing missing", report: Report{EtcdNodes: 3}, ratio: 0.5},
+		{name: "one of three", report: Report{EtcdNodes: 3, MissingNodes: missing(1)}, ratio: 0.5},
+		{name: "exactly at the ratio", report: Report{EtcdNodes: 4, MissingNodes: missing(2)}, ratio: 0.5},
+		{name: "two of three", report: Report{EtcdNodes: 3, MissingNodes: missing(2)}, ratio: 0.5, want: ErrTooManyNodes},
+		{name: "every node", report: Report{EtcdNodes: 5, MissingNodes: missing(5)}, ratio: 0.5, want: ErrTooManyNodes},
+		{name: "every node, ratio 1", report: Report{EtcdNodes: 5, MissingNodes: missing(5)}, ratio: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.report.NodeReleaseGuard(tc.ratio); !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+				t.Errorf("NodeReleaseGuard = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// Compare counts the nodes known to etcd: block owners and records.
+	snap := Snapshot{Blocks: []model.Block{block("a", 0), block("a", 1), block("b", 2)}, Nodes: []model.Node{{Name: "b"}, {Name: "c"}}}
+	if r := Compare(snap, []*corev1.Node{node("a")}, nil, false, time.Now()); r.EtcdNodes != 3 {
+		t.Errorf("EtcdNodes = %d, want 3", r.EtcdNodes)
+	}
+}

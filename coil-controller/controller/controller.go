@@ -48,6 +48,8 @@ const (
 	DefaultScanInterval    = 5 * time.Minute
 	DefaultLeakGrace       = 10 * time.Minute
 	DefaultMaxReclaimRatio = 0.5
+	// DefaultMaxNodeReleaseRatio is the default of MaxNodeReleaseRatio.
+	DefaultMaxNodeReleaseRatio = 0.5
 	DefaultResyncPeriod    = 10 * time.Minute
 )
 
@@ -60,6 +62,9 @@ const (
 	EventBlocksReleased   = "BlocksReleased"
 	EventAddressReclaimed = "AddressReclaimed"
 	EventLeakFound        = "LeakedAddressFound"
+	// EventNodeReleaseRefused is recorded on the kube-system Namespace
+	// when the sweep refuses to release missing nodes (the cap tripped).
+	EventNodeReleaseRefused = "NodeReleaseRefused"
 )
 
 // Options tune a Controller. Zero values take the defaults above.
@@ -77,6 +82,10 @@ type Options struct {
 	// MaxReclaimRatio is the largest share of address records that may
 	// look leaked in one sweep; above it nothing is reclaimed.
 	MaxReclaimRatio float64
+	// MaxNodeReleaseRatio is the largest share of the nodes known to etcd
+	// (owning blocks or a node record) that one sweep may find missing
+	// from the API and release; above it the sweep releases none.
+	MaxNodeReleaseRatio float64
 	// ResyncPeriod is the informers' resync period.
 	ResyncPeriod time.Duration
 	// Recorder receives Kubernetes events; nil records none.
@@ -96,6 +105,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxReclaimRatio <= 0 || o.MaxReclaimRatio > 1 {
 		o.MaxReclaimRatio = DefaultMaxReclaimRatio
+	}
+	if o.MaxNodeReleaseRatio <= 0 || o.MaxNodeReleaseRatio > 1 {
+		o.MaxNodeReleaseRatio = DefaultMaxNodeReleaseRatio
 	}
 	if o.ResyncPeriod <= 0 {
 		o.ResyncPeriod = DefaultResyncPeriod
@@ -375,6 +387,10 @@ func (c *Controller) sweep(ctx context.Context) error {
 		c.tracker.reset()
 		return fmt.Errorf("not releasing blocks of missing nodes: %w", err)
 	}
+	if err := c.capNodeRelease(rep); err != nil {
+		c.tracker.reset()
+		return err
+	}
 	for _, m := range rep.MissingNodes {
 		c.queue.Add(m.Name)
 	}
@@ -400,6 +416,32 @@ func (c *Controller) sweep(ctx context.Context) error {
 	}
 	c.opts.Metrics.lastSweep.SetToCurrentTime()
 	return nil
+}
+
+// capNodeRelease refuses the sweep's whole batch of missing nodes when
+// more of them than MaxNodeReleaseRatio of the nodes known to etcd are
+// missing, as LeakGuard caps the leak sweep: it counts the reason, records
+// a warning event and returns why. The same view of the cluster is not
+// trusted for leaks either, so the caller skips those too.
+func (c *Controller) capNodeRelease(rep audit.Report) error {
+	err := rep.NodeReleaseGuard(c.opts.MaxNodeReleaseRatio)
+	if err == nil {
+		return nil
+	}
+	c.skipped(reasonOf(err))
+	names := make([]string, 0, len(rep.MissingNodes))
+	for _, m := range rep.MissingNodes {
+		names = append(names, m.Name)
+	}
+	const shown = 10
+	list := strings.Join(names[:min(len(names), shown)], " ")
+	if len(names) > shown {
+		list += " ..."
+	}
+	c.opts.Recorder.Eventf(clusterRef(), corev1.EventTypeWarning, EventNodeReleaseRefused,
+		"Not releasing the blocks of %s: %v; check --kubeconfig and --etcd-prefix, or raise --max-node-release-ratio",
+		list, err)
+	return fmt.Errorf("not releasing blocks of missing nodes: %w", err)
 }
 
 // reclaim releases one address that has been a candidate for the grace
@@ -458,6 +500,8 @@ func reasonOf(err error) string {
 		return "no-pods"
 	case errors.Is(err, audit.ErrTooManyLeaks):
 		return "too-many-leaks"
+	case errors.Is(err, audit.ErrTooManyNodes):
+		return "too-many-nodes"
 	default:
 		return "error"
 	}
@@ -475,6 +519,12 @@ func ipList(ips []netip.Addr) string {
 // recorded against a reference rather than a fetched object.
 func nodeRef(name string) *corev1.ObjectReference {
 	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}
+}
+
+// clusterRef is the object of events about the whole cluster: the
+// namespace whose UID is its identity.
+func clusterRef() *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Namespace", Name: "kube-system"}
 }
 
 func podRef(a model.Address) *corev1.ObjectReference {
