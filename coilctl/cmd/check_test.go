@@ -152,3 +152,62 @@ func TestCheckStaticPod(t *testing.T) {
 		t.Fatalf("leak candidates = %+v, want only proxy-n1 (pod-replaced)", report.LeakCandidates)
 	}
 }
+
+// TestCheckClusterStamp: coilctl check shows the cluster identity stamped
+// in etcd next to the API's (kube-system's UID): not stamped yet, the
+// same, or another cluster's.
+func TestCheckClusterStamp(t *testing.T) {
+	ctx := context.Background()
+	api := kubeapitest.StartForTest(t, server.Endpoint, kubeapitest.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := kube.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := string(ns.UID)
+	const foreign = "11111111-2222-4333-8444-555555555555"
+	tests := []struct {
+		name      string
+		stamp     string
+		wantMatch bool
+		wantLine  string
+	}{
+		{name: "not stamped", wantLine: "cluster: etcd prefix not stamped yet; this API's kube-system UID is " + ours},
+		{name: "same cluster", stamp: ours, wantMatch: true, wantLine: "cluster: " + ours},
+		{name: "other cluster", stamp: foreign, wantLine: "cluster: MISMATCH: etcd prefix stamped by cluster " + foreign},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			if tc.stamp != "" {
+				if _, err := h.st.StampCluster(ctx, tc.stamp); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var report struct {
+				Cluster struct {
+					EtcdUID string `json:"etcdUID"`
+					APIUID  string `json:"apiUID"`
+					Match   bool   `json:"match"`
+				} `json:"cluster"`
+			}
+			out := h.ok("check", "--kubeconfig", kubeconfig, "-o", "json")
+			if err := json.Unmarshal([]byte(out), &report); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if c := report.Cluster; c.EtcdUID != tc.stamp || c.APIUID != ours || c.Match != tc.wantMatch {
+				t.Errorf("cluster = %+v, want etcd %q, API %s, match %v", c, tc.stamp, ours, tc.wantMatch)
+			}
+			if table := h.ok("check", "--kubeconfig", kubeconfig); !strings.HasPrefix(table, tc.wantLine) {
+				t.Errorf("table does not start with %q:\n%s", tc.wantLine, table)
+			}
+		})
+	}
+}
