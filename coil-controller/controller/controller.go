@@ -50,7 +50,7 @@ const (
 	DefaultMaxReclaimRatio = 0.5
 	// DefaultMaxNodeReleaseRatio is the default of MaxNodeReleaseRatio.
 	DefaultMaxNodeReleaseRatio = 0.5
-	DefaultResyncPeriod    = 10 * time.Minute
+	DefaultResyncPeriod        = 10 * time.Minute
 )
 
 // minOperationTimeout bounds one node clean-up, and one sweep unless the
