@@ -41,6 +41,10 @@ var (
 	// ErrTooManyLeaks: more records than the configured share look
 	// leaked, which points at an incomplete pod list, not at real leaks.
 	ErrTooManyLeaks = errors.New("too many leak candidates")
+	// ErrTooManyNodes: more than the configured share of the nodes known
+	// to etcd look deleted, which points at the wrong cluster or a bad
+	// node list, not at that many real deletions.
+	ErrTooManyNodes = errors.New("too many missing nodes")
 )
 
 // LeakReason says why an address record looks leaked.
@@ -102,6 +106,9 @@ type Report struct {
 	// Blocks and Addresses count the records in etcd.
 	Blocks    int
 	Addresses int
+	// EtcdNodes counts the nodes known to etcd: those owning blocks or
+	// having a node record.
+	EtcdNodes int
 	// Unattributed counts address records without a namespace and pod name
 	// (allocated outside Kubernetes); they are never leak candidates
 	// because no pod can be compared with them.
@@ -212,6 +219,14 @@ func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			miss(n.Name).HasRecord = true
 		}
 	}
+	known := make(map[string]bool, len(snap.Nodes))
+	for _, b := range snap.Blocks {
+		known[b.Node] = true
+	}
+	for _, n := range snap.Nodes {
+		known[n.Name] = true
+	}
+	r.EtcdNodes = len(known)
 
 	type podKey struct{ namespace, name string }
 	var podIndex map[podKey]*corev1.Pod
@@ -240,7 +255,7 @@ func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodNotFound})
 		case p.Spec.NodeName != a.Node:
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodOnOtherNode, PodNode: p.Spec.NodeName})
-		case a.PodUID != "" && string(p.UID) != a.PodUID:
+		case !IsPodUID(p, a.PodUID):
 			r.LeakCandidates = append(r.LeakCandidates, LeakCandidate{Address: a, Reason: ReasonPodReplaced, PodNode: p.Spec.NodeName})
 		}
 	}
@@ -274,11 +289,45 @@ func Compare(snap Snapshot, nodes []*corev1.Node, pods []*corev1.Pod, checkPods 
 	return r
 }
 
+// MirrorPodAnnotation is the annotation kubelet puts on the mirror Pod of
+// a static pod: the static pod's config hash. kubelet passes that hash to
+// CNI as K8S_POD_UID, while the mirror Pod in the API has a UID of its own.
+const MirrorPodAnnotation = "kubernetes.io/config.mirror"
+
+// IsPodUID reports whether uid, the K8S_POD_UID an address was allocated
+// under, names the pod p: its UID or, for the mirror Pod of a static pod,
+// the config hash in its MirrorPodAnnotation. An empty uid (a runtime
+// that passed none) matches any pod.
+func IsPodUID(p *corev1.Pod, uid string) bool {
+	if uid == "" || string(p.UID) == uid {
+		return true
+	}
+	hash, ok := p.Annotations[MirrorPodAnnotation]
+	return ok && hash == uid
+}
+
 // NodeGuard returns nil when it is safe to release the blocks of
 // MissingNodes, or ErrNoNodes when the node list cannot be right.
 func (r Report) NodeGuard() error {
 	if r.Nodes == 0 && len(r.MissingNodes) > 0 {
 		return fmt.Errorf("%w while %d nodes own blocks or records in etcd", ErrNoNodes, len(r.MissingNodes))
+	}
+	return nil
+}
+
+// NodeReleaseGuard returns nil when releasing every one of MissingNodes
+// at once is plausible: at most maxRatio of the nodes known to etcd are
+// missing from the API. Otherwise it returns ErrTooManyNodes, and nothing
+// of the batch should be released: a wrong kubeconfig or two clusters
+// sharing one etcd prefix make most nodes look deleted.
+func (r Report) NodeReleaseGuard(maxRatio float64) error {
+	if len(r.MissingNodes) == 0 {
+		return nil
+	}
+	ratio := float64(len(r.MissingNodes)) / float64(max(r.EtcdNodes, 1))
+	if ratio > maxRatio {
+		return fmt.Errorf("%w: %d of %d nodes known to etcd (%.0f%%, limit %.0f%%)",
+			ErrTooManyNodes, len(r.MissingNodes), r.EtcdNodes, 100*ratio, 100*maxRatio)
 	}
 	return nil
 }

@@ -43,6 +43,13 @@ func podUID(p *corev1.Pod, uid string) *corev1.Pod {
 	return p
 }
 
+// mirror makes p the mirror Pod of a static pod whose config hash (the UID
+// kubelet passes to CNI) is hash.
+func mirror(p *corev1.Pod, hash string) *corev1.Pod {
+	p.Annotations = map[string]string{MirrorPodAnnotation: hash}
+	return p
+}
+
 func TestCompare(t *testing.T) {
 	// n1 exists with blocks 0 and 1; n2 was deleted and owns block 2;
 	// n3 was deleted and only has a node record.
@@ -57,12 +64,16 @@ func TestCompare(t *testing.T) {
 			withUID(addr("n1", 1, 2, "ns", "replaced"), "uid-old"),
 			withUID(addr("n1", 1, 3, "ns", "same-uid"), "uid-1"),
 			addr("n2", 2, 0, "ns", "on-deleted-node"),
+			withUID(addr("n1", 0, 3, "ns", "static"), "hash-1"),
+			withUID(addr("n1", 1, 4, "ns", "static-changed"), "hash-old"),
 		},
 		Nodes: []model.Node{{Name: "n1"}, {Name: "n3"}},
 	}
 	nodes := []*corev1.Node{node("n1"), node("other")}
 	pods := []*corev1.Pod{pod("ns", "live", "n1"), pod("ns", "moved", "other"), pod("ns", "unscheduled", ""),
-		podUID(pod("ns", "replaced", "n1"), "uid-new"), podUID(pod("ns", "same-uid", "n1"), "uid-1")}
+		podUID(pod("ns", "replaced", "n1"), "uid-new"), podUID(pod("ns", "same-uid", "n1"), "uid-1"),
+		mirror(podUID(pod("ns", "static", "n1"), "uid-mirror-1"), "hash-1"),
+		mirror(podUID(pod("ns", "static-changed", "n1"), "uid-mirror-2"), "hash-new")}
 
 	type leak struct {
 		pod    string
@@ -80,7 +91,7 @@ func TestCompare(t *testing.T) {
 			name: "pods checked", checkPods: true, pods: pods,
 			wantMissing: []string{"n2", "n3"},
 			wantLeaks: []leak{{"gone", ReasonPodNotFound}, {"moved", ReasonPodOnOtherNode}, {"unscheduled", ReasonPodOnOtherNode},
-				{"replaced", ReasonPodReplaced}},
+				{"replaced", ReasonPodReplaced}, {"static-changed", ReasonPodReplaced}},
 			unattributed: 1,
 		},
 		{
@@ -92,7 +103,8 @@ func TestCompare(t *testing.T) {
 			name: "no pods: every attributed record outside missing nodes", checkPods: true, pods: nil,
 			wantMissing: []string{"n2", "n3"},
 			wantLeaks: []leak{{"live", ReasonPodNotFound}, {"gone", ReasonPodNotFound}, {"moved", ReasonPodNotFound},
-				{"unscheduled", ReasonPodNotFound}, {"replaced", ReasonPodNotFound}, {"same-uid", ReasonPodNotFound}},
+				{"static", ReasonPodNotFound}, {"unscheduled", ReasonPodNotFound}, {"replaced", ReasonPodNotFound},
+				{"same-uid", ReasonPodNotFound}, {"static-changed", ReasonPodNotFound}},
 			unattributed: 1,
 		},
 	}
@@ -116,7 +128,7 @@ func TestCompare(t *testing.T) {
 			if r.Unattributed != tc.unattributed {
 				t.Errorf("unattributed = %d, want %d", r.Unattributed, tc.unattributed)
 			}
-			if r.Blocks != 3 || r.Addresses != 8 {
+			if r.Blocks != 3 || r.Addresses != 10 {
 				t.Errorf("counts = %d blocks, %d addresses", r.Blocks, r.Addresses)
 			}
 		})
@@ -129,7 +141,7 @@ func TestCompare(t *testing.T) {
 	if n3 := r.MissingNodes[1]; len(n3.Blocks) != 0 || !n3.HasRecord {
 		t.Errorf("n3 = %+v, want only a record", n3)
 	}
-	wantUsage := []Usage{{"default", "n1", 2, 7}, {"default", "n2", 1, 1}}
+	wantUsage := []Usage{{"default", "n1", 2, 9}, {"default", "n2", 1, 1}}
 	if !slices.Equal(r.Usage, wantUsage) {
 		t.Errorf("usage = %v, want %v", r.Usage, wantUsage)
 	}
@@ -180,5 +192,34 @@ func TestGuards(t *testing.T) {
 				t.Errorf("NodeGuard = %v, want %v", err, tc.wantNodes)
 			}
 		})
+	}
+}
+
+func TestNodeReleaseGuard(t *testing.T) {
+	missing := func(n int) []MissingNode { return make([]MissingNode, n) }
+	tests := []struct {
+		name   string
+		report Report
+		ratio  float64
+		want   error
+	}{
+		{name: "nothing missing", report: Report{EtcdNodes: 3}, ratio: 0.5},
+		{name: "one of three", report: Report{EtcdNodes: 3, MissingNodes: missing(1)}, ratio: 0.5},
+		{name: "exactly at the ratio", report: Report{EtcdNodes: 4, MissingNodes: missing(2)}, ratio: 0.5},
+		{name: "two of three", report: Report{EtcdNodes: 3, MissingNodes: missing(2)}, ratio: 0.5, want: ErrTooManyNodes},
+		{name: "every node", report: Report{EtcdNodes: 5, MissingNodes: missing(5)}, ratio: 0.5, want: ErrTooManyNodes},
+		{name: "every node, ratio 1", report: Report{EtcdNodes: 5, MissingNodes: missing(5)}, ratio: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.report.NodeReleaseGuard(tc.ratio); !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+				t.Errorf("NodeReleaseGuard = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// Compare counts the nodes known to etcd: block owners and records.
+	snap := Snapshot{Blocks: []model.Block{block("a", 0), block("a", 1), block("b", 2)}, Nodes: []model.Node{{Name: "b"}, {Name: "c"}}}
+	if r := Compare(snap, []*corev1.Node{node("a")}, nil, false, time.Now()); r.EtcdNodes != 3 {
+		t.Errorf("EtcdNodes = %d, want 3", r.EtcdNodes)
 	}
 }

@@ -116,6 +116,12 @@ func TestRun(t *testing.T) {
 	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"}); err != nil {
 		t.Fatal(err)
 	}
+	// n1 owns a block too: with "gone" the only node etcd knew, every
+	// node known to etcd would be missing and --max-node-release-ratio
+	// would refuse the release.
+	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "n1", Namespace: "ns", Pod: "q"}); err != nil {
+		t.Fatal(err)
+	}
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -65,6 +65,11 @@ var (
 	// ErrUnavailable too; the caller must treat the write as possibly
 	// done (never hand out what it may have taken) and repeat it later.
 	ErrOutcomeUnknown = errors.New("outcome of the write unknown")
+	// ErrClusterMismatch: the key prefix is stamped with another
+	// Kubernetes cluster's identity (Store.StampCluster).
+	ErrClusterMismatch = errors.New("etcd prefix belongs to another cluster")
+	// ErrInvalidCluster: an empty cluster identity.
+	ErrInvalidCluster = errors.New("invalid cluster identity")
 	// ErrConflict: a write lost to concurrent writers on every attempt.
 	// Errors wrapping it wrap ErrUnavailable too: trying later is the
 	// remedy.

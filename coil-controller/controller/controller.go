@@ -42,7 +42,9 @@ const (
 	DefaultScanInterval    = 5 * time.Minute
 	DefaultLeakGrace       = 10 * time.Minute
 	DefaultMaxReclaimRatio = 0.5
-	DefaultResyncPeriod    = 10 * time.Minute
+	// DefaultMaxNodeReleaseRatio is the default of MaxNodeReleaseRatio.
+	DefaultMaxNodeReleaseRatio = 0.5
+	DefaultResyncPeriod        = 10 * time.Minute
 )
 
 // minOperationTimeout bounds one node clean-up, and one sweep unless the
@@ -54,6 +56,9 @@ const (
 	EventBlocksReleased   = "BlocksReleased"
 	EventAddressReclaimed = "AddressReclaimed"
 	EventLeakFound        = "LeakedAddressFound"
+	// EventNodeReleaseRefused is recorded on the kube-system Namespace
+	// when the sweep refuses to release missing nodes (the cap tripped).
+	EventNodeReleaseRefused = "NodeReleaseRefused"
 )
 
 // Options tune a Controller. Zero values take the defaults above.
@@ -71,6 +76,10 @@ type Options struct {
 	// MaxReclaimRatio is the largest share of address records that may
 	// look leaked in one sweep; above it nothing is reclaimed.
 	MaxReclaimRatio float64
+	// MaxNodeReleaseRatio is the largest share of the nodes known to etcd
+	// (owning blocks or a node record) that one sweep may find missing
+	// from the API and release; above it the sweep releases none.
+	MaxNodeReleaseRatio float64
 	// ResyncPeriod is the informers' resync period.
 	ResyncPeriod time.Duration
 	// Recorder receives Kubernetes events; nil records none.
@@ -90,6 +99,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxReclaimRatio <= 0 || o.MaxReclaimRatio > 1 {
 		o.MaxReclaimRatio = DefaultMaxReclaimRatio
+	}
+	if o.MaxNodeReleaseRatio <= 0 || o.MaxNodeReleaseRatio > 1 {
+		o.MaxNodeReleaseRatio = DefaultMaxNodeReleaseRatio
 	}
 	if o.ResyncPeriod <= 0 {
 		o.ResyncPeriod = DefaultResyncPeriod
@@ -369,6 +381,10 @@ func (c *Controller) sweep(ctx context.Context) error {
 		c.tracker.reset()
 		return fmt.Errorf("not releasing blocks of missing nodes: %w", err)
 	}
+	if err := c.capNodeRelease(rep); err != nil {
+		c.tracker.reset()
+		return err
+	}
 	for _, m := range rep.MissingNodes {
 		c.queue.Add(m.Name)
 	}
@@ -396,13 +412,39 @@ func (c *Controller) sweep(ctx context.Context) error {
 	return nil
 }
 
+// capNodeRelease refuses the sweep's whole batch of missing nodes when
+// more of them than MaxNodeReleaseRatio of the nodes known to etcd are
+// missing, as LeakGuard caps the leak sweep: it counts the reason, records
+// a warning event and returns why. The same view of the cluster is not
+// trusted for leaks either, so the caller skips those too.
+func (c *Controller) capNodeRelease(rep audit.Report) error {
+	err := rep.NodeReleaseGuard(c.opts.MaxNodeReleaseRatio)
+	if err == nil {
+		return nil
+	}
+	c.skipped(reasonOf(err))
+	names := make([]string, 0, len(rep.MissingNodes))
+	for _, m := range rep.MissingNodes {
+		names = append(names, m.Name)
+	}
+	const shown = 10
+	list := strings.Join(names[:min(len(names), shown)], " ")
+	if len(names) > shown {
+		list += " ..."
+	}
+	c.opts.Recorder.Eventf(clusterRef(), corev1.EventTypeWarning, EventNodeReleaseRefused,
+		"Not releasing the blocks of %s: %v; check --kubeconfig and --etcd-prefix, or raise --max-node-release-ratio",
+		list, err)
+	return fmt.Errorf("not releasing blocks of missing nodes: %w", err)
+}
+
 // reclaim releases one address that has been a candidate for the grace
 // period, after asking the API once more whether its pod is really gone.
 func (c *Controller) reclaim(ctx context.Context, cand audit.LeakCandidate) error {
 	a := cand.Address
 	pod, err := c.client.CoreV1().Pods(a.Namespace).Get(ctx, a.Pod, metav1.GetOptions{})
 	switch {
-	case err == nil && pod.Spec.NodeName == a.Node && (a.PodUID == "" || string(pod.UID) == a.PodUID):
+	case err == nil && pod.Spec.NodeName == a.Node && audit.IsPodUID(pod, a.PodUID):
 		c.tracker.forget(a) // the cache was behind; the pod is there
 		return nil
 	case err != nil && !apierrors.IsNotFound(err):
@@ -452,6 +494,8 @@ func reasonOf(err error) string {
 		return "no-pods"
 	case errors.Is(err, audit.ErrTooManyLeaks):
 		return "too-many-leaks"
+	case errors.Is(err, audit.ErrTooManyNodes):
+		return "too-many-nodes"
 	default:
 		return "error"
 	}
@@ -469,6 +513,12 @@ func ipList(ips []netip.Addr) string {
 // recorded against a reference rather than a fetched object.
 func nodeRef(name string) *corev1.ObjectReference {
 	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}
+}
+
+// clusterRef is the object of events about the whole cluster: the
+// namespace whose UID is its identity.
+func clusterRef() *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Namespace", Name: "kube-system"}
 }
 
 func podRef(a model.Address) *corev1.ObjectReference {
@@ -497,5 +547,16 @@ func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID,
 		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp,
 		DeletionTimestamp: m.DeletionTimestamp,
+		Annotations:       mirrorOnly(m.Annotations),
 	}
+}
+
+// mirrorOnly keeps the one annotation the comparison reads: a static
+// pod's address is recorded under the hash its mirror Pod carries there.
+func mirrorOnly(annotations map[string]string) map[string]string {
+	hash, ok := annotations[audit.MirrorPodAnnotation]
+	if !ok {
+		return nil
+	}
+	return map[string]string{audit.MirrorPodAnnotation: hash}
 }

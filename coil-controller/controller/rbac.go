@@ -10,6 +10,8 @@ func ClusterRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		// Informers list and watch; deletion is confirmed with a get.
 		{APIGroups: []string{""}, Resources: []string{"nodes", "pods"}, Verbs: []string{"get", "list", "watch"}},
+		// The UID of kube-system is the cluster identity stamped into etcd.
+		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get"}},
 		// Events about reclaimed blocks and addresses; the recorder
 		// patches an event when it repeats.
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch", "update"}},

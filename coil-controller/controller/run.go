@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/coil-project/coil/audit"
 	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
@@ -42,6 +43,8 @@ type Config struct {
 	ScanInterval    time.Duration
 	LeakGrace       time.Duration
 	MaxReclaimRatio float64
+	// MaxNodeReleaseRatio is Options.MaxNodeReleaseRatio.
+	MaxNodeReleaseRatio float64
 	// Reclaim releases leaked addresses; false only reports them
 	// (Options.ReportOnly).
 	Reclaim bool
@@ -62,6 +65,8 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Reclaim, "reclaim", true, "release leaked addresses; false only reports them")
 	fs.Float64Var(&c.MaxReclaimRatio, "max-reclaim-ratio", DefaultMaxReclaimRatio,
 		"reclaim nothing when more than this share of all address records looks leaked")
+	fs.Float64Var(&c.MaxNodeReleaseRatio, "max-node-release-ratio", DefaultMaxNodeReleaseRatio,
+		"release no node's blocks in a sweep that finds more than this share of the nodes known to etcd missing from the API")
 }
 
 // Validate checks the configuration before anything starts. Unlike
@@ -78,6 +83,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--leak-grace must not be negative")
 	case c.MaxReclaimRatio <= 0 || c.MaxReclaimRatio > 1:
 		return fmt.Errorf("--max-reclaim-ratio must be in (0, 1]")
+	case c.MaxNodeReleaseRatio <= 0 || c.MaxNodeReleaseRatio > 1:
+		return fmt.Errorf("--max-node-release-ratio must be in (0, 1]")
 	}
 	return nil
 }
@@ -103,6 +110,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer etcd.Close()
 	store := model.New(etcd, cfg.Etcd.Prefix)
+	// Against another cluster's prefix every one of its nodes would look
+	// deleted and have its blocks freed: refuse to start, before writing
+	// anything.
+	if _, err := audit.EnsureCluster(ctx, client, store, 4*cfg.Etcd.Timeout, log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	initCtx, cancel := cfg.Etcd.RequestContext(ctx)
 	err = store.Init(initCtx)
 	cancel()
@@ -129,13 +145,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	ctrl := New(store, client, Options{
-		ScanInterval:    cfg.ScanInterval,
-		LeakGrace:       cfg.LeakGrace,
-		ReportOnly:      !cfg.Reclaim,
-		MaxReclaimRatio: cfg.MaxReclaimRatio,
-		Recorder:        recorder,
-		Metrics:         metrics,
-		Logger:          log,
+		ScanInterval:        cfg.ScanInterval,
+		LeakGrace:           cfg.LeakGrace,
+		ReportOnly:          !cfg.Reclaim,
+		MaxReclaimRatio:     cfg.MaxReclaimRatio,
+		MaxNodeReleaseRatio: cfg.MaxNodeReleaseRatio,
+		Recorder:            recorder,
+		Metrics:             metrics,
+		Logger:              log,
 	})
 	if !cfg.LeaderElect {
 		metrics.SetLeader(true)

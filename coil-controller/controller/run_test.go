@@ -26,7 +26,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("the flag defaults do not validate: %v", err)
 	}
-	if c.ScanInterval != DefaultScanInterval || c.LeakGrace != DefaultLeakGrace || c.MaxReclaimRatio != DefaultMaxReclaimRatio ||
+	if c.ScanInterval != DefaultScanInterval || c.LeakGrace != DefaultLeakGrace || c.MaxReclaimRatio != DefaultMaxReclaimRatio || c.MaxNodeReleaseRatio != DefaultMaxNodeReleaseRatio ||
 		!c.Reclaim || !c.LeaderElect || c.LeaderNamespace != "kube-system" || c.MetricsAddr != ":9386" || c.Kubeconfig != "" {
 		t.Errorf("defaults = %+v", c)
 	}
@@ -42,6 +42,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero grace", args: []string{"--leak-grace=0s"}},
 		{name: "ratio above one", args: []string{"--max-reclaim-ratio=1.5"}, wantErr: "--max-reclaim-ratio"},
 		{name: "zero ratio", args: []string{"--max-reclaim-ratio=0"}, wantErr: "--max-reclaim-ratio"},
+		{name: "node ratio above one", args: []string{"--max-node-release-ratio=1.1"}, wantErr: "--max-node-release-ratio"},
+		{name: "zero node ratio", args: []string{"--max-node-release-ratio=0"}, wantErr: "--max-node-release-ratio"},
 		{name: "zero interval", args: []string{"--scan-interval=0s"}, wantErr: "--scan-interval"},
 		{name: "negative grace", args: []string{"--leak-grace=-1s"}, wantErr: "--leak-grace"},
 		{name: "bad prefix", args: []string{"--etcd-prefix=coil"}, wantErr: "prefix"},

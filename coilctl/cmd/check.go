@@ -2,7 +2,9 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -25,6 +27,47 @@ type checkJSON struct {
 	Unattributed   int                 `json:"unattributed"`
 	MissingNodes   []missingNodeJSON   `json:"missingNodes"`
 	LeakCandidates []leakCandidateJSON `json:"leakCandidates"`
+	Cluster        clusterJSON         `json:"cluster"`
+}
+
+// clusterJSON compares the cluster identity stamped in etcd with the
+// API's: the UIDs of kube-system namespaces.
+type clusterJSON struct {
+	// EtcdUID is empty while no coild or coil-controller has stamped the prefix.
+	EtcdUID   string     `json:"etcdUID"`
+	StampedAt *time.Time `json:"stampedAt,omitempty"`
+	APIUID    string     `json:"apiUID"`
+	Match     bool       `json:"match"`
+}
+
+// readCluster reads the stamp in etcd and the API's identity.
+func readCluster(ctx context.Context, st *model.Store, kube kubernetes.Interface) (clusterJSON, error) {
+	var c clusterJSON
+	stamp, err := st.GetCluster(ctx)
+	switch {
+	case err == nil:
+		c.EtcdUID, c.StampedAt = stamp.UID, &stamp.StampedAt
+	case !errors.Is(err, model.ErrNotFound):
+		return c, err
+	}
+	if c.APIUID, err = kubeclient.ClusterUID(ctx, kube); err != nil {
+		return c, err
+	}
+	c.Match = c.EtcdUID == c.APIUID
+	return c, nil
+}
+
+// writeClusterLine prints the identity comparison above the tables.
+func writeClusterLine(w io.Writer, c clusterJSON) {
+	switch {
+	case c.EtcdUID == "":
+		fmt.Fprintf(w, "cluster: etcd prefix not stamped yet; this API's kube-system UID is %s\n\n", c.APIUID)
+	case c.Match:
+		fmt.Fprintf(w, "cluster: %s (stamped %s), the same as this API's\n\n", c.EtcdUID, c.StampedAt.UTC().Format(time.RFC3339))
+	default:
+		fmt.Fprintf(w, "cluster: MISMATCH: etcd prefix stamped by cluster %s (stamped %s), this API is cluster %s; coild and coil-controller refuse to start, and the findings below compare another cluster's records\n\n",
+			c.EtcdUID, c.StampedAt.UTC().Format(time.RFC3339), c.APIUID)
+	}
 }
 
 type missingNodeJSON struct {
@@ -55,7 +98,12 @@ func newCheckCommand(o *rootOptions) *cobra.Command {
 		Long: `Compare Coil's records in etcd with the Nodes and Pods in the Kubernetes
 API, the way coil-controller does, and print what it would reclaim: blocks
 of nodes that no longer exist and addresses whose pod is gone or runs on
-another node. Nothing is changed and nothing is locked.`,
+another node. Nothing is changed and nothing is locked.
+
+The first line compares the cluster identity stamped in etcd (the UID of
+the kube-system namespace of the cluster whose coild or coil-controller
+started first) with the API's; on a mismatch coild and coil-controller
+refuse to start.`,
 		Example: `  coilctl check --kubeconfig ~/.kube/config
   coilctl check -o json`,
 		Args: exactArgs(),
@@ -69,7 +117,12 @@ another node. Nothing is changed and nothing is locked.`,
 				return err
 			}
 			var report audit.Report
+			var cluster clusterJSON
 			err = o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				var err error
+				if cluster, err = readCluster(ctx, st, kube); err != nil {
+					return fmt.Errorf("read the cluster identity: %w", err)
+				}
 				nodes, pods, err := audit.ListCluster(ctx, kube)
 				if err != nil {
 					return fmt.Errorf("read nodes and pods from the Kubernetes API: %w", err)
@@ -81,8 +134,11 @@ another node. Nothing is changed and nothing is locked.`,
 				return err
 			}
 			if format == formatJSON {
-				return writeJSON(o.stdout, newCheckJSON(report))
+				v := newCheckJSON(report)
+				v.Cluster = cluster
+				return writeJSON(o.stdout, v)
 			}
+			writeClusterLine(o.stdout, cluster)
 			return report.WriteTable(o.stdout)
 		},
 	}

@@ -93,3 +93,121 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("missing kubeconfig: %v", r)
 	}
 }
+
+// TestCheckStaticPod runs coilctl check against a real kube-apiserver with
+// a mirror Pod: the record of the static pod, allocated under the config
+// hash kubelet passes as K8S_POD_UID, matches the mirror Pod's
+// kubernetes.io/config.mirror annotation and is not a leak candidate,
+// while a record under an earlier hash is (pod-replaced), as the
+// controller's sweep judges them.
+func TestCheckStaticPod(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	api := kubeapitest.StartForTest(t, server.Endpoint, kubeapitest.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mirrors := map[string]string{"etcd-n1": "hash-current", "proxy-n1": "hash-after"}
+	for name, hash := range mirrors {
+		created, err := kube.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default",
+				Annotations: map[string]string{"kubernetes.io/config.mirror": hash}},
+			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "pause"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create mirror pod: %v", err)
+		}
+		if string(created.UID) == hash {
+			t.Fatal("the mirror pod has the static pod's UID; the test would prove nothing")
+		}
+	}
+	h.ok("pool", "create", "default", "10.61.0.0/24", "2")
+	own := model.Owner{Node: "n1", Namespace: "default", Pod: "etcd-n1", ContainerID: "c-1", Interface: "eth0", PodUID: "hash-current"}
+	b, _, err := h.st.AcquireBlock(ctx, "default", own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// proxy-n1's record is from before its manifest changed.
+	h.allocate(b, 1, model.Owner{Node: "n1", Namespace: "default", Pod: "proxy-n1", ContainerID: "c-2", Interface: "eth0", PodUID: "hash-before"})
+
+	var report struct {
+		LeakCandidates []struct {
+			Pod    string `json:"pod"`
+			Reason string `json:"reason"`
+		} `json:"leakCandidates"`
+	}
+	out := h.ok("check", "--kubeconfig", kubeconfig, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(report.LeakCandidates) != 1 || report.LeakCandidates[0].Pod != "proxy-n1" || report.LeakCandidates[0].Reason != "pod-replaced" {
+		t.Fatalf("leak candidates = %+v, want only proxy-n1 (pod-replaced)", report.LeakCandidates)
+	}
+}
+
+// TestCheckClusterStamp: coilctl check shows the cluster identity stamped
+// in etcd next to the API's (kube-system's UID): not stamped yet, the
+// same, or another cluster's.
+func TestCheckClusterStamp(t *testing.T) {
+	ctx := context.Background()
+	api := kubeapitest.StartForTest(t, server.Endpoint, kubeapitest.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := kube.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := string(ns.UID)
+	const foreign = "11111111-2222-4333-8444-555555555555"
+	tests := []struct {
+		name      string
+		stamp     string
+		wantMatch bool
+		wantLine  string
+	}{
+		{name: "not stamped", wantLine: "cluster: etcd prefix not stamped yet; this API's kube-system UID is " + ours},
+		{name: "same cluster", stamp: ours, wantMatch: true, wantLine: "cluster: " + ours},
+		{name: "other cluster", stamp: foreign, wantLine: "cluster: MISMATCH: etcd prefix stamped by cluster " + foreign},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			if tc.stamp != "" {
+				if _, err := h.st.StampCluster(ctx, tc.stamp); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var report struct {
+				Cluster struct {
+					EtcdUID string `json:"etcdUID"`
+					APIUID  string `json:"apiUID"`
+					Match   bool   `json:"match"`
+				} `json:"cluster"`
+			}
+			out := h.ok("check", "--kubeconfig", kubeconfig, "-o", "json")
+			if err := json.Unmarshal([]byte(out), &report); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if c := report.Cluster; c.EtcdUID != tc.stamp || c.APIUID != ours || c.Match != tc.wantMatch {
+				t.Errorf("cluster = %+v, want etcd %q, API %s, match %v", c, tc.stamp, ours, tc.wantMatch)
+			}
+			if table := h.ok("check", "--kubeconfig", kubeconfig); !strings.HasPrefix(table, tc.wantLine) {
+				t.Errorf("table does not start with %q:\n%s", tc.wantLine, table)
+			}
+		})
+	}
+}

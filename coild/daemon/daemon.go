@@ -135,6 +135,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("kubernetes client configuration: %w", err)
 		}
 	}
+	if err := d.checkCluster(ctx, kube); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	if err := d.inHostNS(nodenet.EnableForwarding); err != nil {
 		return fmt.Errorf("enable forwarding: %w", err)
 	}

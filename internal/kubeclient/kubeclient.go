@@ -5,7 +5,10 @@
 package kubeclient
 
 import (
+	"context"
 	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -45,4 +48,20 @@ func New(path, userAgent string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return client, nil
+}
+
+// ClusterNamespace is the namespace whose UID identifies a cluster: every
+// cluster has it from its creation, and a namespace's UID never changes
+// nor repeats in another cluster.
+const ClusterNamespace = "kube-system"
+
+// ClusterUID returns the UID of the cluster's ClusterNamespace, which Coil
+// stamps into etcd (model.Store.StampCluster) so that components of
+// another cluster refuse the prefix. The caller needs get on namespaces.
+func ClusterUID(ctx context.Context, client kubernetes.Interface) (string, error) {
+	ns, err := client.CoreV1().Namespaces().Get(ctx, ClusterNamespace, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the UID of namespace %s (the cluster's identity): %w", ClusterNamespace, err)
+	}
+	return string(ns.UID), nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/coil-project/coil/coild/api"
@@ -112,8 +113,10 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	// pods' namespace.
 	sock := filepath.Join(tmp, "coild.sock")
 	kube := fake.NewClientset()
-	for _, name := range []string{"default", benchNS} {
-		if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+	for _, name := range []string{"default", "kube-system", benchNS} {
+		// coild stamps etcd with kube-system's UID; the fake assigns none.
+		o := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("bench-" + name)}}
+		if _, err := kube.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{}); err != nil {
 			return err
 		}
 	}

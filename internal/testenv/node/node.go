@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/coil-project/coil/coild/api"
@@ -49,6 +50,10 @@ const (
 	ExportTable    = 119
 	ExportProtocol = 30
 )
+
+// ClusterUID is the UID of the kube-system namespace of every node's fake
+// API server: the cluster identity coild stamps into etcd.
+const ClusterUID types.UID = "00000000-0000-4000-8000-00000000c011"
 
 // TuningSomaxconn is what the chained tuning plugin sets in every pod; a
 // pod holding it proves the chain ran past coil.
@@ -194,7 +199,10 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 	}
 
 	n.Kube = fake.NewClientset()
-	for _, o := range append([]*corev1.Namespace{Namespace("default", "")}, opts.Namespaces...) {
+	// kube-system carries the cluster's identity, which coild stamps into
+	// etcd at start; the fake API server assigns no UIDs itself.
+	kubeSystem := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system", UID: ClusterUID}}
+	for _, o := range append([]*corev1.Namespace{Namespace("default", ""), kubeSystem}, opts.Namespaces...) {
 		if _, err := n.Kube.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
