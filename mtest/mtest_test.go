@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/nodenet"
-	"github.com/containernetworking/plugins/pkg/ns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -443,7 +442,7 @@ func podCannotReachCoild(t *testing.T, n *Node, p *Pod) {
 	// The node really delivers such packets locally: a listener of our own
 	// on the node's loopback is reachable from the pod, so a refusal below
 	// is coild's doing, not the path's.
-	probe, err := listenIn("/var/run/netns/"+n.NetNS, "127.0.0.1:0")
+	probe, err := netnstest.ListenIn("/var/run/netns/"+n.NetNS, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,20 +496,4 @@ func exchange(netnsPath, addr, req string) (string, error) {
 	}
 	b, err := io.ReadAll(c)
 	return string(b), err
-}
-
-// listenIn opens a TCP listener inside the network namespace at path.
-func listenIn(path, addr string) (net.Listener, error) {
-	target, err := ns.GetNS(path)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	var l net.Listener
-	err = target.Do(func(ns.NetNS) error {
-		var lerr error
-		l, lerr = net.Listen("tcp", addr)
-		return lerr
-	})
-	return l, err
 }

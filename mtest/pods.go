@@ -6,17 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -320,20 +319,5 @@ func (p *Pod) Ping(dst netip.Addr) error {
 
 // dialIn opens a connection from inside the network namespace at path.
 func dialIn(path string, ctx context.Context, network, addr string) (net.Conn, error) {
-	target, err := ns.GetNS(path)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	var conn net.Conn
-	// Do locks the OS thread; the socket is created inside the namespace
-	// and stays there whichever thread later uses it.
-	err = target.Do(func(ns.NetNS) error {
-		var d net.Dialer
-		var derr error
-		conn, derr = d.DialContext(ctx, network, addr)
-		return derr
-	})
-	runtime.KeepAlive(target)
-	return conn, err
+	return netnstest.DialIn(ctx, path, network, addr)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/coil-project/coil/internal/testenv"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -134,7 +135,7 @@ func run(ctx context.Context, o *options) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the CNI benchmark creates network namespaces")
 	}
-	root, err := moduleRoot()
+	root, err := testenv.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -271,22 +272,4 @@ func cacheDir() string {
 	}
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, ".cache", "coil")
-}
-
-// moduleRoot finds the directory of go.mod above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run from inside the Coil module: no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }

@@ -3,6 +3,7 @@ package kubeapitest
 import (
 	"context"
 	"fmt"
+	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"net"
 	"os"
 	"os/exec"
@@ -127,19 +128,7 @@ func TestServerInNetNS(t *testing.T) {
 	}
 	path := "/var/run/netns/" + name
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		target, err := ns.GetNS(path)
-		if err != nil {
-			return nil, err
-		}
-		defer target.Close()
-		var conn net.Conn
-		err = target.Do(func(ns.NetNS) error {
-			var d net.Dialer
-			var derr error
-			conn, derr = d.DialContext(ctx, network, addr)
-			return derr
-		})
-		return conn, err
+		return netnstest.DialIn(ctx, path, network, addr)
 	}
 
 	// The namespace cannot reach the host's loopback, so etcd must listen

@@ -134,6 +134,41 @@ func Dial(n ns.NetNS, target netip.AddrPort) error {
 	})
 }
 
+// DialIn opens a connection from inside the network namespace at path, as
+// a dial function for HTTP transports and the like. The socket is created
+// inside the namespace and stays there whichever thread later uses it.
+func DialIn(ctx context.Context, path, network, addr string) (net.Conn, error) {
+	target, err := ns.GetNS(path)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	var conn net.Conn
+	err = target.Do(func(ns.NetNS) error {
+		var d net.Dialer
+		var derr error
+		conn, derr = d.DialContext(ctx, network, addr)
+		return derr
+	})
+	return conn, err
+}
+
+// ListenIn opens a TCP listener inside the network namespace at path.
+func ListenIn(path, addr string) (net.Listener, error) {
+	target, err := ns.GetNS(path)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	var l net.Listener
+	err = target.Do(func(ns.NetNS) error {
+		var lerr error
+		l, lerr = net.Listen("tcp", addr)
+		return lerr
+	})
+	return l, err
+}
+
 // LinkUp sets the link name of the current netns up with the given
 // addresses, without duplicate address detection (also for its link-local
 // address): a test bed must not wait a second before it can talk.

@@ -7,6 +7,7 @@ package nodetest
 import (
 	"errors"
 	"fmt"
+	"github.com/coil-project/coil/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,7 +91,7 @@ func prepareBinDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	root, err := testenv.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -122,23 +123,4 @@ func prepareBinDir(dir string) error {
 		}
 	}
 	return nil
-}
-
-// repoRoot finds the module root from the test's working directory, which
-// go test sets to the package under test, somewhere inside the module.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the test's working directory")
-		}
-		dir = parent
-	}
 }
