@@ -21,6 +21,7 @@ const SchemaVersion = 1
 type Store struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
+	lease   clientv3.Lease
 	prefix  string
 }
 
@@ -29,10 +30,12 @@ type Store struct {
 func New(cli *clientv3.Client, prefix string) *Store {
 	st := NewWithKV(cli.KV, prefix)
 	st.watcher = cli.Watcher
+	st.lease = cli.Lease
 	return st
 }
 
-// NewWithKV is New for callers that only have a KV; such a store cannot watch.
+// NewWithKV is New for callers that only have a KV; such a store cannot
+// watch nor hold a lease.
 func NewWithKV(kv clientv3.KV, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
