@@ -32,6 +32,9 @@ type Store interface {
 	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
 	ReleaseAddress(ctx context.Context, a model.Address) error
 	ReleaseBlock(ctx context.Context, b model.Block) error
+	// Revision is etcd's current revision: changes after it are not yet
+	// seen by reads made after this call.
+	Revision(ctx context.Context) (int64, error)
 }
 
 // Observer learns when the node gains or loses a block, so the block's route
@@ -57,6 +60,9 @@ type Allocator struct {
 	inflight  map[api.Attachment]chan struct{}
 	acquiring map[string]*flight // single-flight block acquisition per pool
 	restored  bool
+	// restoredRev is the etcd revision Restore started reading at: every
+	// change after it is to be applied by following the node's keys.
+	restoredRev int64
 }
 
 // flight is one block acquisition in progress; err is set before done closes.
@@ -97,6 +103,12 @@ var ErrNotRestored = api.WithReason(errors.New("allocator state not restored fro
 // Restore loads the node's blocks and addresses from etcd. It must succeed
 // before the allocator serves requests.
 func (a *Allocator) Restore(ctx context.Context) error {
+	// Taken before the reads, so that a watch from rev+1 replays whatever
+	// changed while they ran (applying a deletion twice is harmless).
+	rev, err := a.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("restore node %q: %w", a.node, err)
+	}
 	blocks, err := a.store.NodeBlocks(ctx, a.node)
 	if err != nil {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
@@ -136,8 +148,17 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	}
 	a.owners = owners
 	a.restored = true
+	a.restoredRev = rev
 	a.mu.Unlock()
 	return nil
+}
+
+// RestoredRevision is the etcd revision the last Restore read from; zero
+// before Restore succeeded.
+func (a *Allocator) RestoredRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.restoredRev
 }
 
 // Ready reports whether Restore has succeeded.
@@ -351,9 +372,14 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if cur, ok := a.owners[att]; ok && cur.Revision == addr.Revision {
-		delete(a.owners, att)
+	// Only the call that forgets the record frees its offset: a release
+	// seen in etcd (ForgetAddress) or a concurrent Release may have done
+	// it already, and the offset may be someone else's by now.
+	cur, ok := a.owners[att]
+	if !ok || cur.Revision != addr.Revision {
+		return addr, true, nil
 	}
+	delete(a.owners, att)
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
 		a.unreserveLocked(b, addr.Offset)
 	}
