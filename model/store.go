@@ -22,6 +22,7 @@ const SchemaVersion = 1
 type Store struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
+	lease   clientv3.Lease
 	prefix  string
 	// outcomeWait bounds how long a write whose answer was lost keeps
 	// asking etcd what became of it (see commit).
@@ -33,10 +34,12 @@ type Store struct {
 func New(cli *clientv3.Client, prefix string) *Store {
 	st := NewWithKV(cli.KV, prefix)
 	st.watcher = cli.Watcher
+	st.lease = cli.Lease
 	return st
 }
 
-// NewWithKV is New for callers that only have a KV; such a store cannot watch.
+// NewWithKV is New for callers that only have a KV; such a store cannot
+// watch nor hold a lease.
 func NewWithKV(kv clientv3.KV, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"

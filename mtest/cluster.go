@@ -452,6 +452,8 @@ func (n *Node) StartCoild() error {
 		"--kubeconfig", n.c.kubeconfig,
 		"--socket", n.Socket,
 		"--scan-interval", "2s",
+		// Short, so a stopped coild's node is released soon after.
+		"--liveness-ttl", "5s",
 		// The node network stays direct for egress clients.
 		"--egress-bypass", "192.168.100.0/24,fd00:100::/64",
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/coil-project/coil/nodenet"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 )
 
 func TestMain(m *testing.M) {
@@ -150,7 +151,7 @@ func step(t *testing.T, name string, f func(t *testing.T)) {
 // between nodes itself (flat L2), with coil-controller running.
 func TestFlatL2(t *testing.T) {
 	c := newCluster(t, Options{Nodes: 3, FlatL2: true, Controller: true,
-		ControllerArgs: []string{"--scan-interval", "2s", "--leak-grace", "4s"}})
+		ControllerArgs: []string{"--scan-interval", "2s", "--leak-grace", "4s", "--node-recheck-interval", "1s"}})
 	ctx := context.Background()
 	mustCoilctl(t, c, "pool", "create", "default", "10.100.0.0/16", "5", "--ipv6", "fd00:10:100::/112")
 	mustCoilctl(t, c, "pool", "create", "tenant", "10.101.0.0/16", "4")
@@ -340,16 +341,55 @@ func TestFlatL2(t *testing.T) {
 		pingEventually(t, pods[0], p.IPv4())
 	})
 
-	step(t, "deleting a Node frees its blocks and others drop routes", func(t *testing.T) {
+	step(t, "a deleted Node still in use keeps its blocks", func(t *testing.T) {
+		// kubectl delete node, or a cloud controller's hiccup: the node and
+		// its pods run on, so its blocks must not go to another node.
 		gone := c.Nodes[2]
 		blocks := nodeBlocks(t, c, gone.Name)
 		if len(blocks) == 0 {
-			t.Fatal("node has no blocks to free")
+			t.Fatal("node has no blocks")
 		}
-		gone.StopCoild()
 		if err := c.Kube.CoreV1().Nodes().Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// The controller looks again every --node-recheck-interval: three
+		// deferrals mean it has seen the deletion and kept its hands off.
+		if err := Eventually(30*time.Second, func() error {
+			log, err := os.ReadFile(c.controller.logPath)
+			if err != nil {
+				return err
+			}
+			if n := strings.Count(string(log), "deleted node still in use"); n < 3 {
+				return fmt.Errorf("controller deferred the release %d times, want 3", n)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := nodeBlocks(t, c, gone.Name); !slices.Equal(got, blocks) {
+			t.Fatalf("blocks of the deleted node in use are %v, were %v", got, blocks)
+		}
+		if got := exportTable(t, gone); !slices.Equal(got, blocks) {
+			t.Fatalf("table 119 of %s = %v, want its blocks %v", gone.Name, got, blocks)
+		}
+		pingEventually(t, pods[0], pods[2].IPv4())
+	})
+
+	step(t, "deleting a Node frees its blocks once coild and pods are gone, and others drop routes", func(t *testing.T) {
+		gone := c.Nodes[2]
+		gone.StopCoild()
+		bound, err := c.Kube.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("spec.nodeName", gone.Name).String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range bound.Items {
+			if err := c.Kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Released within the liveness TTL (--liveness-ttl 5s) and one
+		// recheck.
 		if err := Eventually(30*time.Second, func() error {
 			if b := nodeBlocks(t, c, gone.Name); len(b) != 0 {
 				return fmt.Errorf("etcd still holds blocks %v of deleted node", b)

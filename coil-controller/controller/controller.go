@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -35,6 +36,8 @@ type Store interface {
 	ForceReleaseBlock(ctx context.Context, b model.Block) (int64, error)
 	DeleteNode(ctx context.Context, name string) error
 	ReleaseAddress(ctx context.Context, a model.Address) error
+	// NodeAlive reports whether the node's coild holds its liveness key.
+	NodeAlive(ctx context.Context, node string) (bool, error)
 }
 
 // Defaults of Options, also the defaults of coil-controller's flags.
@@ -45,6 +48,7 @@ const (
 	// DefaultMaxNodeReleaseRatio is the default of MaxNodeReleaseRatio.
 	DefaultMaxNodeReleaseRatio = 0.5
 	DefaultResyncPeriod        = 10 * time.Minute
+	DefaultNodeRecheck         = 30 * time.Second
 )
 
 // minOperationTimeout bounds one node clean-up, and one sweep unless the
@@ -82,6 +86,10 @@ type Options struct {
 	MaxNodeReleaseRatio float64
 	// ResyncPeriod is the informers' resync period.
 	ResyncPeriod time.Duration
+	// NodeRecheckInterval is how soon a deleted node whose release was
+	// deferred (pods still bound to it, its coild alive) is looked at
+	// again.
+	NodeRecheckInterval time.Duration
 	// Recorder receives Kubernetes events; nil records none.
 	Recorder record.EventRecorder
 	// Metrics receives the metrics; nil keeps them unregistered.
@@ -105,6 +113,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.ResyncPeriod <= 0 {
 		o.ResyncPeriod = DefaultResyncPeriod
+	}
+	if o.NodeRecheckInterval <= 0 {
+		o.NodeRecheckInterval = DefaultNodeRecheck
 	}
 	if o.Recorder == nil {
 		o.Recorder = &record.FakeRecorder{} // nil channel: drops events
@@ -149,8 +160,9 @@ func New(store Store, client kubernetes.Interface, opts Options) *Controller {
 	}
 }
 
-// Run watches Nodes and Pods, releases the blocks of deleted nodes as soon
-// as their deletion is seen, and sweeps every ScanInterval (starting at
+// Run watches Nodes and Pods, releases the blocks of deleted nodes once
+// their deletion is seen and nothing uses them any more (nodeReleasable),
+// and sweeps every ScanInterval (starting at
 // once, which cleans up nodes deleted while no controller ran). It returns
 // when ctx is done, after every goroutine it started has stopped.
 func (c *Controller) Run(ctx context.Context) error {
@@ -246,9 +258,15 @@ func (c *Controller) runNodeWorker(ctx context.Context) {
 		errs := c.releaseNodes(rctx, names)
 		cancel()
 		for i, name := range names {
+			var inUse *nodeInUseError
 			switch err := errs[i]; {
 			case err == nil:
 				c.queue.Forget(name)
+			case errors.As(err, &inUse):
+				// Not a failure: look again once pods or coild may be gone.
+				c.log.Info("deleted node still in use; keeping its blocks", "node", name, "reason", inUse.reason, "detail", inUse.detail)
+				c.queue.Forget(name)
+				c.queue.AddAfter(name, c.opts.NodeRecheckInterval)
 			case ctx.Err() != nil:
 				// Shutting down; the next leader's first sweep finds the node.
 				c.queue.Forget(name)
@@ -286,31 +304,16 @@ func (c *Controller) releaseNodes(ctx context.Context, names []string) []error {
 }
 
 // releaseNode frees the blocks and the node record of a node that no
-// longer exists. A node that exists, or whose absence cannot be
-// confirmed, is left alone.
+// longer exists and that nothing uses any more (nodeReleasable). A node
+// that exists, or whose absence cannot be confirmed, is left alone; one
+// still in use is deferred (an error wrapping errNodeInUse).
 //
 // blocks are the node's blocks, listed before this call; each release is
 // also guarded by the block's creation revision.
 func (c *Controller) releaseNode(ctx context.Context, name string, blocks []model.Block) error {
-	if !c.nodesSynced() {
-		return fmt.Errorf("nodes: %w", audit.ErrNotSynced)
-	}
-	if _, err := c.nodes.Get(name); err == nil {
-		return nil // it exists (again)
-	}
-	all, err := c.nodes.List(labels.Everything())
-	if err != nil {
-		return fmt.Errorf("list cached nodes: %w", err)
-	}
-	if len(all) == 0 {
-		return fmt.Errorf("node %s: %w", name, audit.ErrNoNodes)
-	}
-	// A quorum read, not the cache: the cache may be stale, the API is the
-	// truth about whether the node exists.
-	if _, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
-		return nil
-	} else if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("confirm deletion of node %s: %w", name, err)
+	gone, err := c.nodeReleasable(ctx, name)
+	if err != nil || !gone {
+		return err
 	}
 
 	var released, addresses int64
@@ -343,6 +346,127 @@ func (c *Controller) releaseNode(ctx context.Context, name string, blocks []mode
 			released, strings.Join(ips, " "), addresses, name)
 	}
 	return nil
+}
+
+// errNodeInUse: the Node object is gone but the node may still run, so
+// its blocks are kept for now. Errors wrapping it are *nodeInUseError.
+var errNodeInUse = errors.New("deleted node still in use")
+
+// nodeInUseError says why a deleted node's release waits; reason is a
+// label of coil_controller_node_release_deferred_total.
+type nodeInUseError struct {
+	node, reason, detail string
+}
+
+func (e *nodeInUseError) Error() string {
+	return fmt.Sprintf("node %s: %v: %s", e.node, errNodeInUse, e.detail)
+}
+
+func (e *nodeInUseError) Unwrap() error { return errNodeInUse }
+
+// nodeReleasable decides whether the blocks of node name may be released.
+// A deleted Node object is not a dead node (`kubectl delete node`, a
+// cloud controller after an API hiccup): its pods may run on for a while,
+// and another node taking its blocks would hand out their addresses
+// again. So all of these must hold:
+//   - the Node is gone, by a quorum read (the cache may be stale);
+//   - no Pod in the API is bound to it outside phases Succeeded/Failed;
+//   - its coild's liveness key has expired (model.Store.KeepNodeAlive).
+//
+// It returns false with no error when the node exists, an error wrapping
+// errNodeInUse when it is gone but still in use, and any other error when
+// a condition cannot be confirmed: then nothing is released either.
+func (c *Controller) nodeReleasable(ctx context.Context, name string) (bool, error) {
+	if !c.nodesSynced() {
+		return false, fmt.Errorf("nodes: %w", audit.ErrNotSynced)
+	}
+	if _, err := c.nodes.Get(name); err == nil {
+		return false, nil // it exists (again)
+	}
+	all, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		return false, fmt.Errorf("list cached nodes: %w", err)
+	}
+	if len(all) == 0 {
+		return false, fmt.Errorf("node %s: %w", name, audit.ErrNoNodes)
+	}
+	// A quorum read, not the cache: the cache may be stale, the API is the
+	// truth about whether the node exists.
+	if _, err := c.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+		return false, nil
+	} else if !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("confirm deletion of node %s: %w", name, err)
+	}
+
+	pod, err := c.boundPod(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	if pod != "" {
+		return false, c.deferRelease(name, deferPodsBound, "pod "+pod+" is still bound to it")
+	}
+	alive, err := c.store.NodeAlive(ctx, name)
+	if err != nil {
+		return false, fmt.Errorf("read liveness of node %s: %w", name, err)
+	}
+	if alive {
+		return false, c.deferRelease(name, deferCoildAlive, "its coild still renews its liveness lease")
+	}
+	return true, nil
+}
+
+func (c *Controller) deferRelease(name, reason, detail string) error {
+	c.opts.Metrics.releaseDeferred.WithLabelValues(reason).Inc()
+	return &nodeInUseError{node: name, reason: reason, detail: detail}
+}
+
+// podListPage bounds one page of the quorum pod list.
+const podListPage = 500
+
+// boundPod returns the namespace/name of a pod bound to node that has not
+// finished, or "" when there is none. The cache answers first when it can
+// (a live pod there is enough to wait), but "none" is confirmed by a
+// quorum list: a cache that lags must not free a running pod's address.
+func (c *Controller) boundPod(ctx context.Context, node string) (string, error) {
+	if c.podsSynced() {
+		cached, err := c.pods.List(labels.Everything())
+		if err != nil {
+			return "", fmt.Errorf("list cached pods: %w", err)
+		}
+		for _, p := range cached {
+			if holdsNode(p, node) {
+				return p.Namespace + "/" + p.Name, nil
+			}
+		}
+	}
+	opts := metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+		Limit:         podListPage,
+	}
+	for {
+		list, err := c.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, opts)
+		if err != nil {
+			return "", fmt.Errorf("list pods bound to node %s: %w", node, err)
+		}
+		for i := range list.Items {
+			if p := &list.Items[i]; holdsNode(p, node) {
+				return p.Namespace + "/" + p.Name, nil
+			}
+		}
+		if list.Continue == "" {
+			return "", nil
+		}
+		opts.Continue = list.Continue
+	}
+}
+
+// holdsNode reports whether pod p may still run on node: bound to it and
+// not finished.
+func holdsNode(p *corev1.Pod, node string) bool {
+	if p.Spec.NodeName != node {
+		return false
+	}
+	return p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 }
 
 // sweep compares etcd with the informer caches once: it refreshes the

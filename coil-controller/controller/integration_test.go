@@ -356,6 +356,10 @@ func TestNodeDeletionReleasesBlocks(t *testing.T) {
 		t.Fatal("blocks of an existing node were released")
 	}
 
+	// The node went away with its pods (a node whose pods remain is
+	// TestDeletedNodeInUseKeepsBlocks).
+	c.deletePod(t, "a")
+	c.deletePod(t, "b")
 	start := time.Now()
 	c.deleteNode(t, n1)
 	testenv.Eventually(t, 10*time.Second, "release of the deleted node's blocks and record", func() bool {
@@ -473,17 +477,20 @@ func TestLeakedAddressReclaimedAfterGrace(t *testing.T) {
 
 // TestUnreadablePodsReclaimNothing runs against the real API: a controller
 // that may not read pods (its pod cache never syncs) and one whose pod
-// list misses most pods must both leave every address alone, while a
-// deleted node's blocks are still released.
+// list misses most pods must both leave every address alone. A deleted
+// node's blocks are released only when the pods bound to it can be read.
 func TestUnreadablePodsReclaimNothing(t *testing.T) {
 	tests := []struct {
 		name       string
 		user       string
 		pods       []string
 		wantReason string
+		// wantNodeReleased: the deleted node's block is released (it
+		// cannot be while no pod can be read: one may still be bound).
+		wantNodeReleased bool
 	}{
 		{name: "pods forbidden", user: noPodsUser, pods: []string{"a", "b", "c"}, wantReason: "pods-not-synced"},
-		{name: "most pods missing", user: controllerUser, pods: []string{"a"}, wantReason: "too-many-leaks"},
+		{name: "most pods missing", user: controllerUser, pods: []string{"a"}, wantReason: "too-many-leaks", wantNodeReleased: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -503,18 +510,27 @@ func TestUnreadablePodsReclaimNothing(t *testing.T) {
 			in := c.start(t, "solo", st, instanceOptions{user: tc.user,
 				opts: Options{ScanInterval: 200 * time.Millisecond, LeakGrace: 0}})
 			in.waitLeading(t)
-			testenv.Eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
-				return nodeBlocks(t, st, gone) == 0
-			})
+			if tc.wantNodeReleased {
+				testenv.Eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
+					return nodeBlocks(t, st, gone) == 0
+				})
+			}
 			testenv.Eventually(t, 10*time.Second, "guard "+tc.wantReason+" to trip 3 times", func() bool {
 				return in.metric(t, "coil_controller_sweep_skipped_total", map[string]string{"reason": tc.wantReason}) >= 3
 			})
+			if !tc.wantNodeReleased && nodeBlocks(t, st, gone) != 1 {
+				t.Error("the deleted node's block was released although no pod bound to it could be read")
+			}
 			addrs, err := st.ListAddresses(context.Background(), "")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(addrs) != 3 {
-				t.Errorf("%d address records left, want 3", len(addrs))
+			want := 3
+			if !tc.wantNodeReleased {
+				want++ // the deleted node's, kept with its block
+			}
+			if len(addrs) != want {
+				t.Errorf("%d address records left, want %d", len(addrs), want)
 			}
 		})
 	}
@@ -611,4 +627,116 @@ func hijack(t *testing.T, c *cluster, name, holder string) {
 		_, err = c.admin.CoordinationV1().Leases(c.ns).Update(ctx, l, metav1.UpdateOptions{})
 		return err == nil
 	})
+}
+
+// TestDeletedNodeInUseKeepsBlocks deletes the Node object of a node that
+// is still in use, as `kubectl delete node` or a cloud controller's
+// hiccup does: while a Pod is bound to it or its coild holds its liveness
+// key, nothing of it is released; once the cause is gone, its blocks are
+// released within the liveness TTL and one recheck. A pod that has
+// finished does not hold the node.
+func TestDeletedNodeInUseKeepsBlocks(t *testing.T) {
+	const ttl = 2 * time.Second
+	tests := []struct {
+		name string
+		// hold makes the node look in use and returns what ends that.
+		hold      func(t *testing.T, c *cluster, st *model.Store, node string) (end func())
+		wantDefer string // "" when the node is released at once
+	}{
+		{
+			name: "pod bound",
+			hold: func(t *testing.T, c *cluster, _ *model.Store, node string) func() {
+				c.createPod(t, "bound", node)
+				return func() { c.deletePod(t, "bound") }
+			},
+			wantDefer: deferPodsBound,
+		},
+		{
+			name: "coild alive",
+			hold: func(t *testing.T, _ *cluster, st *model.Store, node string) func() {
+				return holdLiveness(t, st, node, ttl)
+			},
+			wantDefer: deferCoildAlive,
+		},
+		{
+			name: "pod finished",
+			hold: func(t *testing.T, c *cluster, _ *model.Store, node string) func() {
+				c.createPod(t, "done", node)
+				c.setPodPhase(t, "done", corev1.PodSucceeded)
+				return func() {}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t)
+			st := newStore(t)
+			al := newAllocator(st)
+			c.createNode(t, "n0") // a node must remain, or nothing is released
+			n1 := c.createNode(t, "n1")
+			if err := st.PutNode(context.Background(), model.Node{Name: n1}); err != nil {
+				t.Fatal(err)
+			}
+			al.alloc(t, n1, c.ns, "a", false)
+			end := tc.hold(t, c, st, n1)
+
+			in := c.start(t, "solo", st, instanceOptions{user: controllerUser,
+				opts: Options{ScanInterval: time.Hour, LeakGrace: time.Hour, NodeRecheckInterval: 300 * time.Millisecond}})
+			in.waitLeading(t)
+			c.deleteNode(t, n1)
+			if tc.wantDefer != "" {
+				testenv.Eventually(t, 10*time.Second, "the release to be deferred 3 times", func() bool {
+					if nodeBlocks(t, st, n1) == 0 {
+						t.Fatal("the blocks of a deleted node still in use were released")
+					}
+					return in.metric(t, "coil_controller_node_release_deferred_total", map[string]string{"reason": tc.wantDefer}) >= 3
+				})
+				if !hasNodeRecord(t, st, n1) {
+					t.Fatal("the record of a node still in use was deleted")
+				}
+			}
+			end()
+			testenv.Eventually(t, ttl+10*time.Second, "release once the node is no longer in use", func() bool {
+				return nodeBlocks(t, st, n1) == 0 && !hasNodeRecord(t, st, n1)
+			})
+		})
+	}
+}
+
+// holdLiveness keeps node's liveness key as its coild does, until the
+// returned function stops renewing it; the key then expires with its lease.
+func holdLiveness(t *testing.T, st *model.Store, node string, ttl time.Duration) (stop func()) {
+	t.Helper()
+	halt := runInBackground(t, func(ctx context.Context) error {
+		err := st.KeepNodeAlive(ctx, node, ttl, 200*time.Millisecond, nil)
+		if ctx.Err() != nil {
+			return nil // stopped by the test
+		}
+		return err
+	})
+	testenv.Eventually(t, 10*time.Second, "the liveness key", func() bool {
+		alive, err := st.NodeAlive(context.Background(), node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return alive
+	})
+	return func() {
+		if err := halt(); err != nil {
+			t.Errorf("liveness: %v", err)
+		}
+	}
+}
+
+func (c *cluster) setPodPhase(t *testing.T, name string, phase corev1.PodPhase) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := c.admin.CoreV1().Pods(c.ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status.Phase = phase
+	if _, err := c.admin.CoreV1().Pods(c.ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

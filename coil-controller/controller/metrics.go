@@ -15,6 +15,7 @@ type Metrics struct {
 	reclaimedAddresses *prometheus.CounterVec
 	reclaimedBlocks    prometheus.Counter
 	deletedNodes       prometheus.Counter
+	releaseDeferred    *prometheus.CounterVec
 	lastSweep          prometheus.Gauge
 	sweepSkipped       *prometheus.CounterVec
 	leader             prometheus.Gauge
@@ -24,6 +25,13 @@ type Metrics struct {
 const (
 	causeLeak        = "leak"
 	causeNodeDeleted = "node-deleted"
+)
+
+// Reasons a deleted node's release waits, the "reason" label of
+// coil_controller_node_release_deferred_total.
+const (
+	deferPodsBound  = "pods-bound"
+	deferCoildAlive = "coild-alive"
 )
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -53,6 +61,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "coil_controller_deleted_nodes_total",
 			Help: "Deleted nodes whose blocks and node record were cleaned up.",
 		}),
+		releaseDeferred: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coil_controller_node_release_deferred_total",
+			Help: "Times the release of a deleted node's blocks was put off because the node may still run, by reason (pods-bound, coild-alive).",
+		}, []string{"reason"}),
 		lastSweep: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "coil_controller_last_successful_sweep_timestamp_seconds",
 			Help: "Unix time of the last sweep that compared etcd with the API without tripping a safety guard.",
@@ -69,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.reclaimedAddresses.WithLabelValues(causeLeak)
 	m.reclaimedAddresses.WithLabelValues(causeNodeDeleted)
 	reg.MustRegister(m.blocks, m.addresses, m.leakCandidates, m.reclaimedAddresses,
-		m.reclaimedBlocks, m.deletedNodes, m.lastSweep, m.sweepSkipped, m.leader)
+		m.reclaimedBlocks, m.deletedNodes, m.releaseDeferred, m.lastSweep, m.sweepSkipped, m.leader)
 	return m
 }
 

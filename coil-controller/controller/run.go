@@ -45,6 +45,8 @@ type Config struct {
 	MaxReclaimRatio float64
 	// MaxNodeReleaseRatio is Options.MaxNodeReleaseRatio.
 	MaxNodeReleaseRatio float64
+	// NodeRecheckInterval is Options.NodeRecheckInterval.
+	NodeRecheckInterval time.Duration
 	// Reclaim releases leaked addresses; false only reports them
 	// (Options.ReportOnly).
 	Reclaim bool
@@ -62,6 +64,8 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.LeaderNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader Lease")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", DefaultScanInterval, "period of the sweep comparing etcd with nodes and pods")
 	fs.DurationVar(&c.LeakGrace, "leak-grace", DefaultLeakGrace, "how long an address must look leaked before it is reclaimed")
+	fs.DurationVar(&c.NodeRecheckInterval, "node-recheck-interval", DefaultNodeRecheck,
+		"how soon a deleted node still in use (bound pods, live coild) is looked at again")
 	fs.BoolVar(&c.Reclaim, "reclaim", true, "release leaked addresses; false only reports them")
 	fs.Float64Var(&c.MaxReclaimRatio, "max-reclaim-ratio", DefaultMaxReclaimRatio,
 		"reclaim nothing when more than this share of all address records looks leaked")
@@ -81,6 +85,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--scan-interval must be positive")
 	case c.LeakGrace < 0:
 		return fmt.Errorf("--leak-grace must not be negative")
+	case c.NodeRecheckInterval <= 0:
+		return fmt.Errorf("--node-recheck-interval must be positive")
 	case c.MaxReclaimRatio <= 0 || c.MaxReclaimRatio > 1:
 		return fmt.Errorf("--max-reclaim-ratio must be in (0, 1]")
 	case c.MaxNodeReleaseRatio <= 0 || c.MaxNodeReleaseRatio > 1:
@@ -150,6 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ReportOnly:          !cfg.Reclaim,
 		MaxReclaimRatio:     cfg.MaxReclaimRatio,
 		MaxNodeReleaseRatio: cfg.MaxNodeReleaseRatio,
+		NodeRecheckInterval: cfg.NodeRecheckInterval,
 		Recorder:            recorder,
 		Metrics:             metrics,
 		Logger:              log,

@@ -27,7 +27,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("the flag defaults do not validate: %v", err)
 	}
 	if c.ScanInterval != DefaultScanInterval || c.LeakGrace != DefaultLeakGrace || c.MaxReclaimRatio != DefaultMaxReclaimRatio || c.MaxNodeReleaseRatio != DefaultMaxNodeReleaseRatio ||
-		!c.Reclaim || !c.LeaderElect || c.LeaderNamespace != "kube-system" || c.MetricsAddr != ":9386" || c.Kubeconfig != "" {
+		c.NodeRecheckInterval != DefaultNodeRecheck || !c.Reclaim || !c.LeaderElect || c.LeaderNamespace != "kube-system" || c.MetricsAddr != ":9386" || c.Kubeconfig != "" {
 		t.Errorf("defaults = %+v", c)
 	}
 }
@@ -46,6 +46,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero node ratio", args: []string{"--max-node-release-ratio=0"}, wantErr: "--max-node-release-ratio"},
 		{name: "zero interval", args: []string{"--scan-interval=0s"}, wantErr: "--scan-interval"},
 		{name: "negative grace", args: []string{"--leak-grace=-1s"}, wantErr: "--leak-grace"},
+		{name: "zero node recheck", args: []string{"--node-recheck-interval=0s"}, wantErr: "--node-recheck-interval"},
 		{name: "bad prefix", args: []string{"--etcd-prefix=coil"}, wantErr: "prefix"},
 	}
 	for _, tc := range tests {

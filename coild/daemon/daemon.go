@@ -55,6 +55,10 @@ type Config struct {
 	// BlockReleaseGrace is how long a block stays empty before it goes
 	// back to the pool: pods come and go, and re-acquiring costs more.
 	BlockReleaseGrace time.Duration
+	// LivenessTTL is the TTL of the lease under which coild keeps its
+	// node's liveness key: coil-controller releases the blocks of a
+	// deleted node only once the key has expired.
+	LivenessTTL time.Duration
 	// FlatL2 makes coild route every other node's blocks via that node's
 	// address (nodes share one L2 segment; no routing daemon needed).
 	FlatL2 bool
@@ -91,6 +95,9 @@ func (c *Config) Validate() error {
 	if c.ScanInterval <= 0 {
 		return errors.New("--scan-interval must be positive")
 	}
+	if c.LivenessTTL < time.Second {
+		return fmt.Errorf("--liveness-ttl %s: must be at least 1s (etcd leases count whole seconds)", c.LivenessTTL)
+	}
 	return c.Etcd.Validate()
 }
 
@@ -104,6 +111,7 @@ type daemon struct {
 	// snapshot of the blocks taken just before a block came or went would
 	// undo the observer's Export or Withdraw until the next scan.
 	exportMu sync.Mutex
+	releases *releaseMetrics
 	ready    chan struct{}
 }
 
@@ -149,6 +157,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// nothing but "not ready" until the state is restored.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.releases = newReleaseMetrics(reg)
 	factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
 	nsInformer := factory.Core().V1().Namespaces()
 	selector := poolselector.New(nsInformer.Lister(), kube)
@@ -235,6 +244,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	env.Go(d.houseKeeping)
+	env.Go(d.keepAlive)
+	env.Go(d.followReleases)
 	env.Go(func(ctx context.Context) error {
 		// Egress needs the pods' networks, which the restore loads; it
 		// runs beside the API and never holds up readiness.

@@ -18,6 +18,9 @@ const EnvPrefix = "COILD"
 // DaemonSet fills it from spec.nodeName).
 const NodeNameEnv = "COIL_NODE_NAME"
 
+// DefaultLivenessTTL is the default of --liveness-ttl.
+const DefaultLivenessTTL = 20 * time.Second
+
 // Flags is coild's command line. AddFlags registers the flags on a flag
 // set; once that is parsed, Config completes them into a Config.
 type Flags struct {
@@ -41,6 +44,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "address serving Prometheus metrics (e.g. :9384); empty disables it")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", time.Minute, "interval of house-keeping: empty blocks, route re-sync")
 	fs.DurationVar(&c.BlockReleaseGrace, "block-release-grace", 5*time.Minute, "how long a block stays empty before it returns to its pool")
+	fs.DurationVar(&c.LivenessTTL, "liveness-ttl", DefaultLivenessTTL, "TTL of the etcd lease of the node's liveness key; coil-controller frees a deleted node's blocks only after it expired")
 	fs.BoolVar(&c.FlatL2, "flat-l2", false, "route other nodes' blocks via their node addresses (all nodes on one L2 segment, no routing daemon)")
 	fs.StringSliceVar(&f.egressBypass, "egress-bypass", nil, "CIDRs egress clients always reach directly besides pool subnets (service and node networks)")
 }

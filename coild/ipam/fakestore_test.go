@@ -236,3 +236,9 @@ func (f *fakeStore) ReleaseBlock(_ context.Context, b model.Block) error {
 	delete(f.blocks, b.Index)
 	return nil
 }
+
+func (f *fakeStore) Revision(context.Context) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rev, nil
+}

@@ -30,6 +30,9 @@ type Store interface {
 	ClaimBlock(ctx context.Context, b model.Block, a model.Address) (model.Block, model.Address, error)
 	ReleaseAddress(ctx context.Context, a model.Address) error
 	ReleaseBlock(ctx context.Context, b model.Block) error
+	// Revision is etcd's current revision: changes after it are not yet
+	// seen by reads made after this call.
+	Revision(ctx context.Context) (int64, error)
 }
 
 // Observer learns when the node gains or loses a block, so the block's route
@@ -67,6 +70,9 @@ type Allocator struct {
 	// not tell (model.ErrOutcomeUnknown): the address or block stays
 	// reserved until the attachment's next Allocate or Release settles it.
 	pending map[api.Attachment]pendingCommit
+	// restoredRev is the etcd revision Restore started reading at: every
+	// change after it is to be applied by following the node's keys.
+	restoredRev int64
 }
 
 // slot is one address of a block.
@@ -137,6 +143,12 @@ var ErrNotRestored = api.WithReason(errors.New("allocator state not restored fro
 // Restore loads the node's blocks and addresses from etcd. It must succeed
 // before the allocator serves requests.
 func (a *Allocator) Restore(ctx context.Context) error {
+	// Taken before the reads, so that a watch from rev+1 replays whatever
+	// changed while they ran (applying a deletion twice is harmless).
+	rev, err := a.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("restore node %q: %w", a.node, err)
+	}
 	blocks, err := a.store.NodeBlocks(ctx, a.node)
 	if err != nil {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
@@ -187,8 +199,17 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	a.freed = map[string][]slot{}
 	a.pending = map[api.Attachment]pendingCommit{}
 	a.restored = true
+	a.restoredRev = rev
 	a.mu.Unlock()
 	return nil
+}
+
+// RestoredRevision is the etcd revision the last Restore read from; zero
+// before Restore succeeded.
+func (a *Allocator) RestoredRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.restoredRev
 }
 
 // Ready reports whether Restore has succeeded.
@@ -519,9 +540,14 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if cur, ok := a.owners[att]; ok && cur.Revision == addr.Revision {
-		delete(a.owners, att)
+	// Only the call that forgets the record frees its offset: a release
+	// seen in etcd (ForgetAddress) or a concurrent Release may have done
+	// it already, and the offset may be someone else's by now.
+	cur, ok := a.owners[att]
+	if !ok || cur.Revision != addr.Revision {
+		return addr, true, nil
 	}
+	delete(a.owners, att)
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
 		a.freeLocked(b, addr.Offset)
 	}

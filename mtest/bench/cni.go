@@ -142,6 +142,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 			ProtocolID:        30,
 			ScanInterval:      time.Minute,
 			BlockReleaseGrace: time.Hour,
+			LivenessTTL:       daemon.DefaultLivenessTTL,
 			KubeClient:        kube,
 			HostNS:            nodeNS,
 			Logger:            slog.New(slog.NewTextHandler(logFile, nil)),
