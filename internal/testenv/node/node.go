@@ -282,6 +282,7 @@ func (n *Node) Config() daemon.Config {
 		ProtocolID:        ExportProtocol,
 		ScanInterval:      n.scanInterval,
 		BlockReleaseGrace: n.blockGrace,
+		NodeWait:          time.Second,
 		KubeClient:        n.Kube,
 		HostNS:            n.NS,
 		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
