@@ -22,15 +22,15 @@ func TestPickUplinkAddresses(t *testing.T) {
 	// A real node: eth0 is the uplink, the rest carry addresses that are
 	// not the node's.
 	links := map[int]uplinkLink{
-		1: {Name: "lo", Type: "device", Up: true, Addrs: addrs("10.200.0.1")},
-		2: {Name: "docker0", Type: "bridge", Up: true, Addrs: addrs("172.17.0.1", "fd00:17::1")},
-		3: {Name: "kube-ipvs0", Type: "dummy", Up: true, Addrs: addrs("10.96.0.1", "fd00:96::1")},
-		4: {Name: "eth0", Type: "device", Up: true, Addrs: addrs("192.0.2.10", "192.0.2.11", "2001:db8:1::10")},
-		5: {Name: "eth1", Type: "device", Up: true, Addrs: addrs("198.51.100.10", "2001:db8:2::10")},
-		6: {Name: "eth2", Type: "device", Up: false, Addrs: addrs("203.0.113.10")},
-		7: {Name: "vethabc", Type: "veth", Up: true, Addrs: addrs("10.1.0.1")},
-		8: {Name: "flannel.1", Type: "vxlan", Up: true, Addrs: addrs("10.244.0.0")},
-		9: {Name: "nodelocaldns", Type: "dummy", Up: true, Addrs: addrs("169.254.20.10", "10.96.0.10")},
+		1:  {Name: "lo", Type: "device", Up: true, Addrs: addrs("10.200.0.1")},
+		2:  {Name: "docker0", Type: "bridge", Up: true, Addrs: addrs("172.17.0.1", "fd00:17::1")},
+		3:  {Name: "kube-ipvs0", Type: "dummy", Up: true, Addrs: addrs("10.96.0.1", "fd00:96::1")},
+		4:  {Name: "eth0", Type: "device", Up: true, Addrs: addrs("192.0.2.10", "192.0.2.11", "2001:db8:1::10")},
+		5:  {Name: "eth1", Type: "device", Up: true, Addrs: addrs("198.51.100.10", "2001:db8:2::10")},
+		6:  {Name: "eth2", Type: "device", Up: false, Addrs: addrs("203.0.113.10")},
+		7:  {Name: "vethabc", Type: "veth", Up: true, Addrs: addrs("10.1.0.1")},
+		8:  {Name: "flannel.1", Type: "vxlan", Up: true, Addrs: addrs("10.244.0.0")},
+		9:  {Name: "nodelocaldns", Type: "dummy", Up: true, Addrs: addrs("169.254.20.10", "10.96.0.10")},
 		10: {Name: "kube-ipvs0", Type: "bridge", Up: true, Addrs: addrs("10.96.0.2")},
 		11: {Name: "bond0", Type: "bond", Up: true, Addrs: addrs("2001:db8:3::10")},
 	}
