@@ -3,7 +3,6 @@ package nodenet
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"regexp"
 
@@ -35,31 +34,4 @@ func EnsureHostRoutes(hostVeth string, addrs []netip.Addr) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// NodeAddresses returns the global unicast addresses of the node's up,
-// non-loopback, non-veth links: what other nodes route pod blocks through.
-func NodeAddresses() ([]netip.Addr, error) {
-	links, err := retryDump("links", netlink.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	var out []netip.Addr
-	for _, l := range links {
-		attrs := l.Attrs()
-		if attrs.Flags&net.FlagUp == 0 || l.Type() == linkTypeVeth || l.Type() == linkTypeVXLAN || attrs.Name == loopbackName {
-			continue
-		}
-		addrs, err := retryDump("addresses", func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
-		if err != nil {
-			return nil, fmt.Errorf("list addresses of %s: %w", attrs.Name, err)
-		}
-		for _, a := range addrs {
-			ip, ok := addrOf(a.IP)
-			if ok && ip.IsGlobalUnicast() {
-				out = append(out, ip)
-			}
-		}
-	}
-	return out, nil
 }

@@ -59,6 +59,10 @@ type Config struct {
 	// node's liveness key: coil-controller releases the blocks of a
 	// deleted node only once the key has expired.
 	LivenessTTL time.Duration
+	// NodeWait bounds the wait for the Node object's InternalIP when
+	// NodeAddresses is empty (findNodeAddresses); zero means
+	// DefaultNodeWait.
+	NodeWait time.Duration
 	// FlatL2 makes coild route every other node's blocks via that node's
 	// address (nodes share one L2 segment; no routing daemon needed).
 	FlatL2 bool
@@ -113,6 +117,8 @@ type daemon struct {
 	exportMu sync.Mutex
 	releases *releaseMetrics
 	ready    chan struct{}
+	// nodeAddrs are the node record's addresses, found before restore.
+	nodeAddrs []netip.Addr
 }
 
 // Run starts coild and blocks until ctx ends or a component fails.
@@ -234,6 +240,11 @@ func Run(ctx context.Context, cfg Config) error {
 		if !cache.WaitForCacheSync(ctx.Done(), nsInformer.Informer().HasSynced) {
 			return fmt.Errorf("namespace informer did not sync: %w", context.Cause(ctx))
 		}
+		addrs, err := d.findNodeAddresses(ctx, kube)
+		if err != nil {
+			return err
+		}
+		d.nodeAddrs = addrs
 		if err := d.start(ctx); err != nil {
 			return err
 		}
@@ -314,13 +325,7 @@ func (d *daemon) restore(ctx context.Context) error {
 	if err := d.store.Init(rctx); err != nil {
 		return err
 	}
-	addrs := d.cfg.NodeAddresses
-	if len(addrs) == 0 {
-		if err := d.inHostNS(func() (err error) { addrs, err = nodenet.NodeAddresses(); return err }); err != nil {
-			return err
-		}
-	}
-	if err := d.store.PutNode(rctx, model.Node{Name: d.cfg.NodeName, Addresses: addrs}); err != nil {
+	if err := d.store.PutNode(rctx, model.Node{Name: d.cfg.NodeName, Addresses: d.nodeAddrs}); err != nil {
 		return err
 	}
 	if err := d.alloc.Restore(rctx); err != nil {

@@ -34,7 +34,7 @@ type Flags struct {
 func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	c := &f.cfg
 	fs.StringVar(&c.NodeName, "node-name", os.Getenv(NodeNameEnv), "name of this node (env "+NodeNameEnv+")")
-	fs.StringSliceVar(&f.nodeAddresses, "node-address", nil, "addresses other nodes route this node's blocks through (default: the node's global addresses)")
+	fs.StringSliceVar(&f.nodeAddresses, "node-address", nil, "addresses other nodes route this node's blocks through (default: the Node's InternalIP, else the default route's link address; see docs/coild.md)")
 	c.Etcd.AddFlags(fs)
 	fs.StringVar(&c.HTTPAddr, "http", "127.0.0.1:9383", "loopback address of the REST API; empty disables it")
 	fs.StringVar(&c.SocketPath, "socket", "/run/coild.sock", "unix socket of the REST API (mode 0600); empty disables it")

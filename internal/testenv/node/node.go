@@ -110,6 +110,8 @@ type Node struct {
 	blockGrace, scanInterval time.Duration
 	// cniCache is libcni's cache directory (/var/lib/cni on a node).
 	cniCache string
+	// nodeAddresses is coild's --node-address (nil: coild finds them).
+	nodeAddresses []netip.Addr
 
 	cancel context.CancelFunc
 	done   chan error
@@ -133,6 +135,16 @@ type Options struct {
 	ScanInterval time.Duration
 	// HTTPAddr, if set, is coild's loopback TCP listener (--http).
 	HTTPAddr string
+	// FindNodeAddress starts coild without --node-address, so that it
+	// finds the node's address itself (Node object, default route). By
+	// default coild is given the node's lo addresses IPv4 and IPv6.
+	FindNodeAddress bool
+	// NodeInternalIPs, if set, makes the fake API server hold the Node
+	// object, with these InternalIP addresses, before coild starts.
+	NodeInternalIPs []netip.Addr
+	// Prepare, if set, runs in the node's network namespace before coild
+	// starts (links and routes a test wants the node to have).
+	Prepare func() error
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -168,6 +180,9 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		scanInterval: opts.ScanInterval,
 		cniCache:     t.TempDir(),
 	}
+	if !opts.FindNodeAddress {
+		n.nodeAddresses = []netip.Addr{IPv4, IPv6}
+	}
 	netnstest.Do(t, n.NS, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
@@ -184,6 +199,9 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		}
 		return nil
 	})
+	if opts.Prepare != nil {
+		netnstest.Do(t, n.NS, opts.Prepare)
+	}
 
 	n.EtcdClient = opts.Etcd.Client(t)
 	n.Store = model.New(n.EtcdClient, n.Prefix)
@@ -204,6 +222,15 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 	kubeSystem := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system", UID: ClusterUID}}
 	for _, o := range append([]*corev1.Namespace{Namespace("default", ""), kubeSystem}, opts.Namespaces...) {
 		if _, err := n.Kube.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(opts.NodeInternalIPs) > 0 {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+		for _, a := range opts.NodeInternalIPs {
+			node.Status.Addresses = append(node.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a.String()})
+		}
+		if _, err := n.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -247,7 +274,7 @@ func (n *Node) Config() daemon.Config {
 	}
 	return daemon.Config{
 		NodeName:          n.Name,
-		NodeAddresses:     []netip.Addr{IPv4, IPv6},
+		NodeAddresses:     n.nodeAddresses,
 		Etcd:              etcd,
 		SocketPath:        n.Socket,
 		HTTPAddr:          n.HTTPAddr,
@@ -256,6 +283,7 @@ func (n *Node) Config() daemon.Config {
 		ScanInterval:      n.scanInterval,
 		BlockReleaseGrace: n.blockGrace,
 		LivenessTTL:       daemon.DefaultLivenessTTL,
+		NodeWait:          time.Second,
 		KubeClient:        n.Kube,
 		HostNS:            n.NS,
 		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -590,3 +618,17 @@ func HostNet(a netip.Addr) *net.IPNet {
 	bits := a.BitLen()
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}
 }
+
+// NodeRecord is the node's record in etcd: the addresses other nodes
+// route its blocks through.
+func (n *Node) NodeRecord() model.Node {
+	n.t.Helper()
+	rec, err := n.Store.GetNode(context.Background(), n.Name)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return rec
+}
+
+// Log is what coild has logged so far.
+func (n *Node) Log() string { return n.log.String() }
