@@ -25,6 +25,12 @@ type Owner struct {
 	// it tells a pod from a later pod of the same name, whose sandbox
 	// must not keep the earlier one's leaked address alive.
 	PodUID string `json:"podUID,omitempty"`
+	// Network is the name of the CNI network configuration the address
+	// was allocated for (the netconf "name"). A CNI GC of one network
+	// frees only that network's records; a record without it (written
+	// before it existed, or by a client that sent none) is never freed
+	// by a GC, only by DEL or the controller's leak sweep.
+	Network string `json:"network,omitempty"`
 }
 
 // Address is one allocated address (a pair in a dual-stack pool).

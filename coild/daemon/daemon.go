@@ -62,6 +62,10 @@ type Config struct {
 	// normal path, besides pool subnets and link-local ranges: the
 	// service and node networks.
 	EgressBypass []netip.Prefix
+	// GCMinAge protects allocations younger than this from CNI GC (an ADD
+	// may be in flight while the runtime lists its attachments); zero
+	// means one minute. Tests shorten it.
+	GCMinAge time.Duration
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
@@ -156,13 +160,17 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry: reg,
 		Logger:   d.log,
 	})
+	gcMinAge := cfg.GCMinAge
+	if gcMinAge == 0 {
+		gcMinAge = time.Minute
+	}
 	srv := server.New(server.Config{
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
 		NetNS:          podNetNS{host: d.hostNSPath()},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
-		GCMinAge:       time.Minute,
+		GCMinAge:       gcMinAge,
 		Ready:          d.isReady,
 		Registry:       reg,
 		Logger:         d.log,
@@ -338,7 +346,7 @@ func (d *daemon) reconcileKernel() {
 	}
 	keep := map[string]bool{}
 	for _, addr := range d.alloc.Attachments() {
-		veth := nodenet.HostVethName(addr.Namespace, addr.Pod)
+		veth := nodenet.PodHostVethName(addr.Namespace, addr.Pod, addr.Interface)
 		keep[veth] = true
 		if err := nodenet.EnsureHostRoutes(veth, addr.IPs()); err != nil {
 			d.log.Error("restore host routes", "pod", addr.Namespace+"/"+addr.Pod, "error", err)

@@ -103,6 +103,7 @@ type Node struct {
 	etcdEndpoint             string
 	log                      *logBuffer
 	blockGrace, scanInterval time.Duration
+	gcMinAge                 time.Duration
 	// cniCache is libcni's cache directory (/var/lib/cni on a node).
 	cniCache string
 
@@ -128,6 +129,8 @@ type Options struct {
 	ScanInterval time.Duration
 	// HTTPAddr, if set, is coild's loopback TCP listener (--http).
 	HTTPAddr string
+	// GCMinAge is coild's GCMinAge; default coild's (one minute).
+	GCMinAge time.Duration
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -161,6 +164,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		log:          &logBuffer{},
 		blockGrace:   opts.BlockGrace,
 		scanInterval: opts.ScanInterval,
+		gcMinAge:     opts.GCMinAge,
 		cniCache:     t.TempDir(),
 	}
 	netnstest.Do(t, n.NS, func() error {
@@ -247,6 +251,7 @@ func (n *Node) Config() daemon.Config {
 		ProtocolID:        ExportProtocol,
 		ScanInterval:      n.scanInterval,
 		BlockReleaseGrace: n.blockGrace,
+		GCMinAge:          n.gcMinAge,
 		KubeClient:        n.Kube,
 		HostNS:            n.NS,
 		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
