@@ -441,4 +441,3 @@ func ListHostVeths() ([]string, error) {
 	}
 	return names, nil
 }
-
