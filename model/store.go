@@ -22,6 +22,7 @@ type Store struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
 	prefix  string
+	hook    corruptHook
 }
 
 // New returns a Store using the client's KV API under prefix (for example

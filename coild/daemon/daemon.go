@@ -146,6 +146,17 @@ func Run(ctx context.Context, cfg Config) error {
 	// Listen before restoring so that a bad address fails fast, but answer
 	// nothing but "not ready" until the state is restored.
 	reg := prometheus.NewRegistry()
+	// A record coild cannot use is skipped, not fatal; it is counted and
+	// logged each time a list meets it, so it stays visible until repaired.
+	corrupt := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coild_corrupt_records_total",
+		Help: "Times a list of etcd met a record it could not use and skipped it, by kind.",
+	}, []string{"kind"})
+	reg.MustRegister(corrupt)
+	d.store.OnCorrupt(func(r model.CorruptRecord) {
+		corrupt.WithLabelValues(r.Kind).Inc()
+		d.log.Error("skipped corrupt record in etcd", "kind", r.Kind, "key", r.Key, "error", r.Err)
+	})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
 	nsInformer := factory.Core().V1().Namespaces()
