@@ -25,7 +25,7 @@ export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build image test vet mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build image test vet fuzz mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -41,6 +41,23 @@ vet:
 # (needs root), the reference CNI client. The end-to-end suite is `make mtest`.
 test: deps vet kube-apiserver
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/mtest$$' | grep -v /mtest/demo)
+
+# Fuzz every decoder of untrusted input (etcd records, REST bodies, CNI
+# netconf) for FUZZTIME each. `make test` runs their checked-in seed
+# corpora (testdata/fuzz/) as plain tests.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./model:FuzzDecodeBlock ./model:FuzzDecodeAddress ./model:FuzzDecodePool \
+	./model:FuzzDecodeNode ./model:FuzzDecodeEgress \
+	./coild/server:FuzzRequestBodies \
+	./coil/plugin:FuzzParseNetConf ./coil/plugin:FuzzParsePodArgs
+
+fuzz: deps
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 # End-to-end: multi-node clusters of network namespaces with real etcd,
 # kube-apiserver (built once into the cache), coild, coil-controller, BIRD.

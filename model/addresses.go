@@ -25,6 +25,12 @@ type Owner struct {
 	// it tells a pod from a later pod of the same name, whose sandbox
 	// must not keep the earlier one's leaked address alive.
 	PodUID string `json:"podUID,omitempty"`
+	// Network is the name of the CNI network configuration the address
+	// was allocated for (the netconf "name"). A CNI GC of one network
+	// frees only that network's records; a record without it (written
+	// before it existed, or by a client that sent none) is never freed
+	// by a GC, only by DEL or the controller's leak sweep.
+	Network string `json:"network,omitempty"`
 }
 
 // Address is one allocated address (a pair in a dual-stack pool).
@@ -154,9 +160,13 @@ func (s *Store) listAddresses(ctx context.Context, prefix string) ([]Address, er
 	}
 	addrs := make([]Address, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var a Address
-		if err := decode(string(kv.Key), kv.Value, &a); err != nil {
-			return nil, err
+		a, err := s.DecodeAddress(string(kv.Key), kv.Value)
+		if err != nil {
+			// Skipped, not fatal. The key stays in etcd, so an
+			// allocation of its offset fails with ErrAddressInUse and
+			// the allocator leaves the offset marked used.
+			s.reportCorrupt("addresses", string(kv.Key), err)
+			continue
 		}
 		a.Revision = kv.CreateRevision
 		addrs = append(addrs, a)
@@ -193,16 +203,16 @@ func (s *Store) FindAddress(ctx context.Context, ip netip.Addr) (AddressInfo, er
 			return AddressInfo{}, fmt.Errorf("find %s: %w", ip, etcdErr("get", err))
 		}
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			var b Block
-			if err := decode(bkey, kvs[0].Value, &b); err != nil {
+			b, err := s.DecodeBlock(bkey, kvs[0].Value)
+			if err != nil {
 				return AddressInfo{}, err
 			}
 			b.Revision = kvs[0].CreateRevision
 			info.Block = &b
 		}
 		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-			var a Address
-			if err := decode(akey, kvs[0].Value, &a); err != nil {
+			a, err := s.DecodeAddress(akey, kvs[0].Value)
+			if err != nil {
 				return AddressInfo{}, err
 			}
 			a.Revision = kvs[0].CreateRevision

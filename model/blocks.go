@@ -299,9 +299,12 @@ func (s *Store) ListBlocks(ctx context.Context, pool string) ([]Block, error) {
 	}
 	blocks := make([]Block, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var b Block
-		if err := decode(string(kv.Key), kv.Value, &b); err != nil {
-			return nil, err
+		b, err := s.DecodeBlock(string(kv.Key), kv.Value)
+		if err != nil {
+			// Skipped, not fatal: a node must not stop serving over one
+			// bad key. The key stays taken, so no node acquires it.
+			s.reportCorrupt("blocks", string(kv.Key), err)
+			continue
 		}
 		b.Revision = kv.CreateRevision
 		blocks = append(blocks, b)

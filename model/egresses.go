@@ -97,16 +97,22 @@ func (s *Store) egressKey(namespace, name string) string {
 }
 
 // egressSnapshot lists every egress and the revision of the list.
-func (s *Store) egressSnapshot(ctx context.Context) ([]Egress, int64, error) {
+// A corrupt record is skipped and reported, unless strict: choosing a VNI
+// no other egress holds needs every egress, so that fails instead.
+func (s *Store) egressSnapshot(ctx context.Context, strict bool) ([]Egress, int64, error) {
 	resp, err := s.kv.Get(ctx, s.egressesPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, etcdErr("list egresses", err)
 	}
 	out := make([]Egress, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var e Egress
-		if err := decode(string(kv.Key), kv.Value, &e); err != nil {
-			return nil, 0, err
+		e, err := s.DecodeEgress(string(kv.Key), kv.Value)
+		if err != nil {
+			if strict {
+				return nil, 0, fmt.Errorf("%w (repair or delete it first)", err)
+			}
+			s.reportCorrupt("egresses", string(kv.Key), err)
+			continue
 		}
 		out = append(out, e)
 	}
@@ -127,7 +133,7 @@ func (s *Store) CreateEgress(ctx context.Context, e Egress) (Egress, error) {
 	key := s.egressKey(e.Namespace, e.Name)
 	var rec Egress
 	err := retryConflicts(ctx, maxConflictAttempts, func() error {
-		all, rev, err := s.egressSnapshot(ctx)
+		all, rev, err := s.egressSnapshot(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -188,13 +194,12 @@ func (s *Store) GetEgress(ctx context.Context, namespace, name string) (Egress, 
 	if len(resp.Kvs) == 0 {
 		return Egress{}, fmt.Errorf("get egress %s/%s: %w", namespace, name, ErrEgressNotFound)
 	}
-	var e Egress
-	return e, decode(key, resp.Kvs[0].Value, &e)
+	return s.DecodeEgress(key, resp.Kvs[0].Value)
 }
 
 // ListEgresses returns every egress, sorted by namespace and name.
 func (s *Store) ListEgresses(ctx context.Context) ([]Egress, error) {
-	all, _, err := s.egressSnapshot(ctx)
+	all, _, err := s.egressSnapshot(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +224,7 @@ func (s *Store) DeleteEgress(ctx context.Context, namespace, name string) error 
 // change, until ctx ends, like WatchPools.
 func (s *Store) WatchEgresses(ctx context.Context, retry time.Duration, fn func([]Egress)) error {
 	return s.watchList(ctx, "egresses", s.egressesPrefix(), retry, func(ctx context.Context) (int64, error) {
-		all, rev, err := s.egressSnapshot(ctx)
+		all, rev, err := s.egressSnapshot(ctx, false)
 		if err != nil {
 			return 0, err
 		}

@@ -38,8 +38,7 @@ func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
 	if len(resp.Kvs) == 0 {
 		return Node{}, fmt.Errorf("get node %q: %w", name, ErrNotFound)
 	}
-	var n Node
-	return n, decode(key, resp.Kvs[0].Value, &n)
+	return s.DecodeNode(key, resp.Kvs[0].Value)
 }
 
 // ListNodes returns every node record.
@@ -50,9 +49,10 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 	}
 	nodes := make([]Node, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var n Node
-		if err := decode(string(kv.Key), kv.Value, &n); err != nil {
-			return nil, err
+		n, err := s.DecodeNode(string(kv.Key), kv.Value)
+		if err != nil {
+			s.reportCorrupt("nodes", string(kv.Key), err)
+			continue
 		}
 		nodes = append(nodes, n)
 	}

@@ -14,16 +14,23 @@ type poolSnapshot struct {
 	revision int64
 }
 
-func (s *Store) poolSnapshot(ctx context.Context) (poolSnapshot, error) {
+// poolSnapshot lists every pool. A corrupt pool record is skipped and
+// reported, unless strict: a write that checks overlaps with every pool
+// must not go ahead without knowing one of them, so it fails instead.
+func (s *Store) poolSnapshot(ctx context.Context, strict bool) (poolSnapshot, error) {
 	resp, err := s.kv.Get(ctx, s.poolsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return poolSnapshot{}, etcdErr("list pools", err)
 	}
 	snap := poolSnapshot{revision: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
-		var p Pool
-		if err := decode(string(kv.Key), kv.Value, &p); err != nil {
-			return poolSnapshot{}, err
+		p, err := s.DecodePool(string(kv.Key), kv.Value)
+		if err != nil {
+			if strict {
+				return poolSnapshot{}, fmt.Errorf("%w (repair or delete it first)", err)
+			}
+			s.reportCorrupt("pools", string(kv.Key), err)
+			continue
 		}
 		snap.pools = append(snap.pools, p)
 	}
@@ -63,7 +70,7 @@ func (s *Store) CreatePool(ctx context.Context, p Pool) error {
 	}
 	key := s.poolKey(p.Name)
 	err := retryConflicts(ctx, maxConflictAttempts, func() error {
-		snap, err := s.poolSnapshot(ctx)
+		snap, err := s.poolSnapshot(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -96,7 +103,7 @@ func (s *Store) CreatePool(ctx context.Context, p Pool) error {
 // CreatePool.
 func (s *Store) AddSubnet(ctx context.Context, name string, sub Subnet) error {
 	err := retryConflicts(ctx, maxConflictAttempts, func() error {
-		snap, err := s.poolSnapshot(ctx)
+		snap, err := s.poolSnapshot(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -140,8 +147,8 @@ func (s *Store) GetPool(ctx context.Context, name string) (Pool, int64, error) {
 	if len(resp.Kvs) == 0 {
 		return Pool{}, 0, fmt.Errorf("get pool %q: %w", name, ErrPoolNotFound)
 	}
-	var p Pool
-	if err := decode(key, resp.Kvs[0].Value, &p); err != nil {
+	p, err := s.DecodePool(key, resp.Kvs[0].Value)
+	if err != nil {
 		return Pool{}, 0, err
 	}
 	return p, resp.Kvs[0].ModRevision, nil
@@ -149,7 +156,7 @@ func (s *Store) GetPool(ctx context.Context, name string) (Pool, int64, error) {
 
 // ListPools returns every pool, sorted by name.
 func (s *Store) ListPools(ctx context.Context) ([]Pool, error) {
-	snap, err := s.poolSnapshot(ctx)
+	snap, err := s.poolSnapshot(ctx, false)
 	if err != nil {
 		return nil, err
 	}

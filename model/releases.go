@@ -79,15 +79,15 @@ func (s *Store) WatchNodeReleases(ctx context.Context, node string, rev int64, f
 func (s *Store) parseReleased(key string, val []byte, created int64) (Released, bool) {
 	switch {
 	case strings.HasPrefix(key, s.addressesPrefix()):
-		var a Address
-		if decode(key, val, &a) != nil {
+		a, err := s.DecodeAddress(key, val)
+		if err != nil {
 			return Released{}, false
 		}
 		a.Revision = created
 		return Released{Address: &a}, true
 	case strings.HasPrefix(key, s.blocksPrefix()):
-		var b Block
-		if decode(key, val, &b) != nil {
+		b, err := s.DecodeBlock(key, val)
+		if err != nil {
 			return Released{}, false
 		}
 		b.Revision = created

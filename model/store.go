@@ -27,6 +27,7 @@ type Store struct {
 	// outcomeWait bounds how long a write whose answer was lost keeps
 	// asking etcd what became of it (see commit).
 	outcomeWait time.Duration
+	hook        corruptHook
 }
 
 // New returns a Store using the client's KV API under prefix (for example

@@ -14,7 +14,7 @@ import (
 // so no change is missed; a failing list is retried every retry interval.
 func (s *Store) WatchPools(ctx context.Context, retry time.Duration, fn func([]Pool)) error {
 	return s.watchList(ctx, "pools", s.poolsPrefix(), retry, func(ctx context.Context) (int64, error) {
-		snap, err := s.poolSnapshot(ctx)
+		snap, err := s.poolSnapshot(ctx, false)
 		if err != nil {
 			return 0, err
 		}
@@ -77,17 +77,19 @@ func (s *Store) topology(ctx context.Context) (Topology, int64, error) {
 	}
 	var t Topology
 	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		var b Block
-		if err := decode(string(kv.Key), kv.Value, &b); err != nil {
-			return Topology{}, 0, err
+		b, err := s.DecodeBlock(string(kv.Key), kv.Value)
+		if err != nil {
+			s.reportCorrupt("blocks", string(kv.Key), err)
+			continue
 		}
 		b.Revision = kv.CreateRevision
 		t.Blocks = append(t.Blocks, b)
 	}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		var n Node
-		if err := decode(string(kv.Key), kv.Value, &n); err != nil {
-			return Topology{}, 0, err
+		n, err := s.DecodeNode(string(kv.Key), kv.Value)
+		if err != nil {
+			s.reportCorrupt("nodes", string(kv.Key), err)
+			continue
 		}
 		t.Nodes = append(t.Nodes, n)
 	}

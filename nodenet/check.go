@@ -116,7 +116,11 @@ func checkPodSide(cfg PodConfig, hostIdx int, hostMAC net.HardwareAddr, report f
 		if !pair.addr.IsValid() {
 			continue
 		}
-		for _, r := range podRoutes(idx, pair.gw) {
+		var routes []*netlink.Route
+		if !cfg.Secondary {
+			routes = podRoutes(idx, pair.gw)
+		}
+		for _, r := range routes {
 			ok, err := hasRoute(r)
 			if err != nil {
 				return err

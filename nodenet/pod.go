@@ -47,14 +47,41 @@ func HostVethName(namespace, pod string) string {
 	return HostVethPrefix + hex.EncodeToString(sum[:])[:11]
 }
 
+// PrimaryInterface is the pod interface that keeps HostVethName and gets
+// the pod's default routes; other interfaces (a second network attached by
+// Multus, say) are secondary.
+const PrimaryInterface = "eth0"
+
+// PodHostVethName returns the name of the host side of the veth of a pod's
+// interface ifName. The primary interface (and "", which means it) keeps
+// the Calico-compatible HostVethName; any other interface gets
+// HostVethPrefix and 11 hex digits of sha1("<namespace>.<pod>/<ifName>"),
+// so that adding a second interface never replaces the first one's veth.
+// The "/" cannot occur in a namespace or pod name, so no interface's name
+// equals the primary name of another pod.
+func PodHostVethName(namespace, pod, ifName string) string {
+	if ifName == "" || ifName == PrimaryInterface {
+		return HostVethName(namespace, pod)
+	}
+	sum := sha1.Sum([]byte(namespace + "." + pod + "/" + ifName))
+	return HostVethPrefix + hex.EncodeToString(sum[:])[:11]
+}
+
 // PodConfig says how one pod interface is set up.
 type PodConfig struct {
 	// NetNSPath is the path of the pod's network namespace.
 	NetNSPath string
 	// IfName is the interface name inside the pod, usually "eth0".
 	IfName string
-	// HostVethName is the name of the host side, see HostVethName.
+	// HostVethName is the name of the host side, see PodHostVethName.
 	HostVethName string
+	// Secondary marks an interface other than the pod's primary one: it
+	// gets its address and the gateway neighbours but no routes, since
+	// the pod's on-link gateway and default routes belong to the primary
+	// interface and a second set would clash with them. Traffic to the
+	// interface's address comes in through it; what the pod sends
+	// follows the pod's routes.
+	Secondary bool
 	// IPv4 and IPv6 are the pod's addresses; either may be the zero
 	// Addr for a single-stack pod, not both.
 	IPv4, IPv6 netip.Addr
@@ -121,6 +148,9 @@ type PodLinks struct {
 //	host netns: vethXXXXXXXXXXX up
 //	            10.1.0.5 dev vethXXXXXXXXXXX scope link
 //	            fd00::5 dev vethXXXXXXXXXXX
+//
+// A secondary interface (cfg.Secondary) gets the same minus the pod's
+// routes, which stay with the primary interface.
 //
 // The host side has no address: the permanent neighbours spare the pod ARP
 // and NDP for its gateway, and the host routes bring replies back. A host
@@ -237,7 +267,7 @@ func configurePodSide(cfg PodConfig, hostMAC net.HardwareAddr) (Link, error) {
 		if err := netlink.AddrAdd(link, a); err != nil {
 			return Link{}, fmt.Errorf("add address %s: %w", a.IPNet, err)
 		}
-		if err := addGateway(idx, GatewayIPv4, hostMAC); err != nil {
+		if err := addGateway(idx, GatewayIPv4, hostMAC, !cfg.Secondary); err != nil {
 			return Link{}, err
 		}
 	}
@@ -248,7 +278,7 @@ func configurePodSide(cfg PodConfig, hostMAC net.HardwareAddr) (Link, error) {
 		if err := netlink.AddrAdd(link, a); err != nil {
 			return Link{}, fmt.Errorf("add address %s: %w", a.IPNet, err)
 		}
-		if err := addGateway(idx, GatewayIPv6, hostMAC); err != nil {
+		if err := addGateway(idx, GatewayIPv6, hostMAC, !cfg.Secondary); err != nil {
 			return Link{}, err
 		}
 	}
@@ -293,10 +323,14 @@ func podNeigh(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr) *netlink.N
 	}
 }
 
-// addGateway installs the neighbour entry and routes for one gateway.
-func addGateway(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr) error {
+// addGateway installs the neighbour entry for one gateway, and its routes
+// if withRoutes (the primary interface).
+func addGateway(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr, withRoutes bool) error {
 	if err := netlink.NeighSet(podNeigh(linkIndex, gw, hostMAC)); err != nil {
 		return fmt.Errorf("add neighbour %s lladdr %s: %w", gw, hostMAC, err)
+	}
+	if !withRoutes {
+		return nil
 	}
 	for _, r := range podRoutes(linkIndex, gw) {
 		if err := netlink.RouteAdd(r); err != nil {

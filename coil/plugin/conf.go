@@ -39,6 +39,12 @@ func parseNetConf(data []byte) (*NetConf, error) {
 	if _, err := api.NewClient(conf.Coild); err != nil {
 		return nil, invalidConf(fmt.Sprintf("invalid \"coild\" endpoint %q", conf.Coild), err.Error())
 	}
+	if conf.Name != "" {
+		// coild records the name with each address and GC collects by it.
+		if err := api.ValidateNetwork(conf.Name); err != nil {
+			return nil, invalidConf("invalid \"name\"", err.Error())
+		}
+	}
 	if conf.MTU < 0 || conf.MTU > maxMTU {
 		return nil, invalidConf(fmt.Sprintf("invalid \"mtu\" %d: want 0 (auto) or up to %d", conf.MTU, maxMTU), "")
 	}

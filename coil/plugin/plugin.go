@@ -95,6 +95,7 @@ func CmdAdd(args *skel.CmdArgs) error {
 		ContainerID:  att.ContainerID,
 		Interface:    att.Interface,
 		NetNS:        args.Netns,
+		Network:      c.conf.Name,
 	})
 	if err != nil {
 		return coildError(where, err)
@@ -103,7 +104,8 @@ func CmdAdd(args *skel.CmdArgs) error {
 	cfg := nodenet.PodConfig{
 		NetNSPath:    args.Netns,
 		IfName:       args.IfName,
-		HostVethName: nodenet.HostVethName(pod.Namespace, pod.Name),
+		HostVethName: hostVethName(pod, args),
+		Secondary:    secondary(args),
 		MTU:          mtu,
 	}
 	cfg.IPv4, cfg.IPv6, err = splitAddresses(resp)
@@ -132,7 +134,7 @@ func CmdAdd(args *skel.CmdArgs) error {
 		return c.rollback(args, pod, cfg, true,
 			coildError(fmt.Sprintf("set up egress of pod %s at coild %s", pod, c.conf.Coild), err))
 	}
-	if err := types.PrintResult(buildResult(links, cfg.IPv4, cfg.IPv6), c.conf.CNIVersion); err != nil {
+	if err := types.PrintResult(buildResult(links, cfg.IPv4, cfg.IPv6, cfg.Secondary), c.conf.CNIVersion); err != nil {
 		return c.rollback(args, pod, cfg, true, internalError("print result", err))
 	}
 	return nil
@@ -192,8 +194,9 @@ func splitAddresses(resp api.AllocResponse) (v4, v6 netip.Addr, err error) {
 }
 
 // buildResult describes the pod's network as a CNI 1.x result; PrintResult
-// converts it to the requested version.
-func buildResult(links nodenet.PodLinks, v4, v6 netip.Addr) *current.Result {
+// converts it to the requested version. A secondary interface has no
+// gateway and no routes (see nodenet.PodConfig.Secondary).
+func buildResult(links nodenet.PodLinks, v4, v6 netip.Addr, secondary bool) *current.Result {
 	r := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
@@ -207,18 +210,33 @@ func buildResult(links nodenet.PodLinks, v4, v6 netip.Addr) *current.Result {
 			continue
 		}
 		bits := p.addr.BitLen()
-		gw := net.IP(p.gw.AsSlice())
-		r.IPs = append(r.IPs, &current.IPConfig{
+		ipc := &current.IPConfig{
 			Interface: podIf,
 			Address:   net.IPNet{IP: p.addr.AsSlice(), Mask: net.CIDRMask(bits, bits)},
-			Gateway:   gw,
-		})
+		}
+		r.IPs = append(r.IPs, ipc)
+		if secondary {
+			continue
+		}
+		gw := net.IP(p.gw.AsSlice())
+		ipc.Gateway = gw
 		r.Routes = append(r.Routes, &types.Route{
 			Dst: net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)},
 			GW:  gw,
 		})
 	}
 	return r
+}
+
+// hostVethName is the host veth of the pod interface a CNI call is for.
+func hostVethName(pod podRef, args *skel.CmdArgs) string {
+	return nodenet.PodHostVethName(pod.Namespace, pod.Name, args.IfName)
+}
+
+// secondary reports whether a CNI call is for an interface other than the
+// pod's primary one, which gets no routes.
+func secondary(args *skel.CmdArgs) bool {
+	return args.IfName != nodenet.PrimaryInterface
 }
 
 // attachment names the container interface a CNI call is for, as coild
@@ -253,7 +271,7 @@ func CmdDel(args *skel.CmdArgs) error {
 	}
 	defer cancel()
 
-	if err := nodenet.TeardownPod(args.Netns, args.IfName, nodenet.HostVethName(pod.Namespace, pod.Name)); err != nil {
+	if err := nodenet.TeardownPod(args.Netns, args.IfName, hostVethName(pod, args)); err != nil {
 		return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
 	}
 	att := attachment(args)
@@ -300,7 +318,8 @@ func CmdCheck(args *skel.CmdArgs) error {
 	cfg := nodenet.PodConfig{
 		NetNSPath:    args.Netns,
 		IfName:       args.IfName,
-		HostVethName: nodenet.HostVethName(pod.Namespace, pod.Name),
+		HostVethName: hostVethName(pod, args),
+		Secondary:    secondary(args),
 		IPv4:         v4,
 		IPv6:         v6,
 		// An automatic MTU is not checked: the uplink may have changed
@@ -341,17 +360,22 @@ func checkPrevResult(prev types.Result, args *skel.CmdArgs, v4, v6 netip.Addr) e
 	return nil
 }
 
-// CmdGC asks coild to release every address on this node that belongs to
-// none of the runtime's valid attachments.
+// CmdGC asks coild to release every address of this network on this node
+// that belongs to none of the runtime's valid attachments.
 func CmdGC(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
 	}
+	if c.conf.Name == "" {
+		return invalidConf("GC needs the network config's \"name\"", "without it coild cannot tell this network's addresses from another's")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 
-	req := api.GCRequest{ValidAttachments: make([]api.Attachment, 0, len(c.conf.ValidAttachments))}
+	// The runtime lists the attachments of this network only, so coild
+	// must collect this network's addresses only.
+	req := api.GCRequest{Network: c.conf.Name, ValidAttachments: make([]api.Attachment, 0, len(c.conf.ValidAttachments))}
 	for _, a := range c.conf.ValidAttachments {
 		req.ValidAttachments = append(req.ValidAttachments, api.Attachment{ContainerID: a.ContainerID, Interface: a.IfName})
 	}

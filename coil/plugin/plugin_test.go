@@ -117,7 +117,7 @@ func TestAddCheckDel(t *testing.T) {
 			hostVeth := nodenet.HostVethName("ns1", "web-0")
 
 			out := add(t, host, args)
-			if got := coild.LastAlloc(); got == nil || *got != (api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path()}) {
+			if got := coild.LastAlloc(); got == nil || *got != (api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path(), Network: "k8s"}) {
 				t.Errorf("coild got %+v", got)
 			}
 
@@ -450,8 +450,20 @@ func TestGC(t *testing.T) {
 	}
 	want := []api.Attachment{{ContainerID: "a", Interface: "eth0"}, {ContainerID: "b", Interface: "net1"}}
 	if gc := coild.LastGC(); gc == nil || len(gc.ValidAttachments) != 2 ||
-		gc.ValidAttachments[0] != want[0] || gc.ValidAttachments[1] != want[1] {
-		t.Errorf("coild got GC %+v, want %+v", gc, want)
+		gc.ValidAttachments[0] != want[0] || gc.ValidAttachments[1] != want[1] || gc.Network != "k8s" {
+		t.Errorf("coild got GC %+v, want network k8s and %+v", gc, want)
+	}
+
+	// Without a name coild could not tell this network's addresses from
+	// another's: the plugin refuses rather than collect them all.
+	var nameless map[string]any
+	if err := json.Unmarshal(conf, &nameless); err != nil {
+		t.Fatal(err)
+	}
+	delete(nameless, "name")
+	raw, _ := json.Marshal(nameless)
+	if code := cniCode(t, CmdGC(&skel.CmdArgs{StdinData: raw})); code != types.ErrInvalidNetworkConfig {
+		t.Errorf("GC without a network name: code %d, want %d", code, types.ErrInvalidNetworkConfig)
 	}
 
 	err := CmdGC(&skel.CmdArgs{StdinData: netconf("1.1.0", fakecoild.DownEndpoint(t), nil)})
@@ -472,6 +484,7 @@ func TestConfigErrors(t *testing.T) {
 		{"mtu not a number", `{"cniVersion":"1.1.0","type":"coil","mtu":"big"}`, podArgs, types.ErrInvalidNetworkConfig, "cannot decode"},
 		{"negative mtu", `{"cniVersion":"1.1.0","type":"coil","mtu":-1}`, podArgs, types.ErrInvalidNetworkConfig, `invalid "mtu"`},
 		{"bad endpoint", `{"cniVersion":"1.1.0","type":"coil","coild":"tcp://x"}`, podArgs, types.ErrInvalidNetworkConfig, `invalid "coild" endpoint`},
+		{"bad network name", `{"cniVersion":"1.1.0","name":"a/b","type":"coil"}`, podArgs, types.ErrInvalidNetworkConfig, `invalid "name"`},
 		{"no pod name", `{"cniVersion":"1.1.0","type":"coil"}`, "K8S_POD_NAMESPACE=a", types.ErrInvalidEnvironmentVariables, "K8S_POD_NAME"},
 		{"no args", `{"cniVersion":"1.1.0","type":"coil"}`, "", types.ErrInvalidEnvironmentVariables, "K8S_POD_NAMESPACE"},
 	}

@@ -83,6 +83,11 @@ type AllocRequest struct {
 	// PodUID is the pod's UID (K8S_POD_UID in CNI_ARGS), if the runtime
 	// passed it.
 	PodUID string `json:"pod-uid,omitempty"`
+	// Network is the name of the CNI network configuration the interface
+	// belongs to; a GC of that network may free the address, a GC of
+	// another network never does. Empty (v1 clients) means unknown: no GC
+	// frees the address.
+	Network string `json:"network,omitempty"`
 }
 
 // Attachment returns the (normalized) attachment the request is for.
@@ -92,7 +97,13 @@ func (r AllocRequest) Attachment() Attachment {
 
 // Validate reports a request coild must refuse.
 func (r AllocRequest) Validate() error {
-	return validatePod(r.PodNamespace, r.PodName, r.ContainerID)
+	if err := validatePod(r.PodNamespace, r.PodName, r.ContainerID); err != nil {
+		return err
+	}
+	if r.Network != "" {
+		return ValidateNetwork(r.Network)
+	}
+	return nil
 }
 
 // EgressRequest asks coild to set up the egress tunnels of a pod interface
@@ -165,10 +176,43 @@ type StatusResponse struct {
 	Pods map[string]string `json:"pods"`
 }
 
-// GCRequest carries the CNI GC valid attachments: coild releases every
-// address on its node that belongs to none of them.
+// GCRequest carries the CNI GC valid attachments of one network: coild
+// releases every address on its node allocated for that network that
+// belongs to none of them. Addresses of other networks, and addresses of
+// unknown network, are left alone: a runtime lists only the attachments
+// of the network it collects.
 type GCRequest struct {
+	// Network is the name of the CNI network configuration being
+	// collected; required.
+	Network          string       `json:"network"`
 	ValidAttachments []Attachment `json:"valid-attachments"`
+}
+
+// Validate reports a request coild must refuse.
+func (r GCRequest) Validate() error {
+	if r.Network == "" {
+		return errors.New("missing network: a GC must name the CNI network it collects, or it would free other networks' addresses")
+	}
+	return ValidateNetwork(r.Network)
+}
+
+// maxNetworkName bounds a CNI network name; names are short identifiers.
+const maxNetworkName = 253
+
+// ValidateNetwork checks a CNI network name as the CNI library does:
+// letters, digits, '-', '_' and '.', starting with a letter or digit.
+func ValidateNetwork(name string) error {
+	if name == "" || len(name) > maxNetworkName {
+		return fmt.Errorf("network name %q must be 1-%d characters", name, maxNetworkName)
+	}
+	for i, c := range name {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			i > 0 && (c == '-' || c == '_' || c == '.')
+		if !ok {
+			return fmt.Errorf("network name %q: invalid character %q at %d", name, c, i)
+		}
+	}
+	return nil
 }
 
 // GCResponse says how many addresses a GC released.

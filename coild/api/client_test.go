@@ -252,8 +252,10 @@ func TestJSONNames(t *testing.T) {
 		{api.ErrorResponse{Status: 503, Error: "x", Reason: api.ReasonPoolExhausted}, `{"status":503,"error":"x","reason":"pool-exhausted"}`},
 		{api.StatusResponse{Status: 200, AddressBlocks: map[string][]string{"default": {"10.0.0.0/26"}}, Pods: map[string]string{"a/b": "10.0.0.1"}},
 			`{"status":200,"address-blocks":{"default":["10.0.0.0/26"]},"pods":{"a/b":"10.0.0.1"}}`},
-		{api.GCRequest{ValidAttachments: []api.Attachment{{ContainerID: "c", Interface: "eth0"}}},
-			`{"valid-attachments":[{"containerID":"c","ifname":"eth0"}]}`},
+		{api.GCRequest{Network: "k8s", ValidAttachments: []api.Attachment{{ContainerID: "c", Interface: "eth0"}}},
+			`{"network":"k8s","valid-attachments":[{"containerID":"c","ifname":"eth0"}]}`},
+		{api.AllocRequest{PodNamespace: "n", PodName: "p", ContainerID: "c", Network: "k8s"},
+			`{"pod-namespace":"n","pod-name":"p","container-id":"c","network":"k8s"}`},
 		{api.GCResponse{Status: 200, Released: 3}, `{"status":200,"released":3}`},
 	}
 	for _, tt := range tests {

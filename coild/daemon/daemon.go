@@ -70,6 +70,10 @@ type Config struct {
 	// normal path, besides pool subnets and link-local ranges: the
 	// service and node networks.
 	EgressBypass []netip.Prefix
+	// GCMinAge protects allocations younger than this from CNI GC (an ADD
+	// may be in flight while the runtime lists its attachments); zero
+	// means one minute. Tests shorten it.
+	GCMinAge time.Duration
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
@@ -162,6 +166,17 @@ func Run(ctx context.Context, cfg Config) error {
 	// Listen before restoring so that a bad address fails fast, but answer
 	// nothing but "not ready" until the state is restored.
 	reg := prometheus.NewRegistry()
+	// A record coild cannot use is skipped, not fatal; it is counted and
+	// logged each time a list meets it, so it stays visible until repaired.
+	corrupt := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coild_corrupt_records_total",
+		Help: "Times a list of etcd met a record it could not use and skipped it, by kind.",
+	}, []string{"kind"})
+	reg.MustRegister(corrupt)
+	d.store.OnCorrupt(func(r model.CorruptRecord) {
+		corrupt.WithLabelValues(r.Kind).Inc()
+		d.log.Error("skipped corrupt record in etcd", "kind", r.Kind, "key", r.Key, "error", r.Err)
+	})
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.releases = newReleaseMetrics(reg)
 	factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
@@ -181,13 +196,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("identify the node's network namespace: %w", err)
 	}
+	gcMinAge := cfg.GCMinAge
+	if gcMinAge == 0 {
+		gcMinAge = time.Minute
+	}
 	srv := server.New(server.Config{
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
 		NetNS:          podNetNS{host: hostNS},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
-		GCMinAge:       time.Minute,
+		GCMinAge:       gcMinAge,
 		Ready:          d.isReady,
 		Registry:       reg,
 		Logger:         d.log,
@@ -365,7 +384,7 @@ func (d *daemon) reconcileKernel() {
 	}
 	keep := map[string]bool{}
 	for _, addr := range d.alloc.Attachments() {
-		veth := nodenet.HostVethName(addr.Namespace, addr.Pod)
+		veth := nodenet.PodHostVethName(addr.Namespace, addr.Pod, addr.Interface)
 		keep[veth] = true
 		if err := nodenet.EnsureHostRoutes(veth, addr.IPs()); err != nil {
 			d.log.Error("restore host routes", "pod", addr.Namespace+"/"+addr.Pod, "error", err)

@@ -217,6 +217,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		addr, err = s.cfg.Allocator.Allocate(ctx, pool, model.Owner{
 			Namespace: req.PodNamespace, Pod: req.PodName,
 			ContainerID: att.ContainerID, Interface: att.Interface, NetNS: req.NetNS, PodUID: req.PodUID,
+			Network: req.Network,
 		})
 		if err != nil {
 			s.fail(w, fmt.Errorf("allocate address for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -375,7 +376,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 
 func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 	var req api.GCRequest
-	if err := decodeBody(w, r, &req); err != nil {
+	err := decodeBody(w, r, &req)
+	if err == nil {
+		err = req.Validate()
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 		return
 	}
@@ -392,7 +397,10 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 	released := 0
 	var errs []error
 	for att, addr := range s.cfg.Allocator.Attachments() {
-		if valid[att] || s.now().Sub(addr.CreatedAt) < s.cfg.GCMinAge {
+		// Only the collected network's own addresses are candidates: the
+		// runtime did not list the others' attachments, and an address of
+		// unknown network (an older record) may be any network's.
+		if addr.Network != req.Network || valid[att] || s.now().Sub(addr.CreatedAt) < s.cfg.GCMinAge {
 			continue
 		}
 		if _, ok, err := s.cfg.Allocator.Release(ctx, att); err != nil {
@@ -401,7 +409,7 @@ func (s *Server) handleGC(w http.ResponseWriter, r *http.Request) {
 		} else if ok {
 			released++
 			s.metrics.releases.Inc()
-			s.cfg.Logger.Info("released address of invalid attachment", "container", att.ContainerID, "interface", att.Interface, "pod", addr.Namespace+"/"+addr.Pod)
+			s.cfg.Logger.Info("released address of invalid attachment", "network", req.Network, "container", att.ContainerID, "interface", att.Interface, "pod", addr.Namespace+"/"+addr.Pod)
 			if s.cfg.Egress != nil {
 				s.cfg.Egress.PodReleased(addr)
 			}

@@ -125,6 +125,9 @@ func TestRESTStatusCodes(t *testing.T) {
 		{"unknown path", "GET", "/nope", "", 404, api.ReasonNotFound},
 		{"wrong method", "PUT", "/ip", "{}", 405, api.ReasonBadRequest},
 		{"gc malformed", "POST", "/gc", `{"valid-attachments":5}`, 400, api.ReasonBadRequest},
+		{"gc without network", "POST", "/gc", `{"valid-attachments":[]}`, 400, api.ReasonBadRequest},
+		{"gc bad network", "POST", "/gc", `{"network":"-x/y","valid-attachments":[]}`, 400, api.ReasonBadRequest},
+		{"bad network", "POST", "/ip", `{"pod-namespace":"ns","pod-name":"p","container-id":"cz","network":"a b"}`, 400, api.ReasonBadRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -277,12 +280,12 @@ func TestEtcdDownIs503(t *testing.T) {
 func TestGCKeepsValidAndYoung(t *testing.T) {
 	ts, alloc := newServer(t, etcd, "10.23.0.0/28", 2)
 	for _, c := range []string{"keep", "drop"} {
-		if code, body := do(t, "POST", ts.URL+"/ip", fmt.Sprintf(`{"pod-namespace":"ns","pod-name":"%s","container-id":"%s"}`, c, c)); code != 200 {
+		if code, body := do(t, "POST", ts.URL+"/ip", fmt.Sprintf(`{"pod-namespace":"ns","pod-name":"%s","container-id":"%s","network":"k8s"}`, c, c)); code != 200 {
 			t.Fatalf("allocate = %d %v", code, body)
 		}
 	}
 	// Both are younger than GCMinAge (zero here means no protection).
-	code, body := do(t, "POST", ts.URL+"/gc", `{"valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}`)
+	code, body := do(t, "POST", ts.URL+"/gc", `{"network":"k8s","valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}`)
 	if code != 200 || body["released"].(float64) != 1 {
 		t.Fatalf("gc = %d %v", code, body)
 	}

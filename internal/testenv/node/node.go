@@ -108,6 +108,7 @@ type Node struct {
 	etcdEndpoint             string
 	log                      *logBuffer
 	blockGrace, scanInterval time.Duration
+	gcMinAge                 time.Duration
 	// cniCache is libcni's cache directory (/var/lib/cni on a node).
 	cniCache string
 	// nodeAddresses is coild's --node-address (nil: coild finds them).
@@ -145,6 +146,8 @@ type Options struct {
 	// Prepare, if set, runs in the node's network namespace before coild
 	// starts (links and routes a test wants the node to have).
 	Prepare func() error
+	// GCMinAge is coild's GCMinAge; default coild's (one minute).
+	GCMinAge time.Duration
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -178,6 +181,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		log:          &logBuffer{},
 		blockGrace:   opts.BlockGrace,
 		scanInterval: opts.ScanInterval,
+		gcMinAge:     opts.GCMinAge,
 		cniCache:     t.TempDir(),
 	}
 	if !opts.FindNodeAddress {
@@ -284,6 +288,7 @@ func (n *Node) Config() daemon.Config {
 		BlockReleaseGrace: n.blockGrace,
 		LivenessTTL:       daemon.DefaultLivenessTTL,
 		NodeWait:          time.Second,
+		GCMinAge:          n.gcMinAge,
 		KubeClient:        n.Kube,
 		HostNS:            n.NS,
 		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -57,15 +57,26 @@ func NewPod(t testing.TB, namespace, name string) *Pod {
 	}
 }
 
-// HostVeth is the name of the pod's veth on the node.
+// HostVeth is the name of the pod's eth0 veth on the node.
 func (p *Pod) HostVeth() string { return nodenet.HostVethName(p.Namespace, p.Name) }
 
-// RuntimeConf is what a container runtime passes to libcni for the pod.
-func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
+// HostVethOf is the name of the node's side of the veth of the pod's
+// interface ifName.
+func (p *Pod) HostVethOf(ifName string) string {
+	return nodenet.PodHostVethName(p.Namespace, p.Name, ifName)
+}
+
+// RuntimeConf is what a container runtime passes to libcni for the pod's
+// eth0.
+func (p *Pod) RuntimeConf() *libcni.RuntimeConf { return p.RuntimeConfOf("eth0") }
+
+// RuntimeConfOf is what a container runtime (or Multus) passes to libcni
+// for the pod's interface ifName.
+func (p *Pod) RuntimeConfOf(ifName string) *libcni.RuntimeConf {
 	rt := &libcni.RuntimeConf{
 		ContainerID: p.ContainerID,
 		NetNS:       p.NS.Path(),
-		IfName:      "eth0",
+		IfName:      ifName,
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", p.Namespace},
@@ -82,9 +93,15 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 // Addrs lists the global addresses on the pod's eth0, sorted.
 func (p *Pod) Addrs(t testing.TB) []netip.Addr {
 	t.Helper()
+	return p.AddrsOn(t, "eth0")
+}
+
+// AddrsOn lists the global addresses on the pod's interface ifName, sorted.
+func (p *Pod) AddrsOn(t testing.TB, ifName string) []netip.Addr {
+	t.Helper()
 	var out []netip.Addr
 	netnstest.Do(t, p.NS, func() error {
-		link, err := netlink.LinkByName("eth0")
+		link, err := netlink.LinkByName(ifName)
 		if err != nil {
 			return err
 		}
@@ -160,14 +177,85 @@ func (n *Node) Conflist() []byte {
 	return b
 }
 
+// SecondConflist returns a second network configuration of coil alone,
+// named name: what Multus would use for a pod's extra interface.
+func (n *Node) SecondConflist(name string) []byte {
+	b, err := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       name,
+		"plugins":    []any{map[string]any{"type": "coil", "coild": n.PluginEndpoint}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
 // CNI returns libcni's view of the node's network and a runtime handle.
 func (n *Node) CNI() (*libcni.NetworkConfigList, *libcni.CNIConfig) {
 	n.t.Helper()
-	list, err := libcni.NetworkConfFromBytes(n.Conflist())
+	return n.CNIOf(n.Conflist())
+}
+
+// CNIOf returns libcni's view of the network configuration list conflist
+// and a runtime handle sharing the node's CNI cache.
+func (n *Node) CNIOf(conflist []byte) (*libcni.NetworkConfigList, *libcni.CNIConfig) {
+	n.t.Helper()
+	list, err := libcni.NetworkConfFromBytes(conflist)
 	if err != nil {
 		n.t.Fatal(err)
 	}
 	return list, libcni.NewCNIConfigWithCacheDir([]string{n.env.BinDir}, n.cniCache, nil)
+}
+
+// AddOn runs CNI ADD of the network conflist for the pod's interface
+// ifName and returns the addresses of the result, sorted; it fails the
+// test on error.
+func (n *Node) AddOn(p *Pod, conflist []byte, ifName string) []netip.Addr {
+	n.t.Helper()
+	list, cni := n.CNIOf(conflist)
+	var res types.Result
+	err := n.NS.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var err error
+		res, err = cni.AddNetworkList(ctx, list, p.RuntimeConfOf(ifName))
+		return err
+	})
+	if err != nil {
+		n.t.Fatalf("ADD %s/%s %s of network %s: %v", p.Namespace, p.Name, ifName, list.Name, err)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return ResultAddrs(n.t, cur)
+}
+
+// DelOn runs CNI DEL of the network conflist for the pod's interface
+// ifName and fails the test on error.
+func (n *Node) DelOn(p *Pod, conflist []byte, ifName string) {
+	n.t.Helper()
+	list, cni := n.CNIOf(conflist)
+	err := n.NS.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return cni.DelNetworkList(ctx, list, p.RuntimeConfOf(ifName))
+	})
+	if err != nil {
+		n.t.Fatalf("DEL %s/%s %s of network %s: %v", p.Namespace, p.Name, ifName, list.Name, err)
+	}
+}
+
+// GCOn runs CNI GC of the network conflist with the attachments the
+// runtime still holds in that network.
+func (n *Node) GCOn(conflist []byte, valid []types.GCAttachment) error {
+	list, cni := n.CNIOf(conflist)
+	return n.NS.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: valid})
+	})
 }
 
 // TryAdd runs CNI ADD for p inside the node and returns the result.
