@@ -120,6 +120,10 @@ type Report struct {
 	// LeakCandidates is sorted by pool, subnet, block and offset. Addresses
 	// in blocks of missing nodes are not listed: they go with the block.
 	LeakCandidates []LeakCandidate
+	// Corrupt lists the records the reads skipped because they do not
+	// decode or sit under a key of the wrong shape, sorted by key. The
+	// caller fills it from the store's OnCorrupt hook.
+	Corrupt []model.CorruptRecord
 }
 
 // Snapshot is what the comparison reads from etcd.
@@ -379,6 +383,12 @@ func (r Report) WriteTable(w io.Writer) error {
 			ids = append(ids, b.ID()+"="+b.String())
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%t\t%s\n", m.Name, len(m.Blocks), m.Addresses, m.HasRecord, strings.Join(ids, " "))
+	}
+	if len(r.Corrupt) > 0 {
+		fmt.Fprintln(tw, "\nCORRUPT RECORD\tKIND\tPROBLEM")
+		for _, c := range r.Corrupt {
+			fmt.Fprintf(tw, "%s\t%s\t%v\n", c.Key, c.Kind, c.Err)
+		}
 	}
 	if !r.PodsChecked {
 		fmt.Fprintln(tw, "\nleak candidates: not checked (pod list unavailable)")

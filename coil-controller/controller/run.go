@@ -135,6 +135,17 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := NewMetrics(reg)
+	// A record that does not decode is skipped by every list, so the sweep
+	// goes on; it stays visible here until someone repairs or removes it.
+	corrupt := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "coil_controller_corrupt_records_total",
+		Help: "Times a list of etcd met a record it could not use and skipped it, by kind.",
+	}, []string{"kind"})
+	reg.MustRegister(corrupt)
+	store.OnCorrupt(func(r model.CorruptRecord) {
+		corrupt.WithLabelValues(r.Kind).Inc()
+		log.Error("skipped corrupt record in etcd", "kind", r.Kind, "key", r.Key, "error", r.Err)
+	})
 	recorder, stopEvents := NewEventRecorder(client)
 	defer stopEvents()
 

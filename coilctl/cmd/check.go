@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/coil-project/coil/audit"
@@ -27,6 +29,7 @@ type checkJSON struct {
 	Unattributed   int                 `json:"unattributed"`
 	MissingNodes   []missingNodeJSON   `json:"missingNodes"`
 	LeakCandidates []leakCandidateJSON `json:"leakCandidates"`
+	Corrupt        []corruptJSON       `json:"corrupt"`
 	Cluster        clusterJSON         `json:"cluster"`
 }
 
@@ -127,7 +130,15 @@ refuse to start.`,
 				if err != nil {
 					return fmt.Errorf("read nodes and pods from the Kubernetes API: %w", err)
 				}
+				// Skipped records are reported, not fatal: the rest of
+				// the comparison still holds.
+				seen := map[string]model.CorruptRecord{}
+				st.OnCorrupt(func(r model.CorruptRecord) { seen[r.Key] = r })
 				report, err = audit.Check(ctx, st, nodes, pods)
+				for _, r := range seen {
+					report.Corrupt = append(report.Corrupt, r)
+				}
+				slices.SortFunc(report.Corrupt, func(a, b model.CorruptRecord) int { return strings.Compare(a.Key, b.Key) })
 				return err
 			})
 			if err != nil {
@@ -162,7 +173,10 @@ func newCheckJSON(r audit.Report) checkJSON {
 	v := checkJSON{
 		Time: r.Time, Nodes: r.Nodes, Pods: r.Pods, PodsChecked: r.PodsChecked,
 		Blocks: r.Blocks, Addresses: r.Addresses, Unattributed: r.Unattributed,
-		MissingNodes: []missingNodeJSON{}, LeakCandidates: []leakCandidateJSON{},
+		MissingNodes: []missingNodeJSON{}, LeakCandidates: []leakCandidateJSON{}, Corrupt: []corruptJSON{},
+	}
+	for _, c := range r.Corrupt {
+		v.Corrupt = append(v.Corrupt, corruptJSON{Key: c.Key, Kind: c.Kind, Problem: c.Err.Error()})
 	}
 	for _, m := range r.MissingNodes {
 		mj := missingNodeJSON{Name: m.Name, Addresses: m.Addresses, HasRecord: m.HasRecord, Blocks: []string{}}
@@ -181,4 +195,11 @@ func newCheckJSON(r audit.Report) checkJSON {
 		v.LeakCandidates = append(v.LeakCandidates, lj)
 	}
 	return v
+}
+
+// corruptJSON is a record the check skipped.
+type corruptJSON struct {
+	Key     string `json:"key"`
+	Kind    string `json:"kind"`
+	Problem string `json:"problem"`
 }

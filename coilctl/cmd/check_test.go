@@ -211,3 +211,57 @@ func TestCheckClusterStamp(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckReportsCorruptRecords: records that do not decode, or keys of
+// the wrong shape under the prefix, are listed by coilctl check (table and
+// JSON) and do not stop it from comparing the rest.
+func TestCheckReportsCorruptRecords(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	api := kubeapitest.StartForTest(t, server.Endpoint, kubeapitest.Options{})
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := api.WriteKubeconfig(kubeconfig, kubeapitest.AdminUser); err != nil {
+		t.Fatal(err)
+	}
+	h.ok("pool", "create", "default", "10.61.0.0/24", "2")
+	if _, _, err := h.st.AcquireBlock(ctx, "default", model.Owner{Node: "gone-node", Namespace: "default", Pod: "p", ContainerID: "c-p", Interface: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]string{
+		h.prefix + "addresses/default/0/1/3": "{not json",
+		h.prefix + "blocks/default/0/7":      `{"pool":"default","subnet":0,"index":7,"node":"n","size":0}`,
+	}
+	for k, v := range bad {
+		if _, err := h.cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var report struct {
+		MissingNodes []struct {
+			Name string `json:"name"`
+		} `json:"missingNodes"`
+		Corrupt []struct {
+			Key, Kind, Problem string
+		} `json:"corrupt"`
+	}
+	out := h.ok("check", "--kubeconfig", kubeconfig, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &report); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(report.MissingNodes) != 1 || report.MissingNodes[0].Name != "gone-node" {
+		t.Errorf("the rest of the comparison was lost: missing nodes %+v", report.MissingNodes)
+	}
+	got := map[string]bool{}
+	for _, c := range report.Corrupt {
+		got[c.Key] = c.Problem != ""
+	}
+	for k := range bad {
+		if !got[k] {
+			t.Errorf("corrupt record %s not reported: %s", k, out)
+		}
+	}
+	table := h.ok("check", "--kubeconfig", kubeconfig)
+	if !strings.Contains(table, "CORRUPT RECORD") || !strings.Contains(table, h.prefix+"addresses/default/0/1/3") {
+		t.Errorf("table lacks the corrupt records:\n%s", table)
+	}
+}
