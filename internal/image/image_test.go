@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 )
 
 // dockerfile is the Dockerfile, split into its stages.
@@ -234,6 +235,10 @@ func buildStub(t *testing.T) v1.Image {
 	}
 	loaded, err := tarball.ImageFromPath(file, &tag)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Digests and diff IDs agree with the blobs, as a registry checks.
+	if err := validate.Image(loaded); err != nil {
 		t.Fatal(err)
 	}
 	return loaded
