@@ -1,7 +1,12 @@
 # syntax=docker/dockerfile:1
 # Coil's image: coil, coild, coilctl, coil-controller and coil-installer,
 # plus the reference CNI plugins the default configuration list chains
-# (installed on a node only where it has none). `make image` builds it.
+# (installed on a node only where it has none). Build it with
+# `docker build -t ghcr.io/coil-project/coil:dev .` where a Docker engine
+# runs. `make image` needs none: it builds the same files without Docker
+# (internal/image) into the tarball bin/coil-image.tar. Keep the two in
+# step: `go test ./internal/image/` compares the files this final stage
+# copies with the ones `make image` puts in its image.
 
 FROM golang:1.26 AS build
 WORKDIR /src

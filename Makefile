@@ -18,8 +18,10 @@ APT_PACKAGES := iproute2 iputils-ping nftables bird2
 
 BINARIES := coil coild coilctl coil-controller coil-installer
 
-# The runtime image; `make image` needs a Docker engine.
-IMAGE ?= ghcr.io/coil-project/coil:dev
+# The runtime image and the sandbox ("pause") image of the test nodes, which
+# `make image` writes as tarballs into bin/ (no Docker engine needed).
+IMAGE       ?= ghcr.io/coil-project/coil:dev
+PAUSE_IMAGE ?= coil.local/pause:3.10
 
 export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
@@ -107,10 +109,13 @@ $(ETCD_BIN)/.done:
 	$(GO) build -o $(ETCD_BIN)/etcdctl go.etcd.io/etcd/etcdctl/v3
 	@touch $@
 
-# The runtime image (needs a Docker engine with BuildKit).
+# The runtime image as bin/coil-image.tar and the pause image as
+# bin/pause-image.tar, built with go-containerregistry (internal/image):
+# `ctr -n k8s.io images import`, `docker load` or `crane push` take them.
+# With a Docker engine, `docker build -t $(IMAGE) .` builds the same files.
 image:
-	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers 'docker info'; run 'docker build -t $(IMAGE) .' where one does" >&2; exit 1; }
-	docker build -t $(IMAGE) .
+	GO=$(GO) $(GO) run ./internal/image/build --image=$(IMAGE) --out=bin/coil-image.tar \
+		--pause-image=$(PAUSE_IMAGE) --pause-out=bin/pause-image.tar
 
 clean:
 	rm -rf bin
