@@ -362,3 +362,23 @@ func TestPauseImage(t *testing.T) {
 		t.Errorf("layers %v, want /pause alone", layers)
 	}
 }
+
+// TestMakefileBinaries: `make build` and the image build the same
+// commands, so a command added to one is not missing from the other.
+func TestMakefileBinaries(t *testing.T) {
+	b, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, value, ok := strings.Cut(line, ":=")
+		if !ok || strings.TrimSpace(name) != "BINARIES" {
+			continue
+		}
+		if got := strings.Fields(value); !slices.Equal(got, Binaries) {
+			t.Errorf("Makefile BINARIES = %v, image.Binaries = %v", got, Binaries)
+		}
+		return
+	}
+	t.Fatal("no BINARIES line in the Makefile")
+}
