@@ -63,6 +63,30 @@ func newExternal(t *testing.T, n *nodetest.Node) *external {
 	return e
 }
 
+// newEgressNode starts a node with a default pool and an egress pool, the
+// namespaces "internet" (egress pool) and "app", an external host, and the
+// egress internet/nat to the external host's networks.
+func newEgressNode(t *testing.T) (*nodetest.Node, *external, model.Egress) {
+	t.Helper()
+	n := env.NewNode(t, nodetest.Options{
+		Pools: []model.Pool{
+			pool(t, "default", 4, "10.10.0.0/24,fd00:10::/120"),
+			pool(t, "egress", 4, egressPool[0]+","+egressPool[1]),
+		},
+		Namespaces: []*corev1.Namespace{nodetest.Namespace("internet", "egress"), nodetest.Namespace("app", "")},
+	})
+	ext := newExternal(t, n)
+	dest, err := model.ParseDestinations([]string{"192.168.77.0/24", "fd77::/64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eg, err := n.Store.CreateEgress(context.Background(), model.Egress{Namespace: "internet", Name: "nat", Destinations: dest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, ext, eg
+}
+
 func summary(t *testing.T, p *nodetest.Pod) nodenet.EgressSummary {
 	t.Helper()
 	s, err := nodenet.SummarizeEgress(p.NS.Path())
@@ -78,22 +102,8 @@ func summary(t *testing.T, p *nodetest.Pod) nodenet.EgressSummary {
 // seconds, a restart of coild leaves exactly one copy of everything, and
 // deleting a client or the egress removes the tunnels on both sides.
 func TestEgress(t *testing.T) {
-	n := env.NewNode(t, nodetest.Options{
-		Pools: []model.Pool{
-			pool(t, "default", 4, "10.10.0.0/24,fd00:10::/120"),
-			pool(t, "egress", 4, egressPool[0]+","+egressPool[1]),
-		},
-		Namespaces: []*corev1.Namespace{nodetest.Namespace("internet", "egress"), nodetest.Namespace("app", "")},
-	})
-	ext := newExternal(t, n)
+	n, ext, _ := newEgressNode(t)
 	ctx := context.Background()
-	dest, err := model.ParseDestinations([]string{"192.168.77.0/24", "fd77::/64"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Store.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: dest}); err != nil {
-		t.Fatal(err)
-	}
 	gwLabel := map[string]string{model.EgressGatewayLabel: "nat"}
 	optIn := map[string]string{model.EgressClientAnnotationPrefix + "internet": "nat"}
 

@@ -1,14 +1,12 @@
 package daemon_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	nodetest "github.com/coil-project/coil/internal/testenv/node"
 	"github.com/vishvananda/netlink"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/nodenet"
@@ -20,23 +18,7 @@ import (
 // running and serves the next pod, whose egress works. Before, coild
 // panicked on the link, and again after every restart.
 func TestHostilePodCannotCrashCoild(t *testing.T) {
-	n := env.NewNode(t, nodetest.Options{
-		Pools: []model.Pool{
-			pool(t, "default", 4, "10.10.0.0/24,fd00:10::/120"),
-			pool(t, "egress", 4, egressPool[0]+","+egressPool[1]),
-		},
-		Namespaces: []*corev1.Namespace{nodetest.Namespace("internet", "egress"), nodetest.Namespace("app", "")},
-	})
-	ext := newExternal(t, n)
-	ctx := context.Background()
-	dest, err := model.ParseDestinations([]string{"192.168.77.0/24", "fd77::/64"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eg, err := n.Store.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: dest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, ext, eg := newEgressNode(t)
 	n.StartPod(nodetest.NewPod(t, "internet", "gw-0"), map[string]string{model.EgressGatewayLabel: "nat"}, nil)
 	optIn := map[string]string{model.EgressClientAnnotationPrefix + "internet": "nat"}
 
