@@ -248,3 +248,101 @@ func TestAddressNetNS(t *testing.T) {
 		t.Errorf("netns by container = %v, want %v", got, want)
 	}
 }
+
+// TestUpdateEgress: destinations change in place (same VNI, creation time
+// and key), and every refused change leaves etcd as it was.
+func TestUpdateEgress(t *testing.T) {
+	ctx := context.Background()
+	st, cli := newStore(t)
+	e, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: mustPrefixes(t, "192.0.2.0/24", "2001:db8::/32")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(c model.DestinationChange, want ...string) {
+		t.Helper()
+		got, changed, err := st.UpdateEgress(ctx, "internet", "nat", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Destinations, mustPrefixes(t, want...)) || !changed {
+			t.Fatalf("UpdateEgress = %v (changed %v), want %v", got.Destinations, changed, want)
+		}
+		stored, err := st.GetEgress(ctx, "internet", "nat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stored.VNI != e.VNI || !stored.CreatedAt.Equal(e.CreatedAt) || !slices.Equal(stored.Destinations, got.Destinations) {
+			t.Fatalf("stored %+v after update, created %+v", stored, e)
+		}
+	}
+	update(model.DestinationChange{Add: mustPrefixes(t, "198.51.100.0/24")}, "192.0.2.0/24", "2001:db8::/32", "198.51.100.0/24")
+	update(model.DestinationChange{Remove: mustPrefixes(t, "192.0.2.0/24"), Add: mustPrefixes(t, "203.0.113.0/24")}, "2001:db8::/32", "198.51.100.0/24", "203.0.113.0/24")
+	update(model.DestinationChange{Set: mustPrefixes(t, "0.0.0.0/0")}, "0.0.0.0/0")
+
+	// A change to what is already there writes nothing.
+	before := dump(t, cli, st.Prefix())
+	if got, changed, err := st.UpdateEgress(ctx, "internet", "nat", model.DestinationChange{Set: mustPrefixes(t, "0.0.0.0/0")}); err != nil || changed || got.VNI != e.VNI {
+		t.Errorf("no-op update = %+v, %v, %v", got, changed, err)
+	}
+	if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("a no-op update wrote to etcd")
+	}
+
+	refused := []struct {
+		name   string
+		egress string
+		c      model.DestinationChange
+		want   error
+	}{
+		{"unknown egress", "nope", model.DestinationChange{Add: mustPrefixes(t, "10.0.0.0/8")}, model.ErrEgressNotFound},
+		{"add present", "nat", model.DestinationChange{Add: mustPrefixes(t, "0.0.0.0/0")}, model.ErrDuplicateDestination},
+		{"add twice", "nat", model.DestinationChange{Add: mustPrefixes(t, "10.0.0.0/8", "10.0.0.0/8")}, model.ErrDuplicateDestination},
+		{"set duplicates", "nat", model.DestinationChange{Set: mustPrefixes(t, "10.0.0.0/8", "10.0.0.0/8")}, model.ErrDuplicateDestination},
+		{"remove absent", "nat", model.DestinationChange{Remove: mustPrefixes(t, "10.0.0.0/8")}, model.ErrDestinationNotFound},
+		{"remove the last", "nat", model.DestinationChange{Remove: mustPrefixes(t, "0.0.0.0/0")}, model.ErrNoDestination},
+		{"add and remove", "nat", model.DestinationChange{Add: mustPrefixes(t, "10.0.0.0/8"), Remove: mustPrefixes(t, "10.0.0.0/8")}, model.ErrInvalidChange},
+		{"set and add", "nat", model.DestinationChange{Set: mustPrefixes(t, "10.0.0.0/8"), Add: mustPrefixes(t, "10.1.0.0/16")}, model.ErrInvalidChange},
+		{"not canonical", "nat", model.DestinationChange{Add: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}, model.ErrInvalidCIDR},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			before := dump(t, cli, st.Prefix())
+			if _, _, err := st.UpdateEgress(ctx, "internet", c.egress, c.c); !errors.Is(err, c.want) {
+				t.Fatalf("error = %v, want %v", err, c.want)
+			}
+			if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Fatalf("a refused update changed etcd:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+
+	// Concurrent additions all land: none overwrites another's.
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, _, errs[i] = st.UpdateEgress(ctx, "internet", "nat", model.DestinationChange{Add: mustPrefixes(t, fmt.Sprintf("10.%d.0.0/16", i))})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		// Losing the bounded retries to the others is allowed, but
+		// must say so; an edit must never vanish silently.
+		if err != nil && !errors.Is(err, model.ErrConflict) {
+			t.Errorf("concurrent update %d: %v", i, err)
+		}
+	}
+	got, err := st.GetEgress(ctx, "internet", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		if has := slices.Contains(got.Destinations, netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", i))); has != (err == nil) {
+			t.Errorf("update %d returned %v, but its destination stored: %v", i, err, has)
+		}
+	}
+	if got.VNI != e.VNI {
+		t.Errorf("VNI changed from %d to %d", e.VNI, got.VNI)
+	}
+}

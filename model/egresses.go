@@ -232,3 +232,100 @@ func (s *Store) WatchEgresses(ctx context.Context, retry time.Duration, fn func(
 		return rev, nil
 	})
 }
+
+// DestinationChange is an edit of an egress's destinations: either Set,
+// which replaces them, or Remove and then Add. The zero change changes
+// nothing.
+type DestinationChange struct {
+	Set    []netip.Prefix
+	Add    []netip.Prefix
+	Remove []netip.Prefix
+}
+
+// Apply edits e's destinations. Adding one the egress has already fails
+// with ErrDuplicateDestination, removing one it lacks with
+// ErrDestinationNotFound; a destination both added and removed is
+// refused. The result is validated like a new egress (no destination
+// left is ErrNoDestination). On error e is unchanged.
+func (c DestinationChange) Apply(e *Egress) error {
+	if len(c.Set) > 0 && (len(c.Add) > 0 || len(c.Remove) > 0) {
+		return fmt.Errorf("%w: a destination set replaces them all and cannot be combined with additions or removals", ErrInvalidChange)
+	}
+	dst := slices.Clone(e.Destinations)
+	if len(c.Set) > 0 {
+		dst = slices.Clone(c.Set)
+	}
+	for _, r := range c.Remove {
+		if slices.Contains(c.Add, r) {
+			return fmt.Errorf("%w: destination %s both added and removed", ErrInvalidChange, r)
+		}
+		i := slices.Index(dst, r)
+		if i < 0 {
+			return fmt.Errorf("%w: %s is not a destination of egress %s", ErrDestinationNotFound, r, e.Key())
+		}
+		dst = slices.Delete(dst, i, i+1)
+	}
+	for _, a := range c.Add {
+		if slices.Contains(dst, a) {
+			return fmt.Errorf("%w: %s in egress %s", ErrDuplicateDestination, a, e.Key())
+		}
+		dst = append(dst, a)
+	}
+	next := *e
+	next.Destinations = dst
+	if err := next.Validate(); err != nil {
+		return err
+	}
+	*e = next
+	return nil
+}
+
+// UpdateEgress changes the destinations of an existing egress in place:
+// its VNI, creation time and key stay, so nodes only reprogram the routes
+// of the destinations that changed. It returns the stored record and
+// whether it changed. The record is rewritten only if it is unchanged
+// since it was read (retrying a bounded number of times otherwise), so
+// concurrent updates never lose one another's edits. Fails with
+// ErrEgressNotFound or a validation error, changing nothing.
+func (s *Store) UpdateEgress(ctx context.Context, namespace, name string, change DestinationChange) (Egress, bool, error) {
+	key := s.egressKey(namespace, name)
+	var rec Egress
+	var changed bool
+	err := retryConflicts(ctx, maxConflictAttempts, func() error {
+		resp, err := s.kv.Get(ctx, key)
+		if err != nil {
+			return etcdErr("get", err)
+		}
+		if len(resp.Kvs) == 0 {
+			return ErrEgressNotFound
+		}
+		kv := resp.Kvs[0]
+		cur, err := s.DecodeEgress(key, kv.Value)
+		if err != nil {
+			return err
+		}
+		next := cur
+		if err := change.Apply(&next); err != nil {
+			return err
+		}
+		rec = next
+		if changed = !slices.Equal(next.Destinations, cur.Destinations); !changed {
+			return nil
+		}
+		tx, err := s.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(key, encode(next))).
+			Commit()
+		if err != nil {
+			return etcdErr("commit", err)
+		}
+		if !tx.Succeeded {
+			return errConflict
+		}
+		return nil
+	})
+	if err != nil {
+		return Egress{}, false, fmt.Errorf("update egress %s/%s: %w", namespace, name, err)
+	}
+	return rec, changed, nil
+}

@@ -54,6 +54,12 @@ var (
 	ErrNoDestination = errors.New("egress has no destination")
 	// ErrDuplicateDestination: a destination given twice in one egress.
 	ErrDuplicateDestination = errors.New("duplicate egress destination")
+	// ErrDestinationNotFound: a destination to remove that the egress
+	// does not have.
+	ErrDestinationNotFound = errors.New("egress has no such destination")
+	// ErrInvalidChange: an edit of an egress's destinations that
+	// contradicts itself (replace and add, add and remove the same one).
+	ErrInvalidChange = errors.New("invalid destination change")
 	// ErrEgressExists: an egress of that namespace and name already exists.
 	ErrEgressExists = errors.New("egress already exists")
 	// ErrEgressNotFound: no egress of that namespace and name.
