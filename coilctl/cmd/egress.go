@@ -15,7 +15,7 @@ import (
 func newEgressCommand(o *rootOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "egress",
-		Short: "Create, inspect and delete egress NAT definitions",
+		Short: "Create, inspect, update and delete egress NAT definitions",
 		Long: `An egress sends the traffic of opted-in client pods to some destinations
 through gateway pods, which NAT it to their own addresses.
 
@@ -28,6 +28,7 @@ the annotation ` + model.EgressClientAnnotationPrefix + `NAMESPACE: NAME.`,
 		newEgressCreateCommand(o),
 		newEgressListCommand(o),
 		newEgressShowCommand(o),
+		newEgressUpdateCommand(o),
 		newEgressDeleteCommand(o),
 	)
 	return c
@@ -106,6 +107,95 @@ client pods ` + model.EgressClientAnnotationPrefix + `NAMESPACE=NAME.`,
 		},
 	}
 	c.Flags().StringSliceVar(&destinations, "destinations", nil, "destination CIDRs, comma-separated or repeated (required)")
+	return c
+}
+
+// egressUpdateJSON is the output of "egress update -o json": the egress as
+// stored after the update and whether the update changed it.
+type egressUpdateJSON struct {
+	egressJSON
+	Changed bool `json:"changed"`
+}
+
+func newEgressUpdateCommand(o *rootOptions) *cobra.Command {
+	var set, add, remove []string
+	var out *outputOptions
+	c := &cobra.Command{
+		Use:   "update NAMESPACE NAME (--destinations CIDR[,CIDR...] | --add-destination CIDR | --remove-destination CIDR)...",
+		Short: "Change the destinations of an egress in place",
+		Long: `Change the destinations of the egress NAME in NAMESPACE without deleting it:
+its VNI stays, and every node changes only the routes of the destinations
+that changed in its client pods, so connections to the others go on.
+
+--destinations replaces the whole set. --add-destination and
+--remove-destination (each repeatable, or comma-separated) edit it: the
+removals apply first, then the additions. Adding a destination the egress
+has, removing one it lacks, or leaving it without any is refused and
+changes nothing.`,
+		Example: `  coilctl egress update partners api --add-destination 198.51.100.0/24
+  coilctl egress update partners api --remove-destination 192.0.2.0/24 --add-destination 203.0.113.0/24
+  coilctl egress update internet nat --destinations 0.0.0.0/0,::/0 -o json`,
+		Args:              exactArgs("NAMESPACE", "NAME"),
+		ValidArgsFunction: o.completeEgresses,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			format, err := out.resolve()
+			if err != nil {
+				return err
+			}
+			if len(set) == 0 && len(add) == 0 && len(remove) == 0 {
+				return usagef("%q needs --destinations, --add-destination or --remove-destination", cmd.CommandPath())
+			}
+			if len(set) > 0 && (len(add) > 0 || len(remove) > 0) {
+				return usagef("--destinations replaces every destination and cannot be combined with --add-destination or --remove-destination")
+			}
+			key := args[0] + "/" + args[1]
+			var change model.DestinationChange
+			for _, f := range []struct {
+				in  []string
+				out *[]netip.Prefix
+			}{{set, &change.Set}, {add, &change.Add}, {remove, &change.Remove}} {
+				if *f.out, err = model.ParseDestinations(f.in); err != nil {
+					return fmt.Errorf("update egress %s: %w", key, err)
+				}
+			}
+			var updated model.Egress
+			var changed bool
+			err = o.withStore(cmd.Context(), func(ctx context.Context, st *model.Store) error {
+				// Check the change on the current record first: a
+				// refused change is reported without the schema
+				// write of initSchema.
+				cur, err := st.GetEgress(ctx, args[0], args[1])
+				if err != nil {
+					return err
+				}
+				if err := change.Apply(&cur); err != nil {
+					return fmt.Errorf("update egress %s: %w", key, err)
+				}
+				if err := initSchema(ctx, st); err != nil {
+					return err
+				}
+				updated, changed, err = st.UpdateEgress(ctx, args[0], args[1], change)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeJSON(o.stdout, egressUpdateJSON{egressJSON: newEgressJSON(updated), Changed: changed})
+			}
+			verb := "updated"
+			if !changed {
+				verb = "unchanged"
+			}
+			fmt.Fprintf(o.stdout, "egress %q %s: VNI %d, destinations %s\n",
+				updated.Key(), verb, updated.VNI, strings.Join(destinationStrings(updated.Destinations), ","))
+			return nil
+		},
+	}
+	c.Flags().StringSliceVar(&set, "destinations", nil, "replace every destination with these CIDRs, comma-separated or repeated")
+	c.Flags().StringSliceVar(&add, "add-destination", nil, "add a destination CIDR (repeatable)")
+	c.Flags().StringSliceVar(&remove, "remove-destination", nil, "remove a destination CIDR (repeatable)")
+	out = addOutputFlags(c)
 	return c
 }
 

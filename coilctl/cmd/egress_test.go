@@ -100,3 +100,64 @@ func TestEgressListEmpty(t *testing.T) {
 		t.Errorf("egress list wrote to etcd: %v", d)
 	}
 }
+
+// TestEgressUpdate: destinations change in place, keeping the VNI, and a
+// refused update prints nothing and leaves etcd unchanged.
+func TestEgressUpdate(t *testing.T) {
+	h := newHarness(t)
+	vni := fmt.Sprint(model.PreferredVNI("partners", "api"))
+	h.ok("egress", "create", "partners", "api", "--destinations", "192.0.2.0/24,2001:db8::/32")
+
+	updates := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--add-destination", "198.51.100.0/24"}, "updated: VNI " + vni + ", destinations 192.0.2.0/24,2001:db8::/32,198.51.100.0/24"},
+		{[]string{"--remove-destination", "192.0.2.0/24", "--add-destination", "203.0.113.0/24", "--add-destination", "10.0.0.0/8"},
+			"updated: VNI " + vni + ", destinations 2001:db8::/32,198.51.100.0/24,203.0.113.0/24,10.0.0.0/8"},
+		{[]string{"--remove-destination", "10.0.0.0/8,198.51.100.0/24"}, "updated: VNI " + vni + ", destinations 2001:db8::/32,203.0.113.0/24"},
+		{[]string{"--destinations", "2001:db8::/32,203.0.113.0/24"}, "unchanged: VNI " + vni + ", destinations 2001:db8::/32,203.0.113.0/24"},
+		{[]string{"--destinations", "192.0.2.0/24", "--destinations", "::/0"}, "updated: VNI " + vni + ", destinations 192.0.2.0/24,::/0"},
+	}
+	for _, u := range updates {
+		args := append([]string{"egress", "update", "partners", "api"}, u.args...)
+		if got := strings.TrimSpace(h.ok(args...)); got != `egress "partners/api" `+u.want {
+			t.Errorf("coilctl %s printed %q, want %q", strings.Join(args, " "), got, u.want)
+		}
+	}
+	assertJSON(t, h.ok("egress", "update", "partners", "api", "--add-destination", "2001:db8::/32", "-o", "json"),
+		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "changed": true}`, "createdAt")
+	assertJSON(t, h.ok("egress", "update", "partners", "api", "--destinations", "192.0.2.0/24,::/0,2001:db8::/32", "--json"),
+		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "changed": false}`, "createdAt")
+
+	upd := func(args ...string) []string { return append([]string{"egress", "update", "partners", "api"}, args...) }
+	h.assertFailures([]failure{
+		{"no change", upd(), cmd.ExitUsage, []string{"needs --destinations, --add-destination or --remove-destination"}},
+		{"set and add", upd("--destinations", "10.0.0.0/8", "--add-destination", "10.1.0.0/16"), cmd.ExitUsage, []string{"cannot be combined"}},
+		{"missing name", []string{"egress", "update", "partners", "--add-destination", "10.0.0.0/8"}, cmd.ExitUsage, []string{"missing NAME"}},
+		{"bad output", upd("--add-destination", "10.0.0.0/8", "-o", "yaml"), cmd.ExitUsage, []string{`unknown output format "yaml"`}},
+		{"unknown egress", []string{"egress", "update", "partners", "nope", "--add-destination", "10.0.0.0/8"}, cmd.ExitFailure, []string{"egress not found"}},
+		{"not a CIDR", upd("--add-destination", "example.com"), cmd.ExitFailure, []string{"update egress partners/api", "invalid CIDR"}},
+		{"not canonical", upd("--destinations", "10.0.0.1/8"), cmd.ExitFailure, []string{"not canonical (did you mean 10.0.0.0/8?)"}},
+		{"add present", upd("--add-destination", "192.0.2.0/24"), cmd.ExitFailure, []string{"duplicate egress destination: 192.0.2.0/24"}},
+		{"set duplicates", upd("--destinations", "10.0.0.0/8,10.0.0.0/8"), cmd.ExitFailure, []string{"duplicate egress destination"}},
+		{"remove absent", upd("--remove-destination", "10.0.0.0/8"), cmd.ExitFailure, []string{"egress has no such destination: 10.0.0.0/8 is not a destination of egress partners/api"}},
+		{"remove all", upd("--remove-destination", "192.0.2.0/24,::/0,2001:db8::/32"), cmd.ExitFailure, []string{"egress has no destination"}},
+		{"add and remove", upd("--add-destination", "10.0.0.0/8", "--remove-destination", "10.0.0.0/8"), cmd.ExitFailure, []string{"both added and removed"}},
+	})
+	if got := strings.Fields(tableRows(h.ok("egress", "list"))[1][3]); len(got) != 1 || got[0] != "192.0.2.0/24,::/0,2001:db8::/32" {
+		t.Errorf("after refused updates the egress has destinations %q", got)
+	}
+}
+
+// TestEgressUpdateWritesNothingOnFailure: an update refused on an etcd
+// without Coil data does not even write the schema key.
+func TestEgressUpdateWritesNothingOnFailure(t *testing.T) {
+	h := newHarness(t)
+	h.assertFailures([]failure{
+		{"unknown egress", []string{"egress", "update", "a", "b", "--add-destination", "10.0.0.0/8"}, cmd.ExitFailure, []string{"egress not found"}},
+	})
+	if d := h.dump(t); len(d) != 0 {
+		t.Errorf("a failed update wrote to etcd: %v", d)
+	}
+}
