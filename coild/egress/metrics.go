@@ -55,6 +55,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // updateMetrics sets the gauges from one reconciliation's inputs and the
 // configurations it programmed.
 func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
+	// Read the gateways' counters before touching the gauges: each read
+	// enters a pod's namespace, and a scrape between Reset and Set must
+	// not find the series missing.
+	drops := map[string]float64{}
+	for _, d := range want {
+		if d.gateway != nil {
+			// A pod gone since this pass began has nothing left to count.
+			n, _ := nodenet.EgressGatewayDrops(d.netns)
+			drops[d.serves] += float64(n)
+		}
+	}
 	m := r.metrics
 	m.clients.Reset()
 	m.gateways.Reset()
@@ -71,9 +82,9 @@ func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
 		}
 		if d.gateway != nil {
 			m.served.WithLabelValues(d.serves).Add(float64(len(d.gateway.Clients)))
-			// A pod gone since this pass began has nothing left to count.
-			drops, _ := nodenet.EgressGatewayDrops(d.netns)
-			m.foreignDrops.WithLabelValues(d.serves).Add(float64(drops))
 		}
+	}
+	for e, n := range drops {
+		m.foreignDrops.WithLabelValues(e).Set(n)
 	}
 }
