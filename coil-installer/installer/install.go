@@ -7,6 +7,7 @@ package installer
 import (
 	"errors"
 	"fmt"
+	"github.com/coil-project/coil/coild/api"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -27,7 +28,7 @@ const (
 	DefaultPluginsDir    = "/opt/coil/cni-plugins"
 	DefaultConflistName  = "10-coil.conflist"
 	DefaultProcSys       = "/proc/sys"
-	DefaultCoildEndpoint = "unix:///run/coild.sock"
+	DefaultCoildEndpoint = api.DefaultEndpoint
 	// DefaultBackupDirName is the directory inside the CNI configuration
 	// directory where moved-away files are kept. Container runtimes read
 	// only the files directly in that directory, never subdirectories.
