@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -706,6 +707,24 @@ var (
 	dsR     = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
 )
 
+// applyKinds creates, for real, the rendered objects of the given kinds on
+// the shared API server; objects an earlier test created are kept.
+func applyKinds(t *testing.T, s *kubeapitest.Server, kinds ...string) {
+	t.Helper()
+	dyn, mapper, err := clients(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range render(t) {
+		if !slices.Contains(kinds, u.GetKind()) {
+			continue
+		}
+		if err := create(context.Background(), dyn, mapper, u, false); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestRBAC creates the rendered service accounts and RBAC objects for real
 // and acts as each service account (impersonation) to show what it can
 // and cannot do. Writes are dry-run, so a wrongly allowed request changes
@@ -713,18 +732,7 @@ var (
 func TestRBAC(t *testing.T) {
 	s := cluster(t)
 	ctx := context.Background()
-	dyn, mapper, err := clients(s.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range render(t) {
-		switch u.GetKind() {
-		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
-			if err := create(ctx, dyn, mapper, u, false); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-	}
+	applyKinds(t, s, "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 	tests := []struct {
 		sa     string

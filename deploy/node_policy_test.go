@@ -24,18 +24,7 @@ import (
 func TestCoildOwnNodePolicy(t *testing.T) {
 	s := cluster(t)
 	ctx := context.Background()
-	dyn, mapper, err := clients(s.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range render(t) {
-		switch u.GetKind() {
-		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
-			if err := create(ctx, dyn, mapper, u, false); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-	}
+	applyKinds(t, s, "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 	admin := kubernetes.NewForConfigOrDie(s.Config)
 	taints := []corev1.Taint{
 		{Key: installer.BootstrapTaint, Effect: corev1.TaintEffectNoSchedule},
