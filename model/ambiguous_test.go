@@ -5,43 +5,19 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/coil-project/coil/internal/testenv"
 	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
-
-// losingKV arms the proxy to swallow answers when the next transaction is
-// started, so the reads a write makes first still get theirs.
-type losingKV struct {
-	clientv3.KV
-	proxy *testenv.TCPProxy
-	armed atomic.Bool
-}
-
-func (k *losingKV) Txn(ctx context.Context) clientv3.Txn {
-	if k.armed.CompareAndSwap(true, false) {
-		k.proxy.SetDropResponses(true)
-	}
-	return k.KV.Txn(ctx)
-}
 
 // proxiedStore returns a store whose requests go through a TCP proxy to the
 // test server, its KV, and a client that reaches the server directly.
-func proxiedStore(t *testing.T) (*model.Store, *losingKV, *clientv3.Client) {
+func proxiedStore(t *testing.T) (*model.Store, *etcdtest.LosingKV, *clientv3.Client) {
 	t.Helper()
-	proxy := testenv.NewTCPProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	kv := &losingKV{KV: cli.KV, proxy: proxy}
+	kv := server.LosingKV(t)
 	st := model.NewWithKV(kv, etcdtest.Prefix(t))
 	// Init also opens the connection, so the proxy has one to spoil.
 	if err := st.Init(context.Background()); err != nil {
@@ -54,19 +30,19 @@ func proxiedStore(t *testing.T) (*model.Store, *losingKV, *clientv3.Client) {
 // transaction on; once done says etcd holds op's effect, it cuts the connection and restores the path,
 // so op's request has committed but its client saw only a broken
 // connection.
-func loseAnswer(t *testing.T, kv *losingKV, done func() bool, op func(ctx context.Context) error) error {
+func loseAnswer(t *testing.T, kv *etcdtest.LosingKV, done func() bool, op func(ctx context.Context) error) error {
 	t.Helper()
 	return loseAnswerFor(t, kv, false, done, op)
 }
 
 // loseAnswerFor is loseAnswer; with keepCut the path stays cut until op
 // has returned, so op cannot learn the outcome.
-func loseAnswerFor(t *testing.T, kv *losingKV, keepCut bool, done func() bool, op func(ctx context.Context) error) error {
+func loseAnswerFor(t *testing.T, kv *etcdtest.LosingKV, keepCut bool, done func() bool, op func(ctx context.Context) error) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	proxy := kv.proxy
-	kv.armed.Store(true)
+	proxy := kv.Proxy
+	kv.Arm()
 	cut := make(chan struct{})
 	go func() {
 		defer close(cut)
@@ -112,10 +88,10 @@ func TestAmbiguousCommits(t *testing.T) {
 		// run sets up what the lost write needs (through st, whose path
 		// still works), then performs it through loseAnswer and checks
 		// the answer against etcd, read through direct.
-		run func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client)
+		run func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client)
 	}{{
 		name: "address allocation",
-		run: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) {
+		run: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) {
 			b, _, err := st.AcquireBlock(context.Background(), "default", owner("c0"))
 			if err != nil {
 				t.Fatal(err)
@@ -140,7 +116,7 @@ func TestAmbiguousCommits(t *testing.T) {
 		},
 	}, {
 		name: "block acquisition",
-		run: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) {
+		run: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) {
 			prefix := st.Prefix() + "blocks/"
 			var gotB model.Block
 			var gotA model.Address
@@ -161,7 +137,7 @@ func TestAmbiguousCommits(t *testing.T) {
 		},
 	}, {
 		name: "address release",
-		run: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) {
+		run: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) {
 			b, a, err := st.AcquireBlock(context.Background(), "default", owner("c0"))
 			if err != nil {
 				t.Fatal(err)
@@ -176,7 +152,7 @@ func TestAmbiguousCommits(t *testing.T) {
 		},
 	}, {
 		name: "block release",
-		run: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) {
+		run: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) {
 			b, a, err := st.AcquireBlock(context.Background(), "default", owner("c0"))
 			if err != nil {
 				t.Fatal(err)
@@ -213,10 +189,10 @@ func TestOutcomeUnknownSettledLater(t *testing.T) {
 		name string
 		// lose runs the write whose answer is lost (through loseAnswerFor)
 		// and returns what settles it later.
-		lose func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) (error, func() (model.Address, error))
+		lose func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) (error, func() (model.Address, error))
 	}{{
 		name: "address allocation",
-		lose: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) (error, func() (model.Address, error)) {
+		lose: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) (error, func() (model.Address, error)) {
 			b, _, err := st.AcquireBlock(context.Background(), "default", model.Owner{Node: "n1", ContainerID: "c0"})
 			if err != nil {
 				t.Fatal(err)
@@ -230,7 +206,7 @@ func TestOutcomeUnknownSettledLater(t *testing.T) {
 		},
 	}, {
 		name: "block acquisition",
-		lose: func(t *testing.T, st *model.Store, kv *losingKV, direct *clientv3.Client) (error, func() (model.Address, error)) {
+		lose: func(t *testing.T, st *model.Store, kv *etcdtest.LosingKV, direct *clientv3.Client) (error, func() (model.Address, error)) {
 			var b model.Block
 			var a model.Address
 			err := loseAnswerFor(t, kv, true, func() bool { return countKeys(direct, st.Prefix()+"blocks/", true) > 0 }, func(ctx context.Context) (err error) {

@@ -3,32 +3,12 @@ package ipam_test
 import (
 	"context"
 	"fmt"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coil-project/coil/coild/ipam"
-	"github.com/coil-project/coil/internal/testenv"
 	"github.com/coil-project/coil/model"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
-
-// losingKV makes the proxy swallow etcd's answers from the next
-// transaction on, once armed, so the reads before it still get theirs.
-type losingKV struct {
-	clientv3.KV
-	proxy *testenv.TCPProxy
-	armed atomic.Bool
-}
-
-func (k *losingKV) Txn(ctx context.Context) clientv3.Txn {
-	if k.armed.CompareAndSwap(true, false) {
-		k.proxy.SetDropResponses(true)
-	}
-	return k.KV.Txn(ctx)
-}
 
 // An allocation whose commit answer is lost (the request reached etcd, the
 // connection broke before the answer came back) leaves etcd and the
@@ -46,13 +26,8 @@ func TestAmbiguousAllocation(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
 			st, _ := setup(t, "default", fmt.Sprintf("10.17.%d.0/24", i), "", 2)
-			proxy := testenv.NewTCPProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { cli.Close() })
-			kv := &losingKV{KV: cli.KV, proxy: proxy}
+			kv := server.LosingKV(t)
+			proxy := kv.Proxy
 			pst := model.NewWithKV(kv, st.Prefix())
 			rec := &recorder{}
 			a := ipam.New(pst, "n1", rec)
@@ -66,7 +41,7 @@ func TestAmbiguousAllocation(t *testing.T) {
 			}
 			before, _ := st.ListAddresses(ctx, "default")
 
-			kv.armed.Store(true)
+			kv.Arm()
 			cut := make(chan struct{})
 			go func() {
 				defer close(cut)
