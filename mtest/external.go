@@ -162,9 +162,16 @@ func (e *External) RouteBlocks(pool string) error {
 // SeenAs connects from the pod to one of the external host's servers and
 // returns the address the server saw the connection come from.
 func (p *Pod) SeenAs(target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
+	return SeenFrom("/var/run/netns/"+p.NetNS, target, timeout)
+}
+
+// SeenFrom connects from the network namespace at nsPath to one of the
+// external host's servers and returns the address the server saw the
+// connection come from.
+func SeenFrom(nsPath string, target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := dialIn("/var/run/netns/"+p.NetNS, ctx, "tcp", target.String())
+	conn, err := dialIn(nsPath, ctx, "tcp", target.String())
 	if err != nil {
 		return netip.Addr{}, err
 	}
