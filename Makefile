@@ -28,7 +28,7 @@ export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build image test vet fuzz mtest demo demo-down kube-apiserver kube-node bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build image test vet fuzz mtest demo demo-cnitool demo-down kube-apiserver kube-node bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -69,9 +69,15 @@ fuzz: deps
 mtest: deps build image kube-apiserver kube-node
 	$(GO) test -count=1 -timeout 25m -v ./mtest/
 
-# A local 3-node cluster left running; `make demo-down` removes it.
-demo: deps build kube-apiserver
+# A local 3-node cluster of kubelet nodes with Coil installed from deploy/,
+# left running; `make demo-down` removes it.
+demo: deps build image kube-apiserver kube-node
 	$(GO) run ./mtest/demo up
+
+# The same demo without kubelet nodes: coild started directly, the CNI
+# reference client standing in for the kubelet.
+demo-cnitool: deps build kube-apiserver
+	$(GO) run ./mtest/demo up --cnitool
 
 demo-down:
 	$(GO) run ./mtest/demo down

@@ -463,6 +463,7 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		NetNS:        "/var/run/netns/" + c.ctl,
 		BindAddress:  ctlV4,
 		Dial:         c.ctlDialer,
+		Detached:     c.opts.Detached,
 	}
 	if c.opts.RealNodes {
 		// Pods get service-account tokens; the DaemonSet is privileged;
@@ -700,6 +701,8 @@ type state struct {
 	Dir     string   `json:"dir"`
 	PIDs    []int    `json:"pids"`
 	NetNSes []string `json:"netnses"`
+	// KubeNodes are the real nodes (Options.RealNodes).
+	KubeNodes []kubenodetest.State `json:"kubeNodes,omitempty"`
 }
 
 // SaveState writes what Teardown needs into path.
@@ -710,6 +713,11 @@ func (c *Cluster) SaveState(path string) error {
 		st.NetNSes = append(st.NetNSes, p.NetNS)
 	}
 	c.mu.Unlock()
+	for _, n := range c.Nodes {
+		if n.kube != nil {
+			st.KubeNodes = append(st.KubeNodes, n.kube.State())
+		}
+	}
 	if c.apiserver != nil {
 		if pid := c.apiserver.PID(); pid > 0 {
 			st.PIDs = append(st.PIDs, pid)
@@ -732,6 +740,11 @@ func Teardown(path string) error {
 	var st state
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	for _, kn := range st.KubeNodes {
+		// kubelet, containerd, shims and containers first: they hold the
+		// pods' namespaces and the node's cgroups.
+		kubenodetest.Cleanup(kn)
 	}
 	for _, pid := range st.PIDs {
 		// Each daemon leads its own session; kill the whole group.

@@ -11,7 +11,9 @@ import (
 	"strings"
 )
 
-// repoRoot is the checkout the suite runs from.
+// RepoRoot is the checkout the suite runs from.
+func RepoRoot() string { return repoRoot() }
+
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..")

@@ -234,6 +234,14 @@ func (c *Cluster) startKubeControllers() error {
 	return nil
 }
 
+// KubectlPath is the kubectl binary the cluster uses.
+func (c *Cluster) KubectlPath() (string, error) {
+	if c.kubeBins == nil {
+		return "", fmt.Errorf("not a real-node cluster")
+	}
+	return c.kubeBins.kubectl, nil
+}
+
 // Kubectl runs kubectl (built from the Kubernetes module at the API
 // server's version) as cluster admin in dir, and returns its output.
 func (c *Cluster) Kubectl(ctx context.Context, dir string, args ...string) (string, error) {

@@ -1,6 +1,8 @@
 // Command demo starts a local 3-node Coil cluster in network namespaces,
 // shows what Coil did, and leaves it running (`demo up`), or removes it
-// (`demo down`).
+// (`demo down`). The nodes run kubelet and containerd, with Coil installed
+// from deploy/; `demo up --cnitool` runs coild directly instead, with the
+// CNI reference client standing in for the kubelet.
 package main
 
 import (
@@ -27,16 +29,18 @@ func main() {
 		cmd = os.Args[1]
 	}
 	var err error
-	switch cmd {
-	case "up":
+	switch {
+	case cmd == "up" && len(os.Args) > 2 && os.Args[2] == "--cnitool":
 		err = up(statePath)
-	case "down":
+	case cmd == "up" && len(os.Args) == 2 || len(os.Args) == 1:
+		err = upRealNodes(statePath)
+	case cmd == "down":
 		err = mtest.Teardown(statePath)
 		if err == nil {
 			fmt.Println("demo cluster removed")
 		}
 	default:
-		err = fmt.Errorf("usage: demo up|down")
+		err = fmt.Errorf("usage: demo up [--cnitool] | demo down")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -48,6 +52,16 @@ func step(format string, args ...any) {
 	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", args...)
 }
 
+func upRealNodes(statePath string) error {
+	if _, err := os.Stat(statePath); err == nil {
+		return fmt.Errorf("a demo is already running (%s); remove it with `make demo-down`", statePath)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	return upReal(ctx, statePath)
+}
+
+// up runs the demo with coild started directly and cnitool for kubelet.
 func up(statePath string) error {
 	if _, err := os.Stat(statePath); err == nil {
 		return fmt.Errorf("a demo is already running (%s); remove it with `make demo-down`", statePath)
@@ -117,17 +131,8 @@ func up(statePath string) error {
 		return err
 	}
 
-	step("export tables (routing table 119, for BIRD or any routing daemon)")
-	for _, n := range c.Nodes {
-		for _, fam := range []string{"-4", "-6"} {
-			routes, err := n.Routes(fam, "119")
-			if err != nil {
-				return err
-			}
-			for _, r := range routes {
-				fmt.Printf("%s: %s dev %s proto %s\n", n.Name, r.Dst, r.Dev, r.Protocol)
-			}
-		}
+	if err := showExportTables(c); err != nil {
+		return err
 	}
 
 	step("cross-node traffic (flat L2: coild routes to other nodes' blocks)")

@@ -78,6 +78,9 @@ type Options struct {
 	// BindAddress is the address the server listens on and advertises;
 	// default 127.0.0.1. With NetNS it is an address inside that namespace.
 	BindAddress string
+	// Detached servers outlive the process that started them (a demo
+	// cluster left running); without it the server dies with its parent.
+	Detached bool
 	// ServiceAccounts enables the ServiceAccount admission plugin, which
 	// gives pods their tokens; it needs a controller manager that creates
 	// the "default" service accounts (the real-node clusters of mtest).
@@ -213,6 +216,9 @@ func (s *Server) start(ctx context.Context, bin string, opts Options) error {
 	// Kill the server if the test process dies without calling Stop
 	// (panic, timeout, SIGKILL): no stray apiserver outlives its test.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if opts.Detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
