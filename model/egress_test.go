@@ -268,7 +268,7 @@ func TestUpdateEgress(t *testing.T) {
 	}
 	update := func(c model.DestinationChange, want ...string) {
 		t.Helper()
-		got, changed, err := st.UpdateEgress(ctx, "internet", "nat", model.EgressChange{Destinations: c})
+		got, changed, err := st.UpdateEgress(ctx, "internet", "nat", c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -289,7 +289,7 @@ func TestUpdateEgress(t *testing.T) {
 
 	// A change to what is already there writes nothing.
 	before := dump(t, cli, st.Prefix())
-	if got, changed, err := st.UpdateEgress(ctx, "internet", "nat", model.EgressChange{Destinations: model.DestinationChange{Set: mustPrefixes(t, "0.0.0.0/0")}}); err != nil || changed || got.VNI != e.VNI {
+	if got, changed, err := st.UpdateEgress(ctx, "internet", "nat", model.DestinationChange{Set: mustPrefixes(t, "0.0.0.0/0")}); err != nil || changed || got.VNI != e.VNI {
 		t.Errorf("no-op update = %+v, %v, %v", got, changed, err)
 	}
 	if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -315,7 +315,7 @@ func TestUpdateEgress(t *testing.T) {
 	for _, c := range refused {
 		t.Run(c.name, func(t *testing.T) {
 			before := dump(t, cli, st.Prefix())
-			if _, _, err := st.UpdateEgress(ctx, "internet", c.egress, model.EgressChange{Destinations: c.c}); !errors.Is(err, c.want) {
+			if _, _, err := st.UpdateEgress(ctx, "internet", c.egress, c.c); !errors.Is(err, c.want) {
 				t.Fatalf("error = %v, want %v", err, c.want)
 			}
 			if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -330,7 +330,7 @@ func TestUpdateEgress(t *testing.T) {
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			_, _, errs[i] = st.UpdateEgress(ctx, "internet", "nat", model.EgressChange{Destinations: model.DestinationChange{Add: mustPrefixes(t, fmt.Sprintf("10.%d.0.0/16", i))}})
+			_, _, errs[i] = st.UpdateEgress(ctx, "internet", "nat", model.DestinationChange{Add: mustPrefixes(t, fmt.Sprintf("10.%d.0.0/16", i))})
 		})
 	}
 	wg.Wait()
@@ -355,9 +355,9 @@ func TestUpdateEgress(t *testing.T) {
 	}
 }
 
-// TestUpdateEgressGateways: replicas and image change in place and are
+// TestChangeEgressGateways: replicas and image change in place and are
 // stored; refused changes write nothing; replicas 0 clears the image.
-func TestUpdateEgressGateways(t *testing.T) {
+func TestChangeEgressGateways(t *testing.T) {
 	ctx := context.Background()
 	st, cli := newStore(t)
 	e, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: mustPrefixes(t, "0.0.0.0/0"), Replicas: 2})
@@ -385,7 +385,7 @@ func TestUpdateEgressGateways(t *testing.T) {
 	}
 	for _, s := range steps {
 		before := dump(t, cli, st.Prefix())
-		got, changed, err := st.UpdateEgress(ctx, "internet", "nat", s.c)
+		got, changed, err := st.ChangeEgress(ctx, "internet", "nat", s.c)
 		if err != nil || changed != s.changed || got.Replicas != s.replicas || got.Image != s.image {
 			t.Fatalf("%s: UpdateEgress = %+v, changed %v, %v", s.name, got, changed, err)
 		}
@@ -408,7 +408,7 @@ func TestUpdateEgressGateways(t *testing.T) {
 		{"bad image", model.EgressChange{Replicas: i32(1), Image: str("gw 1")}},
 	} {
 		before := dump(t, cli, st.Prefix())
-		if _, _, err := st.UpdateEgress(ctx, "internet", "nat", c.c); !errors.Is(err, model.ErrInvalidGateways) {
+		if _, _, err := st.ChangeEgress(ctx, "internet", "nat", c.c); !errors.Is(err, model.ErrInvalidGateways) {
 			t.Errorf("%s: error = %v, want ErrInvalidGateways", c.name, err)
 		}
 		if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {

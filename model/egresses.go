@@ -359,14 +359,20 @@ func sameEgress(a, b Egress) bool {
 	return slices.Equal(a.Destinations, b.Destinations) && a.Replicas == b.Replicas && a.Image == b.Image
 }
 
-// UpdateEgress changes an existing egress in place: its destinations and
+// UpdateEgress changes the destinations of an existing egress in place,
+// as ChangeEgress does with only a destination change.
+func (s *Store) UpdateEgress(ctx context.Context, namespace, name string, change DestinationChange) (Egress, bool, error) {
+	return s.ChangeEgress(ctx, namespace, name, EgressChange{Destinations: change})
+}
+
+// ChangeEgress changes an existing egress in place: its destinations and
 // its managed gateways. Its VNI, creation time and key stay, so nodes only
 // reprogram the routes of the destinations that changed. It returns the
 // stored record and whether it changed. The record is rewritten only if it
 // is unchanged since it was read (retrying a bounded number of times
 // otherwise), so concurrent updates never lose one another's edits. Fails
 // with ErrEgressNotFound or a validation error, changing nothing.
-func (s *Store) UpdateEgress(ctx context.Context, namespace, name string, change EgressChange) (Egress, bool, error) {
+func (s *Store) ChangeEgress(ctx context.Context, namespace, name string, change EgressChange) (Egress, bool, error) {
 	key := s.egressKey(namespace, name)
 	var rec Egress
 	var changed bool

@@ -174,13 +174,13 @@ func TestManagedGateways(t *testing.T) {
 	replicas := func(n int32) model.EgressChange { return model.EgressChange{Replicas: &n} }
 	image := func(s string) model.EgressChange { return model.EgressChange{Image: &s} }
 	t.Run("scale", func(t *testing.T) {
-		if _, _, err := st.UpdateEgress(ctx, c.ns, "nat", replicas(3)); err != nil {
+		if _, _, err := st.ChangeEgress(ctx, c.ns, "nat", replicas(3)); err != nil {
 			t.Fatal(err)
 		}
 		c.waitDeployment(t, name, "3 replicas", func(d *appsv1.Deployment) bool { return *d.Spec.Replicas == 3 })
 	})
 	t.Run("image", func(t *testing.T) {
-		if _, _, err := st.UpdateEgress(ctx, c.ns, "nat", image("registry.example.com/pause:3.10")); err != nil {
+		if _, _, err := st.ChangeEgress(ctx, c.ns, "nat", image("registry.example.com/pause:3.10")); err != nil {
 			t.Fatal(err)
 		}
 		d := c.waitDeployment(t, name, "new image", func(d *appsv1.Deployment) bool {
@@ -210,7 +210,7 @@ func TestManagedGateways(t *testing.T) {
 		testenv.Eventually(t, 10*time.Second, "PodDisruptionBudget created again", func() bool { _, ok := c.pdb(t, name); return ok })
 	})
 	t.Run("replicas 0 hands the gateways back", func(t *testing.T) {
-		if _, _, err := st.UpdateEgress(ctx, c.ns, "nat", replicas(0)); err != nil {
+		if _, _, err := st.ChangeEgress(ctx, c.ns, "nat", replicas(0)); err != nil {
 			t.Fatal(err)
 		}
 		c.waitGone(t, name)
@@ -219,7 +219,7 @@ func TestManagedGateways(t *testing.T) {
 		})
 	})
 	t.Run("deleted with the egress", func(t *testing.T) {
-		if _, _, err := st.UpdateEgress(ctx, c.ns, "nat", replicas(1)); err != nil {
+		if _, _, err := st.ChangeEgress(ctx, c.ns, "nat", replicas(1)); err != nil {
 			t.Fatal(err)
 		}
 		c.waitDeployment(t, name, "1 replica, default image", func(d *appsv1.Deployment) bool {

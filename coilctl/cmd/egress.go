@@ -234,7 +234,7 @@ Deployment over to the change.`,
 				if err := initSchema(ctx, st); err != nil {
 					return err
 				}
-				updated, changed, err = st.UpdateEgress(ctx, args[0], args[1], change)
+				updated, changed, err = st.ChangeEgress(ctx, args[0], args[1], change)
 				return err
 			})
 			if err != nil {
