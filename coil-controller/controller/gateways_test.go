@@ -234,3 +234,45 @@ func TestManagedGateways(t *testing.T) {
 		t.Errorf("the user's Deployment is gone or changed: %+v", got)
 	}
 }
+
+// TestOwnImage: with no --egress-gateway-image, the default gateway image
+// is the image of the controller's own container, read from its Pod as the
+// restricted controller user.
+func TestOwnImage(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "coil-controller-abc", Namespace: c.ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{Name: "proxy", Image: "registry.example.com/proxy:1"},
+			{Name: "coil-controller", Image: "registry.example.com/coil:v1.2.3"},
+		}},
+	}
+	if _, err := c.admin.CoreV1().Pods(c.ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := c.clientAs(t, controllerUser)
+	if got, err := ownImage(ctx, client, c.ns, pod.Name); err != nil || got != "registry.example.com/coil:v1.2.3" {
+		t.Errorf("ownImage = %q, %v", got, err)
+	}
+	if got, err := ownImage(ctx, client, "", ""); err == nil {
+		t.Errorf("ownImage without POD_NAMESPACE and POD_NAME = %q", got)
+	}
+}
+
+// TestRunAll: one function failing stops the others, and its error is
+// returned once all have returned.
+func TestRunAll(t *testing.T) {
+	stopped := make(chan struct{})
+	err := runAll(context.Background(),
+		func(ctx context.Context) error { <-ctx.Done(); close(stopped); return nil },
+		func(context.Context) error { return fmt.Errorf("boom") })
+	select {
+	case <-stopped:
+	default:
+		t.Error("runAll returned before the other function stopped")
+	}
+	if err == nil || err.Error() != "boom" {
+		t.Errorf("runAll = %v", err)
+	}
+}
