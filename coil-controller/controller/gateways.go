@@ -164,6 +164,10 @@ func (g *Gateways) Run(ctx context.Context) error {
 		g.queue.ShutDown()
 		wg.Wait()
 		factory.Shutdown()
+		// A replica that no longer leads exports no stale gateway
+		// counts (alerts compare desired with available).
+		g.opts.Metrics.gatewaysDesired.Reset()
+		g.opts.Metrics.gatewaysAvailable.Reset()
 	}()
 	wg.Go(func() {
 		err := g.store.WatchEgresses(ctx, DefaultEgressRetry, g.setEgresses)
