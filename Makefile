@@ -17,7 +17,7 @@ ETCD_BIN := $(CACHE_DIR)/etcd-$(ETCD_VERSION)
 # libseccomp-dev: runc of the real-node tests is built with seccomp.
 APT_PACKAGES := iproute2 iputils-ping nftables bird2 libseccomp-dev
 
-BINARIES := coil coild coilctl coil-controller coil-installer
+BINARIES := coil coild coilctl coil-controller coil-installer coil-egress
 
 # The runtime image and the sandbox ("pause") image of the test nodes, which
 # `make image` writes as tarballs into bin/ (no Docker engine needed).

@@ -60,6 +60,9 @@ var (
 	// ErrInvalidChange: an edit of an egress's destinations that
 	// contradicts itself (replace and add, add and remove the same one).
 	ErrInvalidChange = errors.New("invalid destination change")
+	// ErrInvalidGateways: managed gateways (replicas, image) an egress
+	// cannot have.
+	ErrInvalidGateways = errors.New("invalid egress gateways")
 	// ErrEgressExists: an egress of that namespace and name already exists.
 	ErrEgressExists = errors.New("egress already exists")
 	// ErrEgressNotFound: no egress of that namespace and name.

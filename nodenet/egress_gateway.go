@@ -264,6 +264,11 @@ const (
 	// gateway's VNI that came from no client and were dropped. It survives
 	// every sync (only teardown removes it), so it only grows.
 	EgressGuardCounter = "foreign-vxlan"
+	// EgressMasqueradeCounter is the named counter of the packets (and
+	// bytes) the gateway sent out masqueraded: those of connections that
+	// came in through the tunnel, leaving by the uplink after source NAT.
+	// Like the guard's counter it survives syncs.
+	EgressMasqueradeCounter = "masqueraded"
 	// egressClientSet4 and egressClientSet6 hold the outer addresses of
 	// the gateway's current clients, the only sources its VXLAN device
 	// takes packets from.
@@ -288,7 +293,13 @@ const (
 //	    iifname "eth0" ct mark 0xc011 meta mark set 0xc011 }
 //	  chain postrouting { type nat hook postrouting priority srcnat;
 //	    oifname "eth0" ct mark 0xc011 masquerade }
+//	  counter masqueraded {}
+//	  chain masqueraded { type filter hook postrouting priority srcnat + 1;
+//	    oifname "eth0" ct mark 0xc011 counter name masqueraded }
 //	}
+//
+// The NAT chain sees only the first packet of a connection, so the packets
+// and bytes masqueraded are counted in a filter chain right after it.
 //
 // The input chain is the guard: the kernel hands a VXLAN packet to the
 // tunnel device only after the input hook, so a packet of this VNI from an
@@ -306,9 +317,9 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		return err
 	}
 	// Add the table (a no-op if it exists), delete every chain, set and
-	// object an earlier run or crash left in it but the drop counter, and
-	// add them afresh: the transaction leaves exactly this, and the counter
-	// keeps its count. Deleting a chain deletes its rules first, which
+	// object an earlier run or crash left in it but the counters, and add
+	// them afresh: the transaction leaves exactly this, and the counters
+	// keep their counts. Deleting a chain deletes its rules first, which
 	// frees the sets for deletion.
 	conn.AddTable(t)
 	for _, c := range old.chains {
@@ -318,11 +329,12 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		conn.DelSet(s)
 	}
 	for _, o := range old.objects {
-		if o.Name != EgressGuardCounter {
+		if o.Name != EgressGuardCounter && o.Name != EgressMasqueradeCounter {
 			conn.DeleteObject(o)
 		}
 	}
 	conn.AddObj(&nftables.CounterObj{Table: t, Name: EgressGuardCounter})
+	conn.AddObj(&nftables.CounterObj{Table: t, Name: EgressMasqueradeCounter})
 	sets, err := addClientSets(conn, t, cfg.Clients)
 	if err != nil {
 		return err
@@ -339,6 +351,10 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 	post := conn.AddChain(&nftables.Chain{
 		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	})
+	counted := conn.AddChain(&nftables.Chain{
+		Name: "masqueraded", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 1),
 	})
 
 	vni := binaryutil.BigEndian.PutUint32(cfg.VNI)[1:]
@@ -393,6 +409,13 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
 		&expr.Masq{},
+	}})
+	conn.AddRule(&nftables.Rule{Table: t, Chain: counted, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(cfg.Uplink)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: EgressMasqueradeCounter},
 	}})
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("program nftables table %s: %w", EgressNFTable, err)

@@ -19,6 +19,9 @@ type Metrics struct {
 	lastSweep          prometheus.Gauge
 	sweepSkipped       *prometheus.CounterVec
 	leader             prometheus.Gauge
+	gatewaysDesired    *prometheus.GaugeVec
+	gatewaysAvailable  *prometheus.GaugeVec
+	gatewaySyncErrors  prometheus.Counter
 }
 
 // Reclaim causes, the "cause" label of coil_controller_reclaimed_addresses_total.
@@ -77,13 +80,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "coil_controller_leader",
 			Help: "1 while this replica holds the leader lease and acts, else 0.",
 		}),
+		gatewaysDesired: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "coil_controller_egress_gateways_desired",
+			Help: "Gateway pods coil-controller runs for the egress (its --replicas), for egresses with managed gateways.",
+		}, []string{"namespace", "egress"}),
+		gatewaysAvailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "coil_controller_egress_gateways_available",
+			Help: "Available pods of the egress's managed gateway Deployment.",
+		}, []string{"namespace", "egress"}),
+		gatewaySyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coil_controller_egress_gateway_sync_errors_total",
+			Help: "Failed attempts to create, update or delete the managed gateways of an egress (retried).",
+		}),
 	}
 	m.reclaimedAddresses.WithLabelValues(causeLeak)
 	m.reclaimedAddresses.WithLabelValues(causeNodeDeleted)
 	reg.MustRegister(m.blocks, m.addresses, m.leakCandidates, m.reclaimedAddresses,
-		m.reclaimedBlocks, m.deletedNodes, m.releaseDeferred, m.lastSweep, m.sweepSkipped, m.leader)
+		m.reclaimedBlocks, m.deletedNodes, m.releaseDeferred, m.lastSweep, m.sweepSkipped, m.leader,
+		m.gatewaysDesired, m.gatewaysAvailable, m.gatewaySyncErrors)
 	return m
 }
+
+// newUnregisteredMetrics returns metrics nobody scrapes, for callers that
+// pass none.
+func newUnregisteredMetrics() *Metrics { return NewMetrics(prometheus.NewRegistry()) }
 
 // SetLeader records whether this replica is the acting leader.
 func (m *Metrics) SetLeader(leading bool) {

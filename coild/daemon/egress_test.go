@@ -188,6 +188,30 @@ func TestEgress(t *testing.T) {
 			}
 			return nil
 		})
+		// The gateway counters, read from the gateways' namespaces at
+		// the scrape: the clients' connections above were masqueraded by
+		// the chosen gateway, and another connection raises its count.
+		chosenPod := `{egress="internet/nat",pod="internet/` + chosen.Name + `"}`
+		before := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_packets_total"+chosenPod)
+		bytes := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_bytes_total"+chosenPod)
+		if before <= 0 || bytes < 20*before {
+			t.Errorf("chosen gateway masqueraded %v packets, %v bytes", before, bytes)
+		}
+		for name := range gwAddrs {
+			sel := `{egress="internet/nat",pod="internet/` + name + `"}`
+			if limit := metricSample(t, n.Metrics(), "coild_egress_gateway_conntrack_limit"+sel); limit <= 0 {
+				t.Errorf("gateway %s: conntrack limit %v", name, limit)
+			}
+		}
+		if entries := metricSample(t, n.Metrics(), "coild_egress_gateway_conntrack_entries"+chosenPod); entries <= 0 {
+			t.Errorf("chosen gateway tracks %v connections", entries)
+		}
+		if _, err := netnstest.SeenAs(clients[0].NS, ext.server4, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if after := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_packets_total"+chosenPod); after <= before {
+			t.Errorf("masqueraded packets went from %v to %v after a connection", before, after)
+		}
 	})
 
 	t.Run("coild restart leaves one copy of everything", func(t *testing.T) {
@@ -351,4 +375,20 @@ func TestEgress(t *testing.T) {
 			t.Errorf("client cannot reach the node: %v", err)
 		}
 	})
+}
+
+// metricSample returns the value of the sample named exactly series
+// (name and labels as the text format prints them), or -1 if absent.
+func metricSample(t *testing.T, text, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("sample %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
 }

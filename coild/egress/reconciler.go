@@ -103,6 +103,9 @@ type Reconciler struct {
 	pods    *podWatch
 	trigger chan struct{}
 
+	// gatewayStats exports the node's gateway pods' counters.
+	gatewayStats *gatewayStats
+
 	// mu guards the inputs fed from etcd.
 	mu           sync.Mutex
 	egresses     map[string]model.Egress
@@ -158,6 +161,7 @@ func New(cfg Config) *Reconciler {
 		egresses: map[string]model.Egress{},
 		applied:  map[string]podState{},
 	}
+	r.gatewayStats = newGatewayStats(cfg.Registry)
 	r.pods = newPodWatch(cfg.Kube, cfg.Node, r.kick)
 	return r
 }
@@ -456,6 +460,7 @@ func (r *Reconciler) reconcile(full bool) {
 		r.retryIn(time.Second)
 	}
 	r.updateMetrics(s, want)
+	r.gatewayStats.set(want)
 }
 
 // retryIn wakes the reconcile loop after d, with at most one wake-up
