@@ -452,6 +452,65 @@ func TestRealNodes(t *testing.T) {
 		}
 	})
 
+	t.Run("egress gateways run by coil-controller (--replicas) on the kubelet nodes", func(t *testing.T) {
+		ext := c.External
+		mustCoilctl(t, c, "egress", "create", "internet-egress", "managed", "--destinations", ExternalV4+"/32", "--replicas", "2")
+		gws, err := waitWorkload(ctx, c, "internet-egress", "coil.cybozu.com/egress=managed", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gwIPs := map[string]bool{}
+		for _, g := range gws {
+			gwIPs[g.Status.PodIP] = true
+			// The controller's own image, which runs coil-egress.
+			if img := g.Spec.Containers[0].Image; img != CoilImageNext {
+				t.Errorf("managed gateway %s runs %s, want the controller's image %s", g.Name, img, CoilImageNext)
+			}
+		}
+		if err := ext.RouteBlocks("internet"); err != nil {
+			t.Fatal(err)
+		}
+		client := workload("default", "client-managed", 1)
+		client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": "managed"}
+		if _, err := c.Kube.AppsV1().Deployments("default").Create(ctx, client, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		clients, err := waitWorkload(ctx, c, "default", "app=client-managed", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := clients[0]
+		ns, err := c.NodeOf(cl.Spec.NodeName).PodNetNSPath(ctx, netip.MustParseAddr(cl.Status.PodIP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(30*time.Second, func() error {
+			seen, err := SeenFrom(ns, ext.Server4, 3*time.Second)
+			if err != nil {
+				return err
+			}
+			if !gwIPs[seen.String()] {
+				return fmt.Errorf("external host saw %s, want a managed gateway (%v)", seen, gwIPs)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		mustCoilctl(t, c, "egress", "delete", "internet-egress", "managed")
+		if err := Eventually(time.Minute, func() error {
+			pods, err := c.Kube.CoreV1().Pods("internet-egress").List(ctx, metav1.ListOptions{LabelSelector: "coil.cybozu.com/egress=managed"})
+			if err != nil {
+				return err
+			}
+			if len(pods.Items) > 0 {
+				return fmt.Errorf("%d managed gateway pods left after the egress was deleted", len(pods.Items))
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("leaves nothing on the host", func(t *testing.T) {
 		// The kubelet did write its sysctls: into the node's shadow files.
 		shadow, err := os.ReadFile(filepath.Join(states[0].Dir, "sysctl", "vm_overcommit_memory"))
