@@ -45,11 +45,11 @@ type addressCountJSON struct {
 // poolJSON is a pool with its usage: an element of "pool list" and the
 // body of "pool show".
 type poolJSON struct {
-	Name          string           `json:"name"`
-	Family        string           `json:"family"`
-	BlockSizeBits int              `json:"blockSizeBits"`
-	BlockSize     int              `json:"blockSize"`
-	Subnets       []subnetJSON     `json:"subnets"`
+	Name          string       `json:"name"`
+	Family        string       `json:"family"`
+	BlockSizeBits int          `json:"blockSizeBits"`
+	BlockSize     int          `json:"blockSize"`
+	Subnets       []subnetJSON `json:"subnets"`
 	// Drained is present when the whole pool is drained.
 	Drained   bool             `json:"drained,omitempty"`
 	Blocks    blockCountJSON   `json:"blocks"`
