@@ -46,12 +46,23 @@ func (f Families) Read(r io.Reader) error {
 	return nil
 }
 
+// targetLabels are the labels Prometheus gives every series it scrapes,
+// which the exposition itself does not carry.
+var targetLabels = []string{"instance", "job"}
+
 // lookup finds the family of a selector's metric: histogram and summary
 // series are named after their family with _bucket, _sum or _count, and
 // _bucket series carry the label le.
 func (f Families) lookup(metric string) (Family, map[string]bool, bool) {
 	if fam, ok := f[metric]; ok {
-		return fam, fam.Labels, true
+		labels := map[string]bool{}
+		for l := range fam.Labels {
+			labels[l] = true
+		}
+		for _, l := range targetLabels {
+			labels[l] = true
+		}
+		return fam, labels, true
 	}
 	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
 		base, ok := strings.CutSuffix(metric, suffix)
@@ -66,6 +77,9 @@ func (f Families) lookup(metric string) (Family, map[string]bool, bool) {
 		for l := range fam.Labels {
 			labels[l] = true
 		}
+		for _, l := range targetLabels {
+			labels[l] = true
+		}
 		if suffix == "_bucket" && fam.Type == dto.MetricType_HISTOGRAM {
 			labels["le"] = true
 		}
@@ -76,7 +90,7 @@ func (f Families) lookup(metric string) (Family, map[string]bool, bool) {
 
 // Check reports every metric q selects that f lacks, every matcher label
 // its metric's series lack, and every grouping label none of q's metrics
-// carries.
+// carries. The target labels instance and job count as carried.
 func (f Families) Check(q Query) error {
 	var errs []error
 	seen := map[string]bool{}

@@ -76,7 +76,8 @@ func TestCheck(t *testing.T) {
 		{expr: `histogram_quantile(0.9, sum by (le) (rate(coild_allocation_duration_seconds_bucket[5m])))`},
 		{expr: `rate(coild_allocation_duration_seconds_count[5m])`},
 		{expr: `coil_pool_usage_ratio`, errs: []string{"metric coil_pool_usage_ratio is not exported"}},
-		{expr: `coil_controller_pool_usage_ratio{subnet="x"}`, errs: []string{"has no label subnet (it has pool)"}},
+		{expr: `coil_controller_pool_usage_ratio{subnet="x"}`, errs: []string{"has no label subnet (it has instance, job, pool)"}},
+		{expr: `sum by (instance) (coil_controller_pool_usage_ratio{job="coil"})`},
 		{expr: `sum by (node) (coil_controller_pool_usage_ratio)`, errs: []string{"label node it groups"}},
 		{expr: `coild_allocation_duration_seconds_count{le="1"}`, errs: []string{"has no label le"}},
 	}
