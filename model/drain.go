@@ -115,7 +115,11 @@ func (e *SubnetInUseError) Error() string {
 	slices.SortFunc(nodes, func(a, b string) int { return cmp.Or(cmp.Compare(e.Nodes[b], e.Nodes[a]), cmp.Compare(a, b)) })
 	parts := make([]string, len(nodes))
 	for i, n := range nodes {
-		parts[i] = fmt.Sprintf("%s (%d)", n, e.Nodes[n])
+		unit := "blocks"
+		if e.Nodes[n] == 1 {
+			unit = "block"
+		}
+		parts[i] = fmt.Sprintf("%s (%d %s)", n, e.Nodes[n], unit)
 	}
 	return fmt.Sprintf("%v: nodes still own blocks of subnet %s of pool %q: %s",
 		ErrSubnetInUse, e.Subnet, e.Pool, strings.Join(parts, ", "))

@@ -342,7 +342,7 @@ func TestRemoveSubnet(t *testing.T) {
 			if !errors.As(err, &inUse) || inUse.Nodes["n1"] != 2 || inUse.Nodes["n2"] != 2 || len(inUse.Nodes) != 2 {
 				t.Fatalf("in use: %#v", inUse)
 			}
-			if !strings.Contains(err.Error(), "n1 (2), n2 (2)") {
+			if !strings.Contains(err.Error(), "n1 (2 blocks), n2 (2 blocks)") {
 				t.Fatalf("error does not name the nodes: %v", err)
 			}
 		}

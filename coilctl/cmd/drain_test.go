@@ -78,7 +78,7 @@ func TestPoolDrain(t *testing.T) {
 		{"remove active subnet", []string{"pool", "remove-subnet", "default", "10.0.1.0/24"}, cmd.ExitFailure,
 			[]string{"subnet not drained", "coilctl pool drain default --subnet 10.0.1.0/24"}},
 		{"remove subnet in use", []string{"pool", "remove-subnet", "default", "fd00::/120"}, cmd.ExitFailure,
-			[]string{`remove subnet fd00::/120 from pool "default"`, "blocks in use", "n1 (2), n2 (1)", "coilctl pool show default"}},
+			[]string{`remove subnet fd00::/120 from pool "default"`, "blocks in use", "n1 (2 blocks), n2 (1 block)", "coilctl pool show default"}},
 		{"remove last subnet", []string{"pool", "remove-subnet", "other", "10.9.0.0/24"}, cmd.ExitFailure,
 			[]string{"last subnet", "delete the pool instead"}},
 		{"remove unknown subnet", []string{"pool", "remove-subnet", "default", "10.0.5.0/24"}, cmd.ExitFailure, []string{"subnet not found"}},
