@@ -587,7 +587,7 @@ func (c *Controller) observeCapacity(ctx context.Context, snap audit.Snapshot) e
 			c.log.Warn("pool usage reached the warning level", "pool", u.Pool, "ratio", ratio, "warning", limit,
 				"in-use", u.AddressesInUse, "usable", u.Usable(), "free-blocks", u.BlocksFree)
 			c.opts.Recorder.Eventf(clusterRef(), corev1.EventTypeWarning, EventPoolUsageHigh,
-				"Pool %q is %.1f%% used (warning at %.1f%%): %d of %d usable addresses in use, %d free blocks left; add a subnet (coilctl pool add-subnet %s)",
+				"Pool %q is %.1f%% used (warning at %.1f%%): %d of %d usable addresses in use, %d free blocks left; add a subnet (coilctl pool add-subnet %s CIDR)",
 				u.Pool, 100*ratio, 100*limit, u.AddressesInUse, u.Usable(), u.BlocksFree, u.Pool)
 		case was && !now:
 			c.log.Info("pool usage back below the warning level", "pool", u.Pool, "ratio", ratio, "warning", limit)
