@@ -248,9 +248,10 @@ func (s *Store) settleDrained(ctx context.Context, b *Block, a *Address) error {
 	return nil
 }
 
-// pickFreeBlock chooses a free block of a subnet that is not drained, starting the search at a position
-// derived from the node name so that nodes acquiring at the same moment
-// mostly try different blocks instead of fighting over the first free one.
+// pickFreeBlock chooses a free block of a subnet that is not drained,
+// starting the search at a position derived from the node name so that
+// nodes acquiring at the same moment mostly try different blocks instead
+// of fighting over the first free one.
 func (s *Store) pickFreeBlock(p *Pool, node string, taken map[string]bool) (subnet, index int, ok bool) {
 	total := p.NumBlocks()
 	if len(taken) >= total || p.Drained {
