@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +51,8 @@ type Options struct {
 	Controller bool
 	// ControllerArgs are extra coil-controller flags.
 	ControllerArgs []string
+	// CoildArgs are extra coild flags.
+	CoildArgs []string
 	// Detached daemons outlive the process that started the cluster (the
 	// demo); Teardown removes them.
 	Detached bool
@@ -523,7 +527,9 @@ func (n *Node) StartCoild() error {
 		"--liveness-ttl", "5s",
 		// The node network stays direct for egress clients.
 		"--egress-bypass", "192.168.100.0/24,fd00:100::/64",
+		"--metrics-addr", coildMetricsAddr,
 	}
+	args = append(args, n.c.opts.CoildArgs...)
 	if n.c.opts.FlatL2 {
 		args = append(args, "--flat-l2")
 	}
@@ -533,6 +539,66 @@ func (n *Node) StartCoild() error {
 	}
 	n.coild = p
 	return nil
+}
+
+// coildMetricsAddr and controllerMetricsAddr are where coild (in each
+// node's namespace) and coil-controller (in the ctl namespace) serve
+// /metrics.
+const (
+	coildMetricsAddr      = "127.0.0.1:9384"
+	controllerMetricsAddr = "127.0.0.1:9386"
+)
+
+// Metrics scrapes coild's /metrics.
+func (n *Node) Metrics(ctx context.Context) (string, error) {
+	return scrape(ctx, n.NetNS, coildMetricsAddr)
+}
+
+// ControllerMetrics scrapes coil-controller's /metrics; on real nodes,
+// the leading replica's, from inside the first node (pod addresses are
+// routed only between the nodes).
+func (c *Cluster) ControllerMetrics(ctx context.Context) (string, error) {
+	if c.kubeBins == nil {
+		return scrape(ctx, c.ctl, controllerMetricsAddr)
+	}
+	pods, err := c.Kube.CoreV1().Pods("coil-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=coil-controller"})
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" {
+			continue
+		}
+		m, err := scrape(ctx, c.Nodes[0].NetNS, net.JoinHostPort(p.Status.PodIP, "9386"))
+		if err == nil && strings.Contains(m, "\ncoil_controller_leader 1") {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("no leading coil-controller pod answers")
+}
+
+// scrape GETs http://addr/metrics from inside netns.
+func scrape(ctx context.Context, netns, addr string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			return dialIn("/var/run/netns/"+netns, ctx, network, a)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("scrape %s in %s: %w", addr, netns, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("scrape %s in %s: %s %v", addr, netns, resp.Status, err)
+	}
+	return string(body), nil
 }
 
 // WaitReady waits for coild's /readyz through its socket.

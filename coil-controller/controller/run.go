@@ -53,6 +53,8 @@ type Config struct {
 	MaxNodeReleaseRatio float64
 	// NodeRecheckInterval is Options.NodeRecheckInterval.
 	NodeRecheckInterval time.Duration
+	// PoolUsageWarning is Options.PoolUsageWarning.
+	PoolUsageWarning float64
 	// Reclaim releases leaked addresses; false only reports them
 	// (Options.ReportOnly).
 	Reclaim bool
@@ -80,6 +82,8 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Reclaim, "reclaim", true, "release leaked addresses; false only reports them")
 	fs.Float64Var(&c.MaxReclaimRatio, "max-reclaim-ratio", DefaultMaxReclaimRatio,
 		"reclaim nothing when more than this share of all address records looks leaked")
+	fs.Float64Var(&c.PoolUsageWarning, "pool-usage-warning", DefaultPoolUsageWarning,
+		"record a warning event and log once when a pool's usage ratio (in use over usable addresses) reaches this")
 	fs.Float64Var(&c.MaxNodeReleaseRatio, "max-node-release-ratio", DefaultMaxNodeReleaseRatio,
 		"release no node's blocks in a sweep that finds more than this share of the nodes known to etcd missing from the API")
 	fs.StringVar(&c.EgressGatewayImage, "egress-gateway-image", "",
@@ -104,6 +108,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--max-reclaim-ratio must be in (0, 1]")
 	case c.MaxNodeReleaseRatio <= 0 || c.MaxNodeReleaseRatio > 1:
 		return fmt.Errorf("--max-node-release-ratio must be in (0, 1]")
+	case c.PoolUsageWarning <= 0 || c.PoolUsageWarning > 1:
+		return fmt.Errorf("--pool-usage-warning must be in (0, 1]")
 	}
 	return nil
 }
@@ -195,6 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxReclaimRatio:     cfg.MaxReclaimRatio,
 		MaxNodeReleaseRatio: cfg.MaxNodeReleaseRatio,
 		NodeRecheckInterval: cfg.NodeRecheckInterval,
+		PoolUsageWarning:    cfg.PoolUsageWarning,
 		Recorder:            recorder,
 		Metrics:             metrics,
 		Logger:              log,

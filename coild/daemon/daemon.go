@@ -252,6 +252,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return d.store.WatchPools(ctx, 2*time.Second, func(pools []model.Pool) {
 			selector.SetPools(pools)
 			egresses.SetPools(pools)
+			d.alloc.SetPools(pools)
 		})
 	})
 	env.Go(func(ctx context.Context) error {

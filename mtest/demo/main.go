@@ -70,7 +70,9 @@ func up(statePath string) error {
 	defer cancel()
 
 	step("starting etcd, kube-apiserver, coil-controller and coild on 3 node namespaces")
-	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true, External: true})
+	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true, External: true,
+		// Frequent sweeps, so the capacity figures show within seconds.
+		ControllerArgs: []string{"--scan-interval", "3s"}})
 	if err != nil {
 		return err
 	}
@@ -131,6 +133,20 @@ func up(statePath string) error {
 		return err
 	}
 
+	startTenantPod := func() (string, error) {
+		p, err := c.Nodes[1].StartPod(ctx, "tenant-a", "app-2")
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("new pod tenant-a/%s on %s: %v (node %s still has free addresses in its drained block)", p.Name, p.Node.Name, p.IPs, p.Node.Name), nil
+	}
+	if err := demoPoolOps(ctx, c, show, poolOps{drain: "10.101.0.0/16", add: "10.103.0.0/16", waitTenant: true, startPod: startTenantPod}); err != nil {
+		return err
+	}
+	if err := c.SaveState(statePath); err != nil {
+		return err
+	}
+
 	if err := showExportTables(c); err != nil {
 		return err
 	}
@@ -172,6 +188,92 @@ func up(statePath string) error {
 	fmt.Printf("  logs: %s\n", c.Dir)
 	fmt.Println("remove it with: make demo-down")
 	return nil
+}
+
+// demoPoolOps shows the capacity figures coil-controller and coild export,
+// then drains a subnet of the tenant pool: the next pod gets an address of
+// the pool's other subnet while the old one keeps its own, and the subnet
+// cannot be removed while a node owns a block of it.
+// poolOps says what demoPoolOps does with the pool tenant: drain one
+// subnet after adding another, and start a pod.
+type poolOps struct {
+	drain, add string
+	// waitTenant waits for a sweep that counted the tenant pod (the
+	// cnitool cluster's controller sweeps every few seconds; the
+	// installed one every 5 minutes, so its gauges are shown as they are).
+	waitTenant bool
+	startPod   func() (string, error)
+}
+
+func demoPoolOps(ctx context.Context, c *mtest.Cluster, show func(...string) error, ops poolOps) error {
+	step("capacity: coil-controller's gauges per pool and subnet, coild's free addresses per node")
+	var lines []string
+	err := mtest.Eventually(30*time.Second, func() error {
+		m, err := c.ControllerMetrics(ctx)
+		if err != nil {
+			return err
+		}
+		lines = metricLines(m, "coil_controller_pool_", "coil_controller_subnet_usage_ratio")
+		if ops.waitTenant && !strings.Contains(m, `coil_controller_pool_addresses_in_use{pool="tenant"} 1`) {
+			return fmt.Errorf("no sweep since the pods started")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println("$ curl coil-controller:9386/metrics   # (filtered)")
+	fmt.Print(strings.Join(lines, ""))
+	for _, n := range c.Nodes {
+		m, err := n.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		for _, l := range metricLines(m, "coild_addresses_free") {
+			fmt.Printf("%s: %s", n.Name, l)
+		}
+	}
+
+	step("draining a subnet: new pods go elsewhere, running pods keep their addresses")
+	if err := show("pool", "add-subnet", "tenant", ops.add); err != nil {
+		return err
+	}
+	if err := show("pool", "drain", "tenant", "--subnet", ops.drain); err != nil {
+		return err
+	}
+	desc, err := ops.startPod()
+	if err != nil {
+		return err
+	}
+	fmt.Println(desc)
+	if err := show("pool", "show", "tenant"); err != nil {
+		return err
+	}
+	out, err := c.Coilctl("pool", "remove-subnet", "tenant", ops.drain)
+	if err == nil {
+		return fmt.Errorf("remove-subnet of a subnet in use succeeded: %s", out)
+	}
+	msg := err.Error()
+	if _, stderr, ok := strings.Cut(msg, "exited 1: "); ok {
+		msg = stderr
+	}
+	fmt.Printf("$ coilctl pool remove-subnet tenant %s\n%s\n", ops.drain, msg)
+	return nil
+}
+
+// metricLines returns the sample lines of a scrape whose metric name
+// starts with one of prefixes.
+func metricLines(scrape string, prefixes ...string) []string {
+	var out []string
+	for l := range strings.Lines(scrape) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // demoEgress creates an egress with gateway pods on two nodes and a client

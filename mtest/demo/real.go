@@ -114,6 +114,21 @@ func upReal(ctx context.Context, statePath string) error {
 		fmt.Printf("ping %s (%s on %s) -> %s (%s/%s on %s): %s\n", from.Status.PodIP, from.Name, from.Spec.NodeName, to.Status.PodIP, to.Namespace, to.Name, to.Spec.NodeName, result)
 	}
 
+	startTenantPod := func() (string, error) {
+		if _, err := c.Kube.AppsV1().Deployments("tenant-a").Create(ctx, demoDeployment("app-2", 1), metav1.CreateOptions{}); err != nil {
+			return "", err
+		}
+		pods, err := waitPods(ctx, c, "tenant-a", "app=app-2", 1)
+		if err != nil {
+			return "", err
+		}
+		p := pods[0]
+		return fmt.Sprintf("new pod tenant-a/%s on %s: %s (tenant-a/web keeps its address in the drained subnet)", p.Name, p.Spec.NodeName, p.Status.PodIP), nil
+	}
+	if err := demoPoolOps(ctx, c, show, poolOps{drain: "10.65.0.0/16", add: "10.67.0.0/16", startPod: startTenantPod}); err != nil {
+		return err
+	}
+
 	if err := demoRealEgress(ctx, c, show, kubectl); err != nil {
 		return err
 	}
