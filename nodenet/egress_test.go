@@ -229,7 +229,7 @@ func TestEgressDataPath(t *testing.T) {
 			// mark restore, the masquerade, a VXLAN guard per family)
 			// and the two client sets holding the client's outer
 			// address.
-			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 6, NFTSets: 2, NFTElements: 1, NFTTable: true}
+			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 8, NFTSets: 2, NFTElements: 1, NFTTable: true}
 			if first[1] != wantGateway {
 				t.Errorf("gateway holds %+v, want %+v", first[1], wantGateway)
 			}
@@ -268,7 +268,7 @@ func TestEgressDataPath(t *testing.T) {
 			if got := countEgress(t, b.client); got != wantClient {
 				t.Errorf("client after the move holds %+v, want %+v", got, wantClient)
 			}
-			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 6, NFTSets: 2, NFTTable: true}); got != want {
+			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 8, NFTSets: 2, NFTTable: true}); got != want {
 				t.Errorf("old gateway holds %+v, want %+v", got, want)
 			}
 			seen, err := seenAs(b.client, b.server4, 5*time.Second)
