@@ -179,7 +179,12 @@ func TestEgress(t *testing.T) {
 			for _, want := range []string{
 				`coild_egress_clients{egress="internet/nat"} 2`,
 				`coild_egress_gateways{egress="internet/nat"} 2`,
-				`coild_egress_gateway_clients{egress="internet/nat"} 2`,
+				// Every gateway accepts every client of its egress.
+				`coild_egress_gateway_clients{egress="internet/nat"} 4`,
+				// Both gateways answer this node's probes.
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-0"} 1`,
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-1"} 1`,
+				`coild_egress_probe_rtt_seconds_count{egress="internet/nat"}`,
 				`coild_egress_gateway_foreign_packets_dropped{egress="internet/nat"} 0`,
 			} {
 				if !strings.Contains(m, want) {
