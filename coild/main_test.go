@@ -67,8 +67,8 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		{
-			name: "probes off",
-			args: []string{"--node-name=n3", "--egress-probe-interval=0", "--egress-probe-misses=0"},
+			name:  "probes off",
+			args:  []string{"--node-name=n3", "--egress-probe-interval=0", "--egress-probe-misses=0"},
 			check: func(c daemon.Config) bool { return c.EgressProbeInterval == 0 && c.Validate() == nil },
 		},
 		{
