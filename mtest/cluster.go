@@ -660,3 +660,22 @@ func Teardown(path string) error {
 	}
 	return os.Remove(path)
 }
+
+// PowerOff makes the node vanish as a power loss would, without telling the
+// API: the node's uplink loses its carrier (its port on the fabric goes
+// down, so nothing reaches the node or its pods and nothing leaves them)
+// and its coild is frozen. The Node and its Pods stay as they were in the
+// API. PowerOn undoes it.
+func (n *Node) PowerOff() error {
+	n.coild.signal(syscall.SIGSTOP)
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "down")
+	return err
+}
+
+// PowerOn brings a node back after PowerOff: its coild goes on where it was
+// frozen, its uplink gets its carrier back.
+func (n *Node) PowerOn() error {
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "up")
+	n.coild.signal(syscall.SIGCONT)
+	return err
+}
