@@ -218,7 +218,8 @@ func TestEgressDataPath(t *testing.T) {
 			// Client: one device, one FDB entry, two next hops; rules:
 			// per family the pod net, link-local, the gateway (its
 			// family only) and the table; one route per destination.
-			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2}
+			// One nftables rule tags new connections with the gateway.
+			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2, ClientNFTRules: 1}
 			if first[0] != wantClient {
 				t.Errorf("client holds %+v, want %+v", first[0], wantClient)
 			}
