@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // egressSetup is an egress with a gateway pod on each of the first two
@@ -167,4 +169,100 @@ func TestEgressGatewayNodeLoss(t *testing.T) {
 	slices.Sort(pauses)
 	t.Logf("egress failover on gateway node loss over %d runs: median %v, worst %v, all %v",
 		len(pauses), pauses[len(pauses)/2].Round(time.Millisecond), pauses[len(pauses)-1].Round(time.Millisecond), pauses)
+}
+
+// TestEgressGatewayDrain replaces the gateway a client uses as a rolling
+// restart of a gateway Deployment does: a new gateway pod starts, then the
+// old one is deleted with a grace period (it keeps running, being deleted,
+// until it exits). Long-lived TCP connections (IPv4 and IPv6) opened
+// through the old gateway keep working, through it, all along; a new
+// connection made during the drain goes through another gateway; once the
+// old gateway exits, new connections still work.
+func TestEgressGatewayDrain(t *testing.T) {
+	s := newEgressSetup(t)
+	ctx := context.Background()
+	var old *Pod
+	if err := Eventually(10*time.Second, func() error {
+		if old = s.through(s.ext.Server4, 2*time.Second); old == nil {
+			return fmt.Errorf("the client does not get out through a gateway")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var convs []*Conversation
+	for _, target := range []netip.AddrPort{s.ext.Echo4, s.ext.Echo6} {
+		conv, err := s.client.Converse(target, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conv.Close()
+		convs = append(convs, conv)
+	}
+	stillThroughOld := func(when string) {
+		t.Helper()
+		for i, conv := range convs {
+			seen, err := conv.SeenAs(3 * time.Second)
+			if err != nil || s.gateways[seen] != old {
+				t.Fatalf("%s: long-lived connection %d is seen as %s (%v), want through %s", when, i, seen, err, old.Name)
+			}
+		}
+	}
+	stillThroughOld("before the restart")
+	t.Logf("long-lived connections go through %s on %s", old.Name, old.Node.Name)
+
+	step(t, "a new gateway pod starts", func(t *testing.T) {
+		p, err := old.Node.StartPodWith(ctx, "internet", "nat-new", PodMeta{Labels: map[string]string{"coil.cybozu.com/egress": "nat"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range p.IPs {
+			s.gateways[a] = p
+		}
+		// Rendezvous hashing may give it the client's new connections
+		// at once; the open ones stay where they are.
+		time.Sleep(time.Second)
+		stillThroughOld("after a new gateway started")
+	})
+
+	step(t, "the old gateway drains", func(t *testing.T) {
+		grace := int64(60)
+		if err := s.c.Kube.CoreV1().Pods("internet").Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+			t.Fatal(err)
+		}
+		var next *Pod
+		if err := Eventually(5*time.Second, func() error {
+			next = s.through(s.ext.Server4, time.Second)
+			if next == nil || next == old {
+				return fmt.Errorf("a new connection does not go through another gateway than %s", old.Name)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if gw := s.through(s.ext.Server6, 2*time.Second); gw == nil || gw == old {
+			t.Errorf("a new IPv6 connection does not go through another gateway than %s", old.Name)
+		}
+		t.Logf("during the drain new connections go through %s", next.Name)
+		// Several times over a few seconds: full reconcile passes
+		// (--scan-interval 2s) must not undo the steering.
+		for range 5 {
+			stillThroughOld("during the drain")
+			time.Sleep(time.Second)
+		}
+	})
+
+	step(t, "the old gateway exits", func(t *testing.T) {
+		if err := old.Remove(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(5*time.Second, func() error {
+			if gw := s.through(s.ext.Server4, time.Second); gw == nil || gw == old {
+				return fmt.Errorf("new connections do not get out")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -312,6 +312,9 @@ type snapshot struct {
 	bypass   []netip.Prefix
 	// gateways are the eligible gateway pods of each egress, by key.
 	gateways map[string][]gateway
+	// alive adds to gateways the pods that are being deleted but still
+	// run (draining): connections opened through them stay with them.
+	alive map[string][]gateway
 	// networks are this node's pods' networks by pod key.
 	networks map[string]model.Address
 	// clients are the pods of the cluster that use an egress; nil while
@@ -324,10 +327,16 @@ func (r *Reconciler) snapshot() *snapshot {
 	s := &snapshot{egresses: r.egresses, bypass: sortPrefixes(append(slices.Clone(r.pools), r.cfg.Bypass...))}
 	r.mu.Unlock()
 	s.gateways = map[string][]gateway{}
+	s.alive = map[string][]gateway{}
 	for _, p := range r.pods.gateways() {
 		e := gatewayOf(p)
-		if _, ok := s.egresses[e]; ok && eligible(p) {
-			s.gateways[e] = append(s.gateways[e], gateway{key: podKey(p), addrs: podAddrs(p)})
+		if _, ok := s.egresses[e]; !ok || !running(p) {
+			continue
+		}
+		g := gateway{key: podKey(p), addrs: podAddrs(p)}
+		s.alive[e] = append(s.alive[e], g)
+		if eligible(p) {
+			s.gateways[e] = append(s.gateways[e], g)
 		}
 	}
 	s.networks = map[string]model.Address{}
@@ -362,6 +371,7 @@ func (r *Reconciler) desired(s *snapshot, p *corev1.Pod, net model.Address, prev
 		if g, ok := choose(key, addressAddrs(net), usable); ok {
 			_, t.Gateway, _ = outer(addressAddrs(net), g.addrs)
 			d.chosen[e] = g.key
+			t.Established = r.established(s.alive[e], addressAddrs(net), g)
 		} else {
 			d.chosen[e] = ""
 		}
@@ -774,7 +784,7 @@ func (r *Reconciler) addTargets(targets map[probeTarget]probeState, s *snapshot,
 		if !ok || e == gatewayOf(p) {
 			continue
 		}
-		for _, g := range s.gateways[e] {
+		for _, g := range s.alive[e] {
 			if _, ga, ok := outer(a, g.addrs); ok {
 				targets[probeTarget{gateway: g.key, addr: ga}] = probeState{egress: e, vni: eg.VNI}
 			}
@@ -805,5 +815,27 @@ func (r *Reconciler) usable(gws []gateway, a addrs, prev string) []gateway {
 			}
 		}
 	}
+	return out
+}
+
+// established returns the outer addresses of the gateways in alive, other
+// than the chosen one, that may still carry connections of a client of
+// addresses a: all that run and are not found down by the probes
+// (draining ones included). Connections opened through one of them stay
+// with it.
+func (r *Reconciler) established(alive []gateway, a addrs, chosen gateway) []netip.Addr {
+	var out []netip.Addr
+	_, cur, _ := outer(a, chosen.addrs)
+	for _, g := range alive {
+		_, ga, ok := outer(a, g.addrs)
+		if !ok || g.key == chosen.key || ga.Is4() != cur.Is4() {
+			continue
+		}
+		if r.probe != nil && r.probe.health(probeTarget{gateway: g.key, addr: ga}) == probeDown {
+			continue
+		}
+		out = append(out, ga)
+	}
+	slices.SortFunc(out, func(x, y netip.Addr) int { return x.Compare(y) })
 	return out
 }
