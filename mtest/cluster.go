@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -679,3 +681,34 @@ func (n *Node) PowerOn() error {
 	n.coild.signal(syscall.SIGCONT)
 	return err
 }
+
+// Metrics returns the node's coild metrics (Prometheus text), read through
+// its socket.
+func (n *Node) Metrics() (string, error) {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", n.Socket)
+		},
+	}}
+	resp, err := hc.Get("http://coild/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET /metrics of %s: %s", n.Name, resp.Status)
+	}
+	return string(body), nil
+}
+
+// FreezeCoild stops the node's coild where it is (SIGSTOP), ThawCoild lets
+// it go on: the data path stays as coild left it.
+func (n *Node) FreezeCoild() { n.coild.signal(syscall.SIGSTOP) }
+
+// ThawCoild undoes FreezeCoild.
+func (n *Node) ThawCoild() { n.coild.signal(syscall.SIGCONT) }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,9 +68,11 @@ func (s *egressSetup) through(target netip.AddrPort, timeout time.Duration) *Pod
 }
 
 // firstThrough opens a new connection from the client every 20 ms, each
-// allowed a second, until one goes through gateway gw; it returns how long
-// after start the first successful attempt began. Overlapping attempts
-// make the figure independent of how long a failing attempt hangs.
+// allowed half a second, until one goes through gateway gw; it returns how
+// long after start the first successful attempt began. Overlapping
+// attempts make the figure independent of how long a failing attempt
+// hangs, and an attempt ends before TCP would retransmit its SYN (after a
+// second), so a success is always that of the attempt's first SYN.
 func (s *egressSetup) firstThrough(gw *Pod, start time.Time, limit time.Duration) (time.Duration, bool) {
 	type result struct {
 		began time.Time
@@ -81,7 +84,7 @@ func (s *egressSetup) firstThrough(gw *Pod, start time.Time, limit time.Duration
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var first time.Time
-	for first.IsZero() || time.Since(first) < time.Second {
+	for first.IsZero() || time.Since(first) < 600*time.Millisecond {
 		select {
 		case <-tick.C:
 			if !first.IsZero() {
@@ -92,7 +95,7 @@ func (s *egressSetup) firstThrough(gw *Pod, start time.Time, limit time.Duration
 			}
 			wg.Go(func() {
 				began := time.Now()
-				results <- result{began, s.through(s.ext.Server4, time.Second) == gw}
+				results <- result{began, s.through(s.ext.Server4, 500*time.Millisecond) == gw}
 			})
 		case r := <-results:
 			if r.ok && (first.IsZero() || r.began.Before(first)) {
@@ -147,6 +150,24 @@ func TestEgressGatewayNodeLoss(t *testing.T) {
 			t.Fatalf("run %d: 15s after %s lost power the client does not get out through %s", run, n.Name, other.Name)
 		}
 		pauses = append(pauses, took)
+		if run == 0 {
+			// The client's node says why: the probes, not the API.
+			m, err := s.client.Node.Metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/` + preferred.Name + `"} 0`,
+				`coild_egress_gateway_selected_clients{egress="internet/nat",gateway="internet/` + other.Name + `"} 1`,
+				`coild_egress_probe_failures_total{egress="internet/nat",reason="timeout"}`,
+				`coild_egress_probe_rtt_seconds_count{egress="internet/nat"}`,
+				`coild_egress_failovers_total{egress="internet/nat"} 1`,
+			} {
+				if !strings.Contains(m, want) {
+					t.Errorf("the client's node's metrics lack %q", want)
+				}
+			}
+		}
 		t.Logf("run %d: new connections go through %s %v after %s lost power", run, other.Name, took.Round(time.Millisecond), n.Name)
 		if gw := s.through(s.ext.Server6, 2*time.Second); gw != other {
 			t.Errorf("run %d: over IPv6 the client does not go through %s", run, other.Name)
@@ -169,6 +190,39 @@ func TestEgressGatewayNodeLoss(t *testing.T) {
 	slices.Sort(pauses)
 	t.Logf("egress failover on gateway node loss over %d runs: median %v, worst %v, all %v",
 		len(pauses), pauses[len(pauses)/2].Round(time.Millisecond), pauses[len(pauses)-1].Round(time.Millisecond), pauses)
+
+	step(t, "a gateway that answers but is not programmed gets no new connections", func(t *testing.T) {
+		// Its settings gone behind coild's back, as before its coild
+		// programmed it: the pod answers the probes, unstamped. Its
+		// coild is frozen meanwhile, or its next full pass would
+		// repair it at once.
+		preferred.Node.FreezeCoild()
+		defer preferred.Node.ThawCoild()
+		if _, err := runIn(preferred.NetNS, nil, "nft", "delete", "table", "inet", "coil-egress"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := s.firstThrough(other, time.Now(), 15*time.Second); !ok {
+			t.Fatalf("new connections do not go through %s", other.Name)
+		}
+		m, err := s.client.Node.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `coild_egress_probe_failures_total{egress="internet/nat",reason="unprogrammed"}`; !strings.Contains(m, want) {
+			t.Errorf("the client's node's metrics lack %q", want)
+		}
+		// Its coild's next full pass (--scan-interval 2s) programs it
+		// again, and it gets the client back.
+		preferred.Node.ThawCoild()
+		if err := Eventually(15*time.Second, func() error {
+			if gw := s.through(s.ext.Server4, time.Second); gw != preferred {
+				return fmt.Errorf("the client does not go through %s again", preferred.Name)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // TestEgressGatewayDrain replaces the gateway a client uses as a rolling
