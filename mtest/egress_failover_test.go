@@ -187,6 +187,13 @@ func TestEgressGatewayNodeLoss(t *testing.T) {
 			t.Fatalf("run %d: after %s came back: %v", run, n.Name, err)
 		}
 	}
+	if data, err := os.ReadFile(s.client.Node.coild.logPath); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "probes") || strings.Contains(l, "moved off") {
+				t.Log(l)
+			}
+		}
+	}
 	slices.Sort(pauses)
 	t.Logf("egress failover on gateway node loss over %d runs: median %v, worst %v, all %v",
 		len(pauses), pauses[len(pauses)/2].Round(time.Millisecond), pauses[len(pauses)-1].Round(time.Millisecond), pauses)

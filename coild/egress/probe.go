@@ -2,6 +2,7 @@ package egress
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -75,6 +76,7 @@ type prober struct {
 	id       uint16
 	onChange func()
 	metrics  *metrics
+	log      *slog.Logger
 
 	mu      sync.Mutex
 	targets map[probeTarget]*probeState
@@ -84,8 +86,12 @@ type prober struct {
 	changed chan struct{}
 }
 
-func newProber(interval time.Duration, misses int, send probeSender, m *metrics, onChange func()) *prober {
+func newProber(interval time.Duration, misses int, send probeSender, m *metrics, log *slog.Logger, onChange func()) *prober {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &prober{
+		log:      log,
 		interval: interval,
 		misses:   misses,
 		send:     send,
@@ -223,6 +229,7 @@ func (p *prober) receive(r nodenet.ProbeReply, now time.Time) {
 			changed = st.health != probeUp
 			st.health = probeUp
 			p.metrics.gatewayUp.WithLabelValues(st.egress, t.gateway).Set(1)
+			p.log.Info("egress gateway answers the probes: up", "egress", st.egress, "gateway", t.gateway, "address", t.addr, "rtt", now.Sub(st.sent))
 		}
 	}
 	p.mu.Unlock()
@@ -242,6 +249,7 @@ func (p *prober) miss(t probeTarget, st *probeState, reason string) bool {
 	}
 	st.health = probeDown
 	p.metrics.gatewayUp.WithLabelValues(st.egress, t.gateway).Set(0)
+	p.log.Warn("egress gateway missed its probes: down", "egress", st.egress, "gateway", t.gateway, "address", t.addr, "misses", st.misses, "last", reason)
 	return true
 }
 

@@ -58,7 +58,7 @@ func TestProberVerdicts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			send := &recordSender{}
 			kicks := 0
-			p := newProber(time.Second, 3, send, newMetrics(nil), func() { kicks++ })
+			p := newProber(time.Second, 3, send, newMetrics(nil), nil, func() { kicks++ })
 			now := time.Unix(1000, 0)
 			p.want(map[probeTarget]probeState{target: {egress: "gw/nat", vni: vni}}, now)
 			last := probePending
@@ -99,7 +99,7 @@ func TestProberVerdicts(t *testing.T) {
 func TestProberForgets(t *testing.T) {
 	target := probeTarget{gateway: "gw/a", addr: netip.MustParseAddr("fd00::1")}
 	send := &recordSender{}
-	p := newProber(time.Second, 3, send, newMetrics(nil), func() {})
+	p := newProber(time.Second, 3, send, newMetrics(nil), nil, func() {})
 	now := time.Unix(1000, 0)
 	if p.want(map[probeTarget]probeState{target: {egress: "gw/nat", vni: 1}}, now) {
 		t.Fatal("a target never probed counts as settled")
@@ -132,7 +132,7 @@ func TestUsableGateways(t *testing.T) {
 		{key: "gw/b", addrs: addrs{v4: netip.MustParseAddr("10.0.0.2")}},
 		{key: "gw/c", addrs: addrs{v4: netip.MustParseAddr("10.0.0.3")}},
 	}
-	r := &Reconciler{probe: newProber(time.Second, 1, &recordSender{}, newMetrics(nil), func() {})}
+	r := &Reconciler{probe: newProber(time.Second, 1, &recordSender{}, newMetrics(nil), nil, func() {})}
 	set := func(g gateway, h probeHealth) {
 		r.probe.targets[probeTarget{gateway: g.key, addr: g.addrs.v4}] = &probeState{health: h, wanted: time.Now()}
 	}

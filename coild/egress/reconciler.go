@@ -178,7 +178,7 @@ func New(cfg Config) *Reconciler {
 			r.cfg.ProbeMisses = cfg.ProbeMisses
 		}
 		// The socket is opened by Run.
-		r.probe = newProber(cfg.ProbeInterval, cfg.ProbeMisses, nil, r.metrics, r.kick)
+		r.probe = newProber(cfg.ProbeInterval, cfg.ProbeMisses, nil, r.metrics, r.log, r.kick)
 	}
 	return r
 }
@@ -609,7 +609,7 @@ func (r *Reconciler) apply(key string, d podState, force bool) error {
 	}
 	for _, e := range d.lost {
 		r.metrics.failovers.WithLabelValues(e).Inc()
-		r.log.Info("client moved off a gateway that went away", "pod", key, "egress", e, "gateway", d.chosen[e])
+		r.log.Info("client moved off a gateway that went away", "pod", key, "egress", e, "new_gateway", d.chosen[e])
 	}
 	d.lost = nil
 	if d.empty() {
