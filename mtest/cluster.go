@@ -712,3 +712,6 @@ func (n *Node) FreezeCoild() { n.coild.signal(syscall.SIGSTOP) }
 
 // ThawCoild undoes FreezeCoild.
 func (n *Node) ThawCoild() { n.coild.signal(syscall.SIGCONT) }
+
+// Cluster returns the cluster the node belongs to.
+func (n *Node) Cluster() *Cluster { return n.c }

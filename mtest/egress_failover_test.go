@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,43 +66,10 @@ func (s *egressSetup) through(target netip.AddrPort, timeout time.Duration) *Pod
 	return s.gateways[seen]
 }
 
-// firstThrough opens a new connection from the client every 20 ms, each
-// allowed half a second, until one goes through gateway gw; it returns how
-// long after start the first successful attempt began. Overlapping
-// attempts make the figure independent of how long a failing attempt
-// hangs, and an attempt ends before TCP would retransmit its SYN (after a
-// second), so a success is always that of the attempt's first SYN.
+// firstThrough waits for a new connection of the client to go through
+// gateway gw (see Pod.FirstSeenAs).
 func (s *egressSetup) firstThrough(gw *Pod, start time.Time, limit time.Duration) (time.Duration, bool) {
-	type result struct {
-		began time.Time
-		ok    bool
-	}
-	results := make(chan result, 1024)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var first time.Time
-	for first.IsZero() || time.Since(first) < 600*time.Millisecond {
-		select {
-		case <-tick.C:
-			if !first.IsZero() {
-				continue // only the attempts in flight may be earlier
-			}
-			if time.Since(start) > limit {
-				return 0, false
-			}
-			wg.Go(func() {
-				began := time.Now()
-				results <- result{began, s.through(s.ext.Server4, 500*time.Millisecond) == gw}
-			})
-		case r := <-results:
-			if r.ok && (first.IsZero() || r.began.Before(first)) {
-				first = r.began
-			}
-		}
-	}
-	return first.Sub(start), true
+	return s.client.FirstSeenAs(s.ext.Server4, func(a netip.Addr) bool { return s.gateways[a] == gw }, start, limit)
 }
 
 // TestEgressGatewayNodeLoss cuts the node of the gateway a client uses off

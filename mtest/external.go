@@ -328,3 +328,45 @@ func (p *Pod) EgressState() (EgressState, error) {
 	}
 	return st, nil
 }
+
+// FirstSeenAs opens a new connection from the pod to target every 20 ms,
+// each allowed half a second, until one is seen from outside as an
+// address for which want is true; it returns how long after start the
+// first such attempt began. Overlapping attempts make the figure
+// independent of how long a failing attempt hangs, and an attempt ends
+// before TCP would retransmit its SYN (after a second), so a success is
+// always that of the attempt's first SYN. ok is false if none succeeds
+// before limit after start.
+func (p *Pod) FirstSeenAs(target netip.AddrPort, want func(netip.Addr) bool, start time.Time, limit time.Duration) (took time.Duration, ok bool) {
+	type result struct {
+		began time.Time
+		ok    bool
+	}
+	results := make(chan result, 1024)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var first time.Time
+	for first.IsZero() || time.Since(first) < 600*time.Millisecond {
+		select {
+		case <-tick.C:
+			if !first.IsZero() {
+				continue // only the attempts in flight may be earlier
+			}
+			if time.Since(start) > limit {
+				return 0, false
+			}
+			wg.Go(func() {
+				began := time.Now()
+				seen, err := p.SeenAs(target, 500*time.Millisecond)
+				results <- result{began, err == nil && want(seen)}
+			})
+		case r := <-results:
+			if r.ok && (first.IsZero() || r.began.Before(first)) {
+				first = r.began
+			}
+		}
+	}
+	return first.Sub(start), true
+}

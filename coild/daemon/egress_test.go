@@ -118,6 +118,16 @@ func TestEgress(t *testing.T) {
 		gwAddrs[p.Name] = ips
 	}
 
+	// The gateways were reported running through the API; let coild's
+	// informer see them before a client is added (else, on a busy host,
+	// the client's ADD may find no running gateway and fail closed).
+	testenv.Eventually(t, 5*time.Second, "coild to see the gateways running", func() error {
+		if want := `coild_egress_gateways{egress="internet/nat"} 2`; !strings.Contains(n.Metrics(), want) {
+			return fmt.Errorf("metrics lack %q", want)
+		}
+		return nil
+	})
+
 	// Pods that outlive a subtest belong to the whole test.
 	top := t
 	var clients []*nodetest.Pod
