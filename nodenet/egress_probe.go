@@ -59,7 +59,16 @@ func OpenProbeSocket() (*ProbeSocket, error) {
 		c4.Close()
 		return nil, fmt.Errorf("open ICMPv6 socket for egress probes: %w", err)
 	}
-	// Only echo replies concern the prober: let the kernel drop the rest.
+	// Only echo replies concern the prober: let the kernel drop the rest
+	// (a raw socket otherwise gets every ICMP message of the node).
+	var f4 ipv4.ICMPFilter
+	f4.SetAll(true)
+	f4.Accept(ipv4.ICMPTypeEchoReply)
+	if err := c4.IPv4PacketConn().SetICMPFilter(&f4); err != nil {
+		c4.Close()
+		c6.Close()
+		return nil, fmt.Errorf("filter ICMP socket: %w", err)
+	}
 	var f6 ipv6.ICMPFilter
 	f6.SetAll(true)
 	f6.Accept(ipv6.ICMPTypeEchoReply)
