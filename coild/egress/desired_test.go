@@ -57,7 +57,7 @@ func TestDesiredClient(t *testing.T) {
 		{name: "the best drains: the next, and the drained one keeps its connections",
 			eligible: []gateway{second, third}, draining: []gateway{best},
 			health: map[string]probeHealth{best.key: probeUp, second.key: probeUp, third.key: probeUp},
-			prev: best.key, want: second, established: []gateway{best, third}, lost: true},
+			prev:   best.key, want: second, established: []gateway{best, third}, lost: true},
 		{name: "a new gateway not judged yet is not chosen",
 			eligible: order, health: map[string]probeHealth{second.key: probeUp, third.key: probeUp},
 			prev: second.key, want: second, established: []gateway{best, third}},
