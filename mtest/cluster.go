@@ -826,3 +826,41 @@ func Teardown(path string) error {
 	}
 	return os.Remove(path)
 }
+
+// PowerOff makes the node vanish as a power loss would, without telling the
+// API: the node's uplink loses its carrier (its port on the fabric goes
+// down, so nothing reaches the node or its pods and nothing leaves them)
+// and its coild is frozen. The Node and its Pods stay as they were in the
+// API. PowerOn undoes it.
+func (n *Node) PowerOff() error {
+	if n.kube != nil {
+		// A real node freezes whole: kubelet, containerd, coild's pod.
+		n.kube.Signal(syscall.SIGSTOP)
+	} else {
+		n.coild.signal(syscall.SIGSTOP)
+	}
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "down")
+	return err
+}
+
+// PowerOn brings a node back after PowerOff: its coild goes on where it was
+// frozen, its uplink gets its carrier back.
+func (n *Node) PowerOn() error {
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "up")
+	if n.kube != nil {
+		n.kube.Signal(syscall.SIGCONT)
+	} else {
+		n.coild.signal(syscall.SIGCONT)
+	}
+	return err
+}
+
+// FreezeCoild stops the node's coild where it is (SIGSTOP), ThawCoild lets
+// it go on: the data path stays as coild left it.
+func (n *Node) FreezeCoild() { n.coild.signal(syscall.SIGSTOP) }
+
+// ThawCoild undoes FreezeCoild.
+func (n *Node) ThawCoild() { n.coild.signal(syscall.SIGCONT) }
+
+// Cluster returns the cluster the node belongs to.
+func (n *Node) Cluster() *Cluster { return n.c }

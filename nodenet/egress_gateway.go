@@ -287,7 +287,9 @@ const (
 //	    meta nfproto ipv4 meta l4proto udp udp dport 4789 @th,96,24 <vni>
 //	      ip saddr != @clients4 counter name foreign-vxlan drop
 //	    meta nfproto ipv6 meta l4proto udp udp dport 4789 @th,96,24 <vni>
-//	      ip6 saddr != @clients6 counter name foreign-vxlan drop }
+//	      ip6 saddr != @clients6 counter name foreign-vxlan drop
+//	    icmp type echo-request @th,64,32 <probe magic> @th,96,32 set <vni>
+//	    icmpv6 type echo-request @th,64,32 <probe magic> @th,96,32 set <vni> }
 //	  chain prerouting { type filter hook prerouting priority mangle;
 //	    iifname "egg4-…" ct mark set 0xc011
 //	    iifname "eth0" ct mark 0xc011 meta mark set 0xc011 }
@@ -383,6 +385,28 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 			&expr.Lookup{SourceRegister: 1, SetName: g.set.Name, SetID: g.set.ID, Invert: true},
 			&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: EgressGuardCounter},
 			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+
+	// Probe stamp: an echo request opening with EgressProbeMagic gets the
+	// VNI written after the magic, and the kernel's reply carries it back
+	// (egress_probe.go). The ICMP checksum is updated with the data.
+	for _, p := range []struct{ nfproto, l4proto, echo byte }{
+		{unix.NFPROTO_IPV4, unix.IPPROTO_ICMP, 8},
+		{unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, 128},
+	} {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.nfproto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.l4proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.echo}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint32(EgressProbeMagic)},
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint32(cfg.VNI)},
+			&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
+				Offset: 12, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: 2},
 		}})
 	}
 

@@ -30,6 +30,9 @@ type EgressSummary struct {
 	// NFTElements the elements of those sets.
 	NFTTable                       bool
 	NFTRules, NFTSets, NFTElements int
+	// ClientNFTRules counts the rules of a client's table
+	// EgressClientNFTable (steering established connections).
+	ClientNFTRules int
 }
 
 // SummarizeEgress counts the egress settings in the namespace at netnsPath.
@@ -98,6 +101,21 @@ func summarizeNFT(nsFd int, sum *EgressSummary) error {
 		return fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
+		if t.Name == EgressClientNFTable {
+			chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+			if err != nil {
+				return fmt.Errorf("list nftables chains: %w", err)
+			}
+			for _, c := range chains {
+				if c.Table.Name == EgressClientNFTable {
+					rules, err := conn.GetRules(t, c)
+					if err != nil {
+						return fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+					}
+					sum.ClientNFTRules += len(rules)
+				}
+			}
+		}
 		if t.Name != EgressNFTable {
 			continue
 		}

@@ -218,7 +218,8 @@ func TestEgressDataPath(t *testing.T) {
 			// Client: one device, one FDB entry, two next hops; rules:
 			// per family the pod net, link-local, the gateway (its
 			// family only) and the table; one route per destination.
-			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2}
+			// One nftables rule tags new connections with the gateway.
+			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2, ClientNFTRules: 1}
 			if first[0] != wantClient {
 				t.Errorf("client holds %+v, want %+v", first[0], wantClient)
 			}
@@ -230,7 +231,7 @@ func TestEgressDataPath(t *testing.T) {
 			// guard per family)
 			// and the two client sets holding the client's outer
 			// address.
-			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 7, NFTSets: 2, NFTElements: 1, NFTTable: true}
+			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 9, NFTSets: 2, NFTElements: 1, NFTTable: true}
 			if first[1] != wantGateway {
 				t.Errorf("gateway holds %+v, want %+v", first[1], wantGateway)
 			}
@@ -297,7 +298,7 @@ func TestEgressDataPath(t *testing.T) {
 			if got := countEgress(t, b.client); got != wantClient {
 				t.Errorf("client after the move holds %+v, want %+v", got, wantClient)
 			}
-			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 7, NFTSets: 2, NFTTable: true}); got != want {
+			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 9, NFTSets: 2, NFTTable: true}); got != want {
 				t.Errorf("old gateway holds %+v, want %+v", got, want)
 			}
 			seen, err := seenAs(b.client, b.server4, 5*time.Second)

@@ -118,6 +118,16 @@ func TestEgress(t *testing.T) {
 		gwAddrs[p.Name] = ips
 	}
 
+	// The gateways were reported running through the API; let coild's
+	// informer see them before a client is added (else, on a busy host,
+	// the client's ADD may find no running gateway and fail closed).
+	testenv.Eventually(t, 5*time.Second, "coild to see the gateways running", func() error {
+		if want := `coild_egress_gateways{egress="internet/nat"} 2`; !strings.Contains(n.Metrics(), want) {
+			return fmt.Errorf("metrics lack %q", want)
+		}
+		return nil
+	})
+
 	// Pods that outlive a subtest belong to the whole test.
 	top := t
 	var clients []*nodetest.Pod
@@ -179,7 +189,12 @@ func TestEgress(t *testing.T) {
 			for _, want := range []string{
 				`coild_egress_clients{egress="internet/nat"} 2`,
 				`coild_egress_gateways{egress="internet/nat"} 2`,
-				`coild_egress_gateway_clients{egress="internet/nat"} 2`,
+				// Every gateway accepts every client of its egress.
+				`coild_egress_gateway_clients{egress="internet/nat"} 4`,
+				// Both gateways answer this node's probes.
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-0"} 1`,
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-1"} 1`,
+				`coild_egress_probe_rtt_seconds_count{egress="internet/nat"}`,
 				`coild_egress_gateway_foreign_packets_dropped{egress="internet/nat"} 0`,
 			} {
 				if !strings.Contains(m, want) {

@@ -336,5 +336,47 @@ func demoEgress(ctx context.Context, c *mtest.Cluster, show func(...string) erro
 		return nil, fmt.Errorf("ip rule: %w: %s", err, out)
 	}
 	fmt.Printf("$ ip -n %s rule   # the client's policy routing\n%s", client.NetNS, out)
+	if err := demoNodeLoss(client, gateways); err != nil {
+		return nil, err
+	}
 	return client, show("egress", "list")
+}
+
+// demoNodeLoss cuts the node of the client's gateway off, as a power loss
+// would and without telling the API, prints how long new connections of
+// the client paused, and brings the node back.
+func demoNodeLoss(client *mtest.Pod, gateways map[string]*mtest.Pod) error {
+	ext := client.Node.Cluster().External
+	seen, err := client.SeenAs(ext.Server4, 3*time.Second)
+	if err != nil {
+		return fmt.Errorf("client through a gateway: %w", err)
+	}
+	gw := gateways[seen.String()]
+	if gw == nil {
+		return fmt.Errorf("the client is seen as %s, not as a gateway", seen)
+	}
+	step("%s, the node of the client's gateway %s, loses power (uplink cut, coild frozen; the API is not told)", gw.Node.Name, gw.Name)
+	start := time.Now()
+	if err := gw.Node.PowerOff(); err != nil {
+		return err
+	}
+	other := func(a netip.Addr) bool { g := gateways[a.String()]; return g != nil && g != gw }
+	took, ok := client.FirstSeenAs(ext.Server4, other, start, 15*time.Second)
+	if !ok {
+		gw.Node.PowerOn()
+		return fmt.Errorf("15s after %s lost power the client does not get out through another gateway", gw.Node.Name)
+	}
+	now, _ := client.SeenAs(ext.Server4, 3*time.Second)
+	fmt.Printf("new connections of the client paused %v, then went out as %s (gateway pod %s): coild's probes found %s down\n",
+		took.Round(time.Millisecond), now, gateways[now.String()].Name, gw.Name)
+	step("%s comes back", gw.Node.Name)
+	if err := gw.Node.PowerOn(); err != nil {
+		return err
+	}
+	took, ok = client.FirstSeenAs(ext.Server4, func(a netip.Addr) bool { return gateways[a.String()] == gw }, time.Now(), 15*time.Second)
+	if !ok {
+		return fmt.Errorf("the client does not go through %s again", gw.Name)
+	}
+	fmt.Printf("after %v (three good probes) new connections go through %s again\n", took.Round(time.Millisecond), gw.Name)
+	return nil
 }

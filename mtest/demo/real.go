@@ -199,6 +199,14 @@ func demoRealEgress(ctx context.Context, c *mtest.Cluster, show func(...string) 
 	step("a client Deployment opts in with the annotation egress.coil.cybozu.com/internet-egress=nat")
 	client := demoDeployment("client", 1)
 	client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": "nat"}
+	// Not beside a gateway: the demo cuts a gateway's node off below.
+	client.Spec.Template.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+			TopologyKey:   "kubernetes.io/hostname",
+			Namespaces:    []string{"internet-egress"},
+			LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"coil.cybozu.com/egress": "nat"}},
+		}},
+	}}
 	if _, err := c.Kube.AppsV1().Deployments("default").Create(ctx, client, metav1.CreateOptions{}); err != nil {
 		return err
 	}
@@ -226,7 +234,50 @@ func demoRealEgress(ctx context.Context, c *mtest.Cluster, show func(...string) 
 	default:
 		fmt.Printf("client %s -> external host %s: seen as %s\n", cl.Status.PodIP, c.External.Server4.Addr(), seen)
 	}
-	return show("egress", "list")
+	if err := show("egress", "list"); err != nil {
+		return err
+	}
+	return demoRealNodeLoss(c, ns, gateways)
+}
+
+// demoRealNodeLoss freezes the node of the client's gateway and cuts its
+// uplink (a power loss the API is not told of), prints how long the
+// client's new connections paused, and brings the node back.
+func demoRealNodeLoss(c *mtest.Cluster, clientNS string, gateways map[string]corev1.Pod) error {
+	ext := c.External
+	seen, err := mtest.SeenFrom(clientNS, ext.Server4, 3*time.Second)
+	if err != nil {
+		return fmt.Errorf("client through a gateway: %w", err)
+	}
+	gw, ok := gateways[seen.String()]
+	if !ok {
+		return fmt.Errorf("the client is seen as %s, not as a gateway", seen)
+	}
+	node := c.NodeOf(gw.Spec.NodeName)
+	step("%s, the node of the client's gateway %s, loses power (uplink cut, kubelet, containerd and coild frozen; the API is not told)", node.Name, gw.Name)
+	start := time.Now()
+	if err := node.PowerOff(); err != nil {
+		return err
+	}
+	other := func(a netip.Addr) bool { g, ok := gateways[a.String()]; return ok && g.Name != gw.Name }
+	took, ok := mtest.FirstSeenFrom(clientNS, ext.Server4, other, start, 15*time.Second)
+	if !ok {
+		node.PowerOn()
+		return fmt.Errorf("15s after %s lost power the client does not get out through another gateway", node.Name)
+	}
+	now, _ := mtest.SeenFrom(clientNS, ext.Server4, 3*time.Second)
+	fmt.Printf("new connections of the client paused %v, then went out as %s (gateway pod %s): coild's probes found %s down\n",
+		took.Round(time.Millisecond), now, gateways[now.String()].Name, gw.Name)
+	step("%s comes back", node.Name)
+	if err := node.PowerOn(); err != nil {
+		return err
+	}
+	took, ok = mtest.FirstSeenFrom(clientNS, ext.Server4, func(a netip.Addr) bool { return a.String() == gw.Status.PodIP }, time.Now(), 15*time.Second)
+	if !ok {
+		return fmt.Errorf("the client does not go through %s again", gw.Name)
+	}
+	fmt.Printf("after %v (three good probes) new connections go through %s again\n", took.Round(time.Millisecond), gw.Name)
+	return nil
 }
 
 // demoDeployment is a Deployment of pause pods, one per node as far as

@@ -420,6 +420,18 @@ func (n *Node) StartKubelet() error {
 	return nil
 }
 
+// Signal sends sig to every process of the node (its daemons, shims and
+// containers) but the one holding its mount namespace: SIGSTOP freezes the
+// node as a power loss would, SIGCONT thaws it.
+func (n *Node) Signal(sig syscall.Signal) {
+	holder := n.HolderPID()
+	for _, pid := range nodePIDs(n.State()) {
+		if pid != holder {
+			syscall.Kill(pid, sig)
+		}
+	}
+}
+
 // StopKubelet kills the kubelet; its pods keep running.
 func (n *Node) StopKubelet() {
 	n.mu.Lock()
