@@ -15,7 +15,9 @@ import (
 // host sees as the source; a pod without the annotation cannot get an
 // answer; a coild restart leaves exactly one copy of every setting; when
 // a gateway goes away its clients move to the other one within 5 seconds;
-// deleting the egress removes the tunnels.
+// changing the egress's destinations in place moves the clients' routes
+// without cutting connections to the destinations that stay; deleting the
+// egress removes the tunnels.
 func TestEgress(t *testing.T) {
 	c := newCluster(t, Options{Nodes: 3, FlatL2: true, External: true})
 	ctx := context.Background()
@@ -170,6 +172,46 @@ func TestEgress(t *testing.T) {
 			t.Errorf("over IPv6 the client is seen as %s (%v), want through %s", seen, err, other.Name)
 		}
 		chosen = other
+	})
+
+	step(t, "destinations changed in place: routes follow, unchanged destinations keep their connections", func(t *testing.T) {
+		conv, err := client.Converse(ext.Echo4, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conv.Close()
+		talk := func() {
+			t.Helper()
+			if seen, err := conv.SeenAs(3 * time.Second); err != nil || gateways[seen] == nil {
+				t.Fatalf("the open IPv4 connection is seen as %s (%v), want a gateway", seen, err)
+			}
+		}
+		talk()
+		start := time.Now()
+		mustCoilctl(t, c, "egress", "update", "internet", "nat", "--remove-destination", externalNet6)
+		if err := Eventually(10*time.Second, func() error {
+			if seen, err := client.SeenAs(ext.Server6, time.Second); err == nil {
+				return fmt.Errorf("IPv6 still goes out (seen as %s) after its destination was removed", seen)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("destination removed: the client's IPv6 traffic left the egress within %v", time.Since(start).Round(time.Millisecond))
+		talk()
+		start = time.Now()
+		mustCoilctl(t, c, "egress", "update", "internet", "nat", "--add-destination", externalNet6)
+		if err := Eventually(10*time.Second, func() error {
+			seen, err := client.SeenAs(ext.Server6, time.Second)
+			if err != nil || gateways[seen] == nil {
+				return fmt.Errorf("IPv6 seen as %s (%v), want a gateway", seen, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("destination added: the client's IPv6 traffic went through a gateway within %v", time.Since(start).Round(time.Millisecond))
+		talk()
 	})
 
 	step(t, "deleting the egress removes the tunnels", func(t *testing.T) {
