@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,6 +88,27 @@ func TestEgress(t *testing.T) {
 			return nil
 		}); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("gateway metrics count the clients' traffic", func(t *testing.T) {
+		m, err := chosen.Node.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := fmt.Sprintf(`pod="%s/%s"`, chosen.Namespace, chosen.Name)
+		for metric, min := range map[string]float64{
+			"coild_egress_gateway_masqueraded_packets_total": 1,
+			"coild_egress_gateway_masqueraded_bytes_total":   1,
+			"coild_egress_gateway_conntrack_limit":           1,
+		} {
+			v, ok := sampleOf(m, metric, pod)
+			if !ok || v < min {
+				t.Errorf("%s of %s on %s: %v (found %v), want at least %v", metric, chosen.Name, chosen.Node.Name, v, ok, min)
+			}
+		}
+		if _, ok := sampleOf(m, "coild_egress_gateway_conntrack_entries", pod); !ok {
+			t.Errorf("no coild_egress_gateway_conntrack_entries for %s", chosen.Name)
 		}
 	})
 
@@ -234,4 +257,18 @@ func TestEgress(t *testing.T) {
 			t.Errorf("the client still reaches the external host without the egress")
 		}
 	})
+}
+
+// sampleOf returns the value of the first sample of metric whose labels
+// contain label (for example pod="ns/name") in a Prometheus text scrape.
+func sampleOf(scrape, metric, label string) (float64, bool) {
+	for _, line := range strings.Split(scrape, "\n") {
+		if !strings.HasPrefix(line, metric+"{") || !strings.Contains(line, label) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		return v, err == nil
+	}
+	return 0, false
 }
