@@ -549,8 +549,12 @@ func Leftovers(st State) []string {
 // other than the one that started the node.
 func Cleanup(st State) {
 	for _, pid := range st.PIDs {
-		// Each daemon leads its own process group.
-		syscall.Kill(-pid, syscall.SIGKILL)
+		// Each daemon leads its own process group; a PID of a saved State
+		// may have been reused since, so only groups of processes still in
+		// the node's mount namespace are killed.
+		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && st.MountNS != "" && link == st.MountNS {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
