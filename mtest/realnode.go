@@ -284,9 +284,9 @@ func (n *Node) podNetNSes(ctx context.Context) (map[netip.Addr]string, error) {
 	return m, nil
 }
 
-// PodNetNSPath returns a path, valid in the host's mount namespace, of the
-// network namespace of the pod with address ip on real node n.
-func (n *Node) PodNetNSPath(ctx context.Context, ip netip.Addr) (string, error) {
+// podNetNS returns the path, inside the node, of the network namespace
+// of the pod with address ip.
+func (n *Node) podNetNS(ctx context.Context, ip netip.Addr) (string, error) {
 	nses, err := n.podNetNSes(ctx)
 	if err != nil {
 		return "", err
@@ -294,6 +294,16 @@ func (n *Node) PodNetNSPath(ctx context.Context, ip netip.Addr) (string, error) 
 	ns, ok := nses[ip]
 	if !ok {
 		return "", fmt.Errorf("no pod network namespace with %s on %s", ip, n.Name)
+	}
+	return ns, nil
+}
+
+// PodNetNSPath returns a path, valid in the host's mount namespace, of the
+// network namespace of the pod with address ip on real node n.
+func (n *Node) PodNetNSPath(ctx context.Context, ip netip.Addr) (string, error) {
+	ns, err := n.podNetNS(ctx, ip)
+	if err != nil {
+		return "", err
 	}
 	// The runtime mounted it inside the node's own mount namespace, which
 	// /proc/PID/root of any process in it shows.
@@ -303,13 +313,9 @@ func (n *Node) PodNetNSPath(ctx context.Context, ip netip.Addr) (string, error) 
 // PodExec runs a command in the network namespace of the pod with the
 // address ip on node n (real-node clusters).
 func (n *Node) PodExec(ctx context.Context, ip netip.Addr, name string, args ...string) (string, error) {
-	nses, err := n.podNetNSes(ctx)
+	ns, err := n.podNetNS(ctx, ip)
 	if err != nil {
 		return "", err
-	}
-	ns, ok := nses[ip]
-	if !ok {
-		return "", fmt.Errorf("no pod network namespace with %s on %s", ip, n.Name)
 	}
 	return n.kube.Exec(ctx, "nsenter", append([]string{"--net=" + ns, "--", name}, args...)...)
 }

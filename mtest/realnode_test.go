@@ -423,33 +423,7 @@ func TestRealNodes(t *testing.T) {
 		for _, g := range gws {
 			gwIPs[g.Status.PodIP] = true
 		}
-		client := &appsv1.Deployment{}
-		*client = *workload("default", "client", 1)
-		client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": "nat"}
-		if _, err := c.Kube.AppsV1().Deployments("default").Create(ctx, client, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		clients, err := waitWorkload(ctx, c, "default", "app=client", 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl := clients[0]
-		ns, err := c.NodeOf(cl.Spec.NodeName).PodNetNSPath(ctx, netip.MustParseAddr(cl.Status.PodIP))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := Eventually(30*time.Second, func() error {
-			seen, err := SeenFrom(ns, ext.Server4, 3*time.Second)
-			if err != nil {
-				return err
-			}
-			if !gwIPs[seen.String()] {
-				return fmt.Errorf("external host saw %s, want a gateway (%v)", seen, gwIPs)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		egressClientSeesGateway(ctx, t, c, "client", "nat", gwIPs)
 	})
 
 	t.Run("egress gateways run by coil-controller (--replicas) on the kubelet nodes", func(t *testing.T) {
@@ -470,32 +444,7 @@ func TestRealNodes(t *testing.T) {
 		if err := ext.RouteBlocks("internet"); err != nil {
 			t.Fatal(err)
 		}
-		client := workload("default", "client-managed", 1)
-		client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": "managed"}
-		if _, err := c.Kube.AppsV1().Deployments("default").Create(ctx, client, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		clients, err := waitWorkload(ctx, c, "default", "app=client-managed", 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl := clients[0]
-		ns, err := c.NodeOf(cl.Spec.NodeName).PodNetNSPath(ctx, netip.MustParseAddr(cl.Status.PodIP))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := Eventually(30*time.Second, func() error {
-			seen, err := SeenFrom(ns, ext.Server4, 3*time.Second)
-			if err != nil {
-				return err
-			}
-			if !gwIPs[seen.String()] {
-				return fmt.Errorf("external host saw %s, want a managed gateway (%v)", seen, gwIPs)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		egressClientSeesGateway(ctx, t, c, "client-managed", "managed", gwIPs)
 		mustCoilctl(t, c, "egress", "delete", "internet-egress", "managed")
 		if err := Eventually(time.Minute, func() error {
 			pods, err := c.Kube.CoreV1().Pods("internet-egress").List(ctx, metav1.ListOptions{LabelSelector: "coil.cybozu.com/egress=managed"})
@@ -536,6 +485,39 @@ func TestRealNodes(t *testing.T) {
 			}
 		}
 	})
+}
+
+// egressClientSeesGateway runs a Deployment of one client pod annotated for
+// the egress internet-egress/egress and checks that the external host sees
+// its connections come from one of the gateway addresses gwIPs.
+func egressClientSeesGateway(ctx context.Context, t *testing.T, c *Cluster, name, egress string, gwIPs map[string]bool) {
+	t.Helper()
+	client := workload("default", name, 1)
+	client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": egress}
+	if _, err := c.Kube.AppsV1().Deployments("default").Create(ctx, client, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clients, err := waitWorkload(ctx, c, "default", "app="+name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := clients[0]
+	ns, err := c.NodeOf(cl.Spec.NodeName).PodNetNSPath(ctx, netip.MustParseAddr(cl.Status.PodIP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Eventually(30*time.Second, func() error {
+		seen, err := SeenFrom(ns, c.External.Server4, 3*time.Second)
+		if err != nil {
+			return err
+		}
+		if !gwIPs[seen.String()] {
+			return fmt.Errorf("external host saw %s, want a gateway of %s (%v)", seen, egress, gwIPs)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // hostSysctls reads the machine-wide sysctls the kubelet writes.
@@ -738,7 +720,9 @@ func checkUnique(ctx context.Context, t *testing.T, c *Cluster) {
 	records := recordsByIP(t, c)
 	owner := map[string]string{}
 	for _, p := range pods.Items {
-		if p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+		// A terminating pod may have had its DEL already while the API
+		// still shows it running.
+		if p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
 			continue
 		}
 		name := p.Namespace + "/" + p.Name
