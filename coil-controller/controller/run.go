@@ -129,6 +129,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer etcd.Close()
 	store := model.New(etcd, cfg.Etcd.Prefix)
+	store.SetReleaser(model.Releaser{Component: "coil-controller", Host: replicaName()})
 	// Against another cluster's prefix every one of its nodes would look
 	// deleted and have its blocks freed: refuse to start, before writing
 	// anything.
@@ -278,4 +279,14 @@ func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*htt
 		}
 	}()
 	return srv, nil
+}
+
+// replicaName names this replica in the release notes of the addresses
+// it reclaims: its Pod's name, else the host name.
+func replicaName() string {
+	if name := os.Getenv("POD_NAME"); name != "" {
+		return name
+	}
+	host, _ := os.Hostname()
+	return host
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 
 	"github.com/coil-project/coil/model"
@@ -185,7 +187,19 @@ func (o *rootOptions) useStore(ctx context.Context, fn func(ctx context.Context,
 		return err
 	}
 	defer cli.Close()
-	return fn(ctx, model.New(cli, o.etcd.Prefix))
+	st := model.New(cli, o.etcd.Prefix)
+	st.SetReleaser(model.Releaser{Component: "coilctl", Host: operatorName()})
+	return fn(ctx, st)
+}
+
+// operatorName is user@host, naming who ran coilctl in the release notes
+// of the addresses it frees.
+func operatorName() string {
+	host, _ := os.Hostname()
+	if u, err := user.Current(); err == nil {
+		return u.Username + "@" + host
+	}
+	return host
 }
 
 // explain rewrites errors that come from talking to etcd, which the model

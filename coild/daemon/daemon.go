@@ -145,6 +145,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer cli.Close()
 	d.store = model.New(cli, cfg.Etcd.Prefix)
+	d.store.SetReleaser(model.Releaser{Component: "coild", Host: cfg.NodeName})
 	d.alloc = ipam.New(d.store, cfg.NodeName, exportObserver{d})
 
 	kube := cfg.KubeClient
