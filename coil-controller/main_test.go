@@ -68,12 +68,12 @@ func TestParseFlags(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			c, err := parseFlags(tc.args)
+			c, err := controller.ParseFlags(tc.args)
 			if (err != nil) != tc.wantErr {
-				t.Fatalf("parseFlags(%v) error = %v, want error %v", tc.args, err, tc.wantErr)
+				t.Fatalf("controller.ParseFlags(%v) error = %v, want error %v", tc.args, err, tc.wantErr)
 			}
 			if err == nil && !tc.check(c) {
-				t.Errorf("parseFlags(%v) = %+v", tc.args, *c)
+				t.Errorf("controller.ParseFlags(%v) = %+v", tc.args, *c)
 			}
 		})
 	}
@@ -129,7 +129,7 @@ func TestRun(t *testing.T) {
 	}
 	metricsAddr := l.Addr().String()
 	l.Close()
-	cfg, err := parseFlags([]string{"--etcd-endpoints=" + etcd.Endpoint, "--etcd-prefix=" + prefix,
+	cfg, err := controller.ParseFlags([]string{"--etcd-endpoints=" + etcd.Endpoint, "--etcd-prefix=" + prefix,
 		"--kubeconfig=" + kubeconfig, "--metrics-addr=" + metricsAddr})
 	if err != nil {
 		t.Fatal(err)
