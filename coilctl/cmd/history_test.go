@@ -124,6 +124,9 @@ func TestAddressHistory(t *testing.T) {
 		{"outside every pool", []string{"address", "history", "192.168.0.1"}, cmd.ExitFailure, []string{"no pool contains it"}},
 		{"not an address", []string{"address", "history", "web"}, cmd.ExitFailure, []string{"is not an IP address"}},
 	})
+	if r := run("address", "history", ip.String(), "--etcd-endpoints", "@kube-system/etcd"); r.code != cmd.ExitFailure || !strings.Contains(r.stderr, "coilctl takes etcd URLs") {
+		t.Errorf("a Service as endpoints: %v", r)
+	}
 }
 
 // TestAddressHistoryCompacted runs against an etcd of its own, since

@@ -182,6 +182,11 @@ func (o *rootOptions) withStore(ctx context.Context, fn func(ctx context.Context
 
 // useStore is withStore without the deadline and the explanation of errors.
 func (o *rootOptions) useStore(ctx context.Context, fn func(ctx context.Context, st *model.Store) error) error {
+	for _, e := range o.etcd.Endpoints {
+		if strings.HasPrefix(e, "@") {
+			return fmt.Errorf("--etcd-endpoints %q: coilctl takes etcd URLs; a Service (@NAMESPACE/NAME) is for coild and coil-controller", e)
+		}
+	}
 	cli, err := o.etcd.NewClient()
 	if err != nil {
 		return err

@@ -5,15 +5,13 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/coil-project/coil/internal/etcdservice"
+	"github.com/coil-project/coil/internal/testenv"
 	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model/etcdconfig"
@@ -76,8 +74,7 @@ func TestFollowAgainstKubeAPI(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a kube-apiserver")
 	}
-	if os.Getenv(innerEnv) != "1" {
-		runInNetNS(t)
+	if !testenv.InOwnNetNS(t, etcdHost+"/32") {
 		return
 	}
 	ctx := context.Background()
@@ -178,32 +175,10 @@ func TestFollowAgainstKubeAPI(t *testing.T) {
 	}
 }
 
-// The kube-apiserver refuses loopback addresses in EndpointSlices, and
-// tests must not add addresses to the host's network namespace: the test
-// runs again in a network namespace of its own (unshare -n, gone with the
-// process), where etcd listens on etcdHost.
-const (
-	innerEnv = "COIL_ETCDSERVICE_NETNS"
-	etcdHost = "10.250.0.1"
-)
-
-func runInNetNS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	script := "ip link set lo up && ip addr add " + etcdHost + "/32 dev lo && exec \"$0\" \"$@\""
-	cmd := exec.Command("unshare", "-n", "--", "sh", "-c", script, os.Args[0],
-		"-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), innerEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("in a network namespace of its own:\n%s", out)
-	if err != nil {
-		t.Fatalf("inner test: %v", err)
-	}
-	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatal("the inner test did not run")
-	}
-}
+// etcdHost is where the test's etcds listen, in the test's own network
+// namespace (testenv.InOwnNetNS): the kube-apiserver refuses loopback
+// addresses in EndpointSlices.
+const etcdHost = "10.250.0.1"
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
