@@ -101,3 +101,30 @@ func TestBinary(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPluginExec measures what the one binary costs the CNI plugin:
+// a CNI VERSION call (exec, start-up, answer) of hypercoil installed as
+// coil, side by side with the separate coil binary.
+//
+//	go test -run '^$' -bench PluginExec -benchtime 50x ./hypercoil/dispatch/
+func BenchmarkPluginExec(b *testing.B) {
+	dir := b.TempDir()
+	for pkg, out := range map[string]string{"..": "hypercoil/coil", "../../coil": "separate/coil"} {
+		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, out), pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			b.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	for _, name := range []string{"separate", "hypercoil"} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				cmd := exec.Command(filepath.Join(dir, name, "coil"))
+				cmd.Env = []string{"CNI_COMMAND=VERSION"}
+				if out, err := cmd.Output(); err != nil || !bytes.Contains(out, []byte("supportedVersions")) {
+					b.Fatalf("VERSION: %v, %s", err, out)
+				}
+			}
+		})
+	}
+}
