@@ -207,3 +207,42 @@ func TestAddressHistoryCompacted(t *testing.T) {
 	}
 	checkHistory(t, h, []historyWant{{kind: model.EventReleased, pod: "b", by: "coild on node-1"}})
 }
+
+// BenchmarkReleaseNote measures what the release note adds to a release:
+// an allocation and its release, by a store that signs its releases and
+// by one that does not, against the embedded etcd.
+//
+//	go test -run '^$' -bench ReleaseNote -benchtime 300x ./model/
+func BenchmarkReleaseNote(b *testing.B) {
+	ctx := context.Background()
+	for _, signed := range []bool{false, true} {
+		name := "unsigned"
+		if signed {
+			name = "signed"
+		}
+		b.Run(name, func(b *testing.B) {
+			st := model.New(server.Client(b), etcdtest.Prefix(b))
+			if signed {
+				st.SetReleaser(model.Releaser{Component: "coild", Host: "node-1"})
+			}
+			p := model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{{IPv4: netip.MustParsePrefix("10.0.0.0/24")}}}
+			if err := st.CreatePool(ctx, p); err != nil {
+				b.Fatal(err)
+			}
+			o := model.Owner{Node: "node-1", Namespace: "ns", Pod: "p", ContainerID: "c", Interface: "eth0"}
+			blk, _, err := st.AcquireBlock(ctx, "default", o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				a, err := st.AllocateAddress(ctx, blk, 1, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := st.ReleaseAddress(ctx, a); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
