@@ -153,7 +153,8 @@ func testRun(t *testing.T, etcdOpts etcdtest.Options, endpoints func(*etcdtest.S
 	if err := st.CreatePool(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"}); err != nil {
+	_, goneAddr, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	// n1 owns a block too: with "gone" the only node etcd knew, every
@@ -192,6 +193,15 @@ func testRun(t *testing.T, etcdOpts etcdtest.Options, endpoints func(*etcdtest.S
 		}
 		return err
 	})
+	// The reclaim is signed: address history names the controller.
+	h, err := st.AddressHistory(ctx, goneAddr.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.Events); n == 0 || h.Events[n-1].Kind != model.EventReclaimed || h.Events[n-1].By == nil ||
+		h.Events[n-1].By.Component != "coil-controller" || h.Events[n-1].Block == "" {
+		t.Errorf("history of the gone node's address: %+v", h.Events)
+	}
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -82,3 +82,29 @@ func hostPort(t *testing.T, endpoint string) string {
 	}
 	return u.Host
 }
+
+// TestReleaseSigned: a release by coild is signed with its node, so that
+// coilctl address history says the node's coild released the address.
+func TestReleaseSigned(t *testing.T) {
+	ctx := context.Background()
+	sub, _ := model.ParseSubnet("10.79.0.0/24", "")
+	n := env.NewNode(t, nodetest.Options{Pools: []model.Pool{{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{sub}}}})
+	resp, err := n.Client.Allocate(ctx, api.AllocRequest{PodNamespace: "default", PodName: "p", ContainerID: "c-signed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Client.Release(ctx, "default", "p", api.Attachment{ContainerID: "c-signed"}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := n.Store.AddressHistory(ctx, netip.MustParseAddr(resp.Address))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Events) != 2 {
+		t.Fatalf("%d events, want the allocation and the release: %+v", len(h.Events), h.Events)
+	}
+	rel := h.Events[1]
+	if rel.Kind != model.EventReleased || rel.By == nil || rel.By.Component != "coild" || rel.By.Host != n.Name || rel.Address.ContainerID != "c-signed" {
+		t.Errorf("release event = %+v by %+v, want released by coild on %s", rel, rel.By, n.Name)
+	}
+}
