@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# Coil's image: coil, coild, coilctl, coil-controller, coil-installer and
-# coil-egress (the process of managed egress gateway pods),
-# plus the reference CNI plugins the default configuration list chains
+# Coil's image: hypercoil, the one executable that is coil, coild, coilctl,
+# coil-controller, coil-installer and coil-egress (the process of managed
+# egress gateway pods), each a link to it in /usr/local/bin, plus the
+# reference CNI plugins the default configuration list chains
 # (installed on a node only where it has none). Build it with
 # `docker build -t ghcr.io/coil-project/coil:dev .` where a Docker engine
 # runs. `make image` needs none: it builds the same files without Docker
@@ -19,7 +20,11 @@ RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 
 COPY . .
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags="-s -w" -o /out/bin/ ./coil ./coild ./coilctl ./coil-controller ./coil-installer ./coil-egress
+    go build -ldflags="-s -w" -o /out/bin/ ./hypercoil
+# One link per command: hypercoil runs the command it is called as.
+RUN ln -s hypercoil /out/bin/coil && ln -s hypercoil /out/bin/coild && \
+    ln -s hypercoil /out/bin/coilctl && ln -s hypercoil /out/bin/coil-controller && \
+    ln -s hypercoil /out/bin/coil-installer && ln -s hypercoil /out/bin/coil-egress
 
 # The reference plugins, at the version go.mod pins for the tests.
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \

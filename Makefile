@@ -17,7 +17,9 @@ ETCD_BIN := $(CACHE_DIR)/etcd-$(ETCD_VERSION)
 # libseccomp-dev: runc of the real-node tests is built with seccomp.
 APT_PACKAGES := iproute2 iputils-ping nftables bird2 libseccomp-dev
 
-BINARIES := coil coild coilctl coil-controller coil-installer coil-egress
+# Each command on its own, and hypercoil: all of them in one executable
+# (the image's), acting as the command it is called as.
+BINARIES := coil coild coilctl coil-controller coil-installer coil-egress hypercoil
 
 # The runtime image and the sandbox ("pause") image of the test nodes, which
 # `make image` writes as tarballs into bin/ (no Docker engine needed).

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +21,10 @@ import (
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	"github.com/coil-project/coil/model"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -68,12 +72,12 @@ func TestParseFlags(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			c, err := parseFlags(tc.args)
+			c, err := controller.ParseFlags(tc.args)
 			if (err != nil) != tc.wantErr {
-				t.Fatalf("parseFlags(%v) error = %v, want error %v", tc.args, err, tc.wantErr)
+				t.Fatalf("controller.ParseFlags(%v) error = %v, want error %v", tc.args, err, tc.wantErr)
 			}
 			if err == nil && !tc.check(c) {
-				t.Errorf("parseFlags(%v) = %+v", tc.args, *c)
+				t.Errorf("controller.ParseFlags(%v) = %+v", tc.args, *c)
 			}
 		})
 	}
@@ -86,7 +90,43 @@ func TestRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a kube-apiserver; skipped in -short mode")
 	}
-	etcd, err := etcdtest.Start(etcdtest.Options{})
+	testRun(t, etcdtest.Options{}, func(etcd *etcdtest.Server, _ kubernetes.Interface) string { return etcd.Endpoint })
+}
+
+// TestRunEtcdService runs coil-controller with --etcd-endpoints naming
+// etcd's Service, resolved from its EndpointSlice in the real API server.
+func TestRunEtcdService(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a kube-apiserver; skipped in -short mode")
+	}
+	const host = "10.250.0.2"
+	if !testenv.InOwnNetNS(t, host+"/32") {
+		return
+	}
+	testRun(t, etcdtest.Options{Host: host}, func(etcd *etcdtest.Server, admin kubernetes.Interface) string {
+		u, err := url.Parse(etcd.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port, _ := strconv.Atoi(u.Port())
+		slice := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: "etcd-x1", Namespace: "kube-system", Labels: map[string]string{discoveryv1.LabelServiceName: "etcd"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{host}}},
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("client"), Port: ptr.To(int32(port))}},
+		}
+		if _, err := admin.DiscoveryV1().EndpointSlices("kube-system").Create(context.Background(), slice, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return "@kube-system/etcd"
+	})
+}
+
+// testRun runs coil-controller (Run) against a real etcd and API server,
+// with --etcd-endpoints as endpoints says, and checks that it releases a
+// missing node's block, serves metrics and leads.
+func testRun(t *testing.T, etcdOpts etcdtest.Options, endpoints func(*etcdtest.Server, kubernetes.Interface) string) {
+	etcd, err := etcdtest.Start(etcdOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +153,8 @@ func TestRun(t *testing.T) {
 	if err := st.CreatePool(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"}); err != nil {
+	_, goneAddr, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "gone", Namespace: "ns", Pod: "p"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	// n1 owns a block too: with "gone" the only node etcd knew, every
@@ -129,7 +170,7 @@ func TestRun(t *testing.T) {
 	}
 	metricsAddr := l.Addr().String()
 	l.Close()
-	cfg, err := parseFlags([]string{"--etcd-endpoints=" + etcd.Endpoint, "--etcd-prefix=" + prefix,
+	cfg, err := controller.ParseFlags([]string{"--etcd-endpoints=" + endpoints(etcd, admin), "--etcd-prefix=" + prefix,
 		"--kubeconfig=" + kubeconfig, "--metrics-addr=" + metricsAddr})
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +193,15 @@ func TestRun(t *testing.T) {
 		}
 		return err
 	})
+	// The reclaim is signed: address history names the controller.
+	h, err := st.AddressHistory(ctx, goneAddr.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.Events); n == 0 || h.Events[n-1].Kind != model.EventReclaimed || h.Events[n-1].By == nil ||
+		h.Events[n-1].By.Component != "coil-controller" || h.Events[n-1].Block == "" {
+		t.Errorf("history of the gone node's address: %+v", h.Events)
+	}
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coil-project/coil/coil-egress/holder"
 )
 
 // TestMain lets the test binary act as coil-egress when asked to.
@@ -18,7 +20,7 @@ func TestMain(m *testing.M) {
 		if len(os.Args) > 1 {
 			main() // refuses them
 		}
-		wait(func() { fmt.Println("ready") })
+		holder.Wait(func() { fmt.Println("ready") })
 		os.Exit(0)
 	}
 	os.Exit(m.Run())

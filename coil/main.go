@@ -2,12 +2,8 @@
 // /opt/cni/bin/coil. All logic lives in package plugin.
 package main
 
-import (
-	"github.com/containernetworking/cni/pkg/skel"
-
-	"github.com/coil-project/coil/coil/plugin"
-)
+import "github.com/coil-project/coil/coil/plugin"
 
 func main() {
-	skel.PluginMainFuncs(plugin.Funcs(), plugin.SupportedVersions, plugin.About)
+	plugin.Main()
 }

@@ -15,7 +15,7 @@ import (
 func parse(args []string) (daemon.Config, error) {
 	fs := pflag.NewFlagSet("coild", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	return parseFlags(fs, args)
+	return daemon.ParseFlags(fs, args)
 }
 
 func TestParseFlags(t *testing.T) {

@@ -707,6 +707,7 @@ var (
 	dsR     = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
 	depR    = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
 	pdbR    = schema.GroupVersionResource{Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"}
+	epsR    = schema.GroupVersionResource{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"}
 )
 
 // applyKinds creates, for real, the rendered objects of the given kinds on
@@ -761,6 +762,11 @@ func TestRBAC(t *testing.T) {
 			{"patch", nsR, "", "default", false},
 			{"create", leaseR, namespace, "x", false},
 			{"patch", dsR, namespace, "coild", false},
+			// --etcd-endpoints=@NAMESPACE/NAME.
+			{"list", epsR, "kube-system", "", true},
+			{"watch", epsR, "kube-system", "", true},
+			{"create", epsR, "kube-system", "x", false},
+			{"delete", epsR, "kube-system", "x", false},
 		}},
 		{sa: controllerSA, checks: []access{
 			{"list", nodesR, "", "", true},
@@ -800,6 +806,9 @@ func TestRBAC(t *testing.T) {
 			{"create", podsR, "internet-egress", "p", false},
 			{"patch", dsR, namespace, "coild", false},
 			{"delete", dsR, namespace, "coild", false},
+			{"list", epsR, "kube-system", "", true},
+			{"watch", epsR, "kube-system", "", true},
+			{"update", epsR, "kube-system", "x", false},
 		}},
 		// A service account without bindings: every allowed answer above
 		// comes from the rendered RBAC.

@@ -127,7 +127,7 @@ func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
 	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
 		return s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(akey), "=", a.Revision)).
-			Then(clientv3.OpDelete(akey)).
+			Then(append([]clientv3.Op{clientv3.OpDelete(akey)}, s.noteOps("")...)...).
 			Else(clientv3.OpGet(akey, clientv3.WithCountOnly()))
 	})
 	if err != nil {

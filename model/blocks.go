@@ -316,7 +316,9 @@ func (s *Store) ForceReleaseBlock(ctx context.Context, b Block) (addresses int64
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision)).
-		Then(clientv3.OpDelete(bkey), clientv3.OpDelete(s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index), clientv3.WithPrefix())).
+		Then(append([]clientv3.Op{clientv3.OpDelete(bkey),
+			clientv3.OpDelete(s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index), clientv3.WithPrefix())},
+			s.noteOps(b.ID())...)...).
 		Commit()
 	if err != nil {
 		return 0, fmt.Errorf("force release block %s: %w", b.ID(), etcdErr("commit", err))

@@ -28,6 +28,8 @@ type Store struct {
 	// asking etcd what became of it (see commit).
 	outcomeWait time.Duration
 	hook        corruptHook
+	// releaser, when set, signs this store's releases (history.go).
+	releaser *Releaser
 }
 
 // New returns a Store using the client's KV API under prefix (for example

@@ -21,6 +21,9 @@ func ClusterRules() []rbacv1.PolicyRule {
 		// updated unless it is labelled as managed).
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
 		{APIGroups: []string{"policy"}, Resources: []string{"poddisruptionbudgets"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+		// --etcd-endpoints=@NAMESPACE/NAME: the etcd Service's
+		// EndpointSlices, listed and watched (internal/etcdservice).
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 	}
 }
 

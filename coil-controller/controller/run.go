@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/audit"
+	"github.com/coil-project/coil/internal/etcdservice"
 	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
@@ -129,12 +130,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client configuration: %w", err)
 	}
-	etcd, err := cfg.Etcd.NewClient()
+	// --etcd-endpoints=@NAMESPACE/NAME: etcd's Service, followed.
+	etcd, stopFollowing, err := etcdservice.Connect(ctx, cfg.Etcd, client, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	defer etcd.Close()
+	defer stopFollowing()
 	store := model.New(etcd, cfg.Etcd.Prefix)
+	store.SetReleaser(model.Releaser{Component: "coil-controller", Host: replicaName()})
 	// Against another cluster's prefix every one of its nodes would look
 	// deleted and have its blocks freed: refuse to start, before writing
 	// anything.
@@ -285,4 +292,14 @@ func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*htt
 		}
 	}()
 	return srv, nil
+}
+
+// replicaName names this replica in the release notes of the addresses
+// it reclaims: its Pod's name, else the host name.
+func replicaName() string {
+	if name := os.Getenv("POD_NAME"); name != "" {
+		return name
+	}
+	host, _ := os.Hostname()
+	return host
 }

@@ -58,6 +58,7 @@ func newAddressCommand(o *rootOptions) *cobra.Command {
 	}
 	makeGroup(c)
 	c.AddCommand(newAddressInfoCommand(o), newAddressFreeCommand(o))
+	c.AddCommand(newAddressHistoryCommand(o))
 	return c
 }
 

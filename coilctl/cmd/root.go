@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 
 	"github.com/coil-project/coil/model"
@@ -180,12 +182,29 @@ func (o *rootOptions) withStore(ctx context.Context, fn func(ctx context.Context
 
 // useStore is withStore without the deadline and the explanation of errors.
 func (o *rootOptions) useStore(ctx context.Context, fn func(ctx context.Context, st *model.Store) error) error {
+	for _, e := range o.etcd.Endpoints {
+		if strings.HasPrefix(e, "@") {
+			return fmt.Errorf("--etcd-endpoints %q: coilctl takes etcd URLs; a Service (@NAMESPACE/NAME) is for coild and coil-controller", e)
+		}
+	}
 	cli, err := o.etcd.NewClient()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	return fn(ctx, model.New(cli, o.etcd.Prefix))
+	st := model.New(cli, o.etcd.Prefix)
+	st.SetReleaser(model.Releaser{Component: "coilctl", Host: operatorName()})
+	return fn(ctx, st)
+}
+
+// operatorName is user@host, naming who ran coilctl in the release notes
+// of the addresses it frees.
+func operatorName() string {
+	host, _ := os.Hostname()
+	if u, err := user.Current(); err == nil {
+		return u.Username + "@" + host
+	}
+	return host
 }
 
 // explain rewrites errors that come from talking to etcd, which the model

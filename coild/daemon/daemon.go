@@ -22,6 +22,7 @@ import (
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/poolselector"
 	"github.com/coil-project/coil/coild/server"
+	"github.com/coil-project/coil/internal/etcdservice"
 	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
@@ -151,20 +152,27 @@ func Run(ctx context.Context, cfg Config) error {
 		exporter: &nodenet.Exporter{TableID: cfg.TableID, Protocol: netlink.RouteProtocol(cfg.ProtocolID)},
 		ready:    make(chan struct{}),
 	}
-	cli, err := cfg.Etcd.NewClient()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	d.store = model.New(cli, cfg.Etcd.Prefix)
-	d.alloc = ipam.New(d.store, cfg.NodeName, exportObserver{d})
-
 	kube := cfg.KubeClient
 	if kube == nil {
+		var err error
 		if kube, err = kubeclient.New(cfg.Kubeconfig, ""); err != nil {
 			return fmt.Errorf("kubernetes client configuration: %w", err)
 		}
 	}
+	// --etcd-endpoints=@NAMESPACE/NAME: etcd's Service, followed.
+	cli, stopFollowing, err := etcdservice.Connect(ctx, cfg.Etcd, kube, d.log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer cli.Close()
+	defer stopFollowing()
+	d.store = model.New(cli, cfg.Etcd.Prefix)
+	d.store.SetReleaser(model.Releaser{Component: "coild", Host: cfg.NodeName})
+	d.alloc = ipam.New(d.store, cfg.NodeName, exportObserver{d})
+
 	if err := d.checkCluster(ctx, kube); err != nil {
 		if ctx.Err() != nil {
 			return nil

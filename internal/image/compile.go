@@ -24,14 +24,11 @@ const PausePackage = "./internal/image/pause"
 var buildFlags = []string{"-trimpath", "-ldflags=-s -w"}
 
 // Coil writes the runtime image's binaries under out, where Files says:
-// Coil's commands into out/bin, the reference plugins into out/plugins.
+// hypercoil (every Coil command) into out/bin, the reference plugins into
+// out/plugins.
 func (c Compiler) Coil(ctx context.Context, out string) error {
-	bin := filepath.Join(out, "bin")
-	pkgs := make([]string, len(Binaries))
-	for i, b := range Binaries {
-		pkgs[i] = "./" + b
-	}
-	if err := c.run(ctx, nil, append(append([]string{"build"}, buildFlags...), append([]string{"-o", bin + "/"}, pkgs...)...)...); err != nil {
+	bin := filepath.Join(out, filepath.FromSlash(Files()[0].Src))
+	if err := c.run(ctx, nil, append(append([]string{"build"}, buildFlags...), "-o", bin, "./"+Hypercoil)...); err != nil {
 		return err
 	}
 	return c.plugins(ctx, filepath.Join(out, "plugins"))

@@ -40,9 +40,14 @@ const (
 	DefaultPauseImage = "coil.local/pause:3.10"
 )
 
-// Binaries are Coil's commands, each a directory at the module root, in
-// /usr/local/bin in the image.
+// Binaries are Coil's commands, each a directory at the module root. The
+// image holds them as links in /usr/local/bin to the one executable
+// Hypercoil, which runs the command it is called as.
 var Binaries = []string{"coil", "coild", "coilctl", "coil-controller", "coil-installer", "coil-egress"}
+
+// Hypercoil is the one executable of the image (a directory at the module
+// root), in /usr/local/bin.
+const Hypercoil = "hypercoil"
 
 // PluginsModule is the module of the reference CNI plugins; the image has
 // them at the version go.mod requires.
@@ -80,18 +85,32 @@ type File struct {
 	Src, Dst string
 }
 
-// Files lists the runtime image's binaries, each with where Compile writes it
-// (bin/NAME, plugins/NAME).
+// Link is a symbolic link of an image: Dst its absolute path, Target what
+// it points to (relative to Dst's directory).
+type Link struct {
+	Dst, Target string
+}
+
+// Files lists the runtime image's executables, each with where Compile
+// writes it (bin/hypercoil, plugins/NAME).
 func Files() []File {
-	var files []File
-	for _, b := range Binaries {
-		files = append(files, File{Src: path.Join("bin", b), Dst: path.Join(BinDir, b)})
-	}
+	files := []File{{Src: path.Join("bin", Hypercoil), Dst: path.Join(BinDir, Hypercoil)}}
 	for _, p := range Plugins {
 		b := path.Base(p)
 		files = append(files, File{Src: path.Join("plugins", b), Dst: path.Join(PluginsDir, b)})
 	}
 	return files
+}
+
+// Links lists the runtime image's commands: each a link in BinDir to
+// Hypercoil, so that the manifests' commands and coil-installer's
+// --source-bin=/usr/local/bin/coil find them by their names.
+func Links() []Link {
+	links := make([]Link, len(Binaries))
+	for i, b := range Binaries {
+		links[i] = Link{Dst: path.Join(BinDir, b), Target: Hypercoil}
+	}
+	return links
 }
 
 // PauseFile is the sandbox image's only file.
@@ -102,7 +121,8 @@ func PauseFile() File { return File{Src: path.Join("bin", "pause"), Dst: PausePa
 var epoch = time.Unix(0, 0).UTC()
 
 // Coil assembles the runtime image for linux/arch from the binaries under
-// dir (as Files names them): the base layer, then the binaries.
+// dir (as Files names them): the base layer, then the binaries and the
+// command links.
 func Coil(dir, arch string) (v1.Image, error) {
 	base, err := layer(baseEntries())
 	if err != nil {
@@ -115,6 +135,9 @@ func Coil(dir, arch string) (v1.Image, error) {
 			return nil, err
 		}
 		entries = append(entries, e)
+	}
+	for _, l := range Links() {
+		entries = append(entries, entry{name: l.Dst, mode: 0o777, link: l.Target})
 	}
 	bins, err := layer(withParents(entries))
 	if err != nil {
@@ -180,6 +203,7 @@ type entry struct {
 	name string // absolute path in the image
 	mode int64  // permission bits, with sticky where wanted
 	dir  bool
+	link string // target of a symbolic link
 	data []byte
 }
 
@@ -232,9 +256,12 @@ func layer(entries []entry) (v1.Layer, error) {
 			Mode:    e.mode,
 			ModTime: epoch,
 		}
-		if e.dir {
+		switch {
+		case e.dir:
 			h.Typeflag, h.Name = tar.TypeDir, h.Name+"/"
-		} else {
+		case e.link != "":
+			h.Typeflag, h.Linkname = tar.TypeSymlink, e.link
+		default:
 			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.data))
 		}
 		if err := tw.WriteHeader(h); err != nil {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -28,6 +29,9 @@ type stage struct {
 	from, name string
 	runs       []string
 	copies     [][]string // COPY's words after the instruction
+	// links are the symbolic links the RUN lines make (ln -s), by path,
+	// filled in by outputs.
+	links map[string]string
 }
 
 // parseDockerfile reads the instructions of path: lines joined at trailing
@@ -57,7 +61,7 @@ func parseDockerfile(t *testing.T, file string) dockerfile {
 		}
 		switch strings.ToUpper(instr[0]) {
 		case "FROM":
-			st := stage{from: instr[1]}
+			st := stage{from: instr[1], links: map[string]string{}}
 			if len(instr) == 4 && strings.EqualFold(instr[2], "AS") {
 				st.name = instr[3]
 			}
@@ -75,6 +79,7 @@ var (
 	goBuildOut = regexp.MustCompile(`go build .*-o (\S+)((?: \./\S+)+)`)
 	goBinDir   = regexp.MustCompile(`GOBIN=(\S+)`)
 	goInstall  = regexp.MustCompile(`(\S+)@"?\$version"?`)
+	lnSymlink  = regexp.MustCompile(`ln -s (\S+) (\S+)`)
 )
 
 // outputs lists, by directory, what the RUN lines of a build stage write: the
@@ -89,6 +94,11 @@ func (s stage) outputs(t *testing.T) map[string][]string {
 			for _, pkg := range strings.Fields(m[2]) {
 				out[dir] = append(out[dir], path.Base(pkg))
 			}
+		}
+		for _, m := range lnSymlink.FindAllStringSubmatch(run, -1) {
+			dir := path.Dir(path.Clean(m[2]))
+			out[dir] = append(out[dir], path.Base(m[2]))
+			s.links[path.Clean(m[2])] = m[1]
 		}
 		if strings.Contains(run, "go install") {
 			m := goBinDir.FindStringSubmatch(run)
@@ -105,8 +115,8 @@ func (s stage) outputs(t *testing.T) map[string][]string {
 }
 
 // dockerfileFiles is what the Dockerfile's final stage copies from its build
-// stages, as paths in the image.
-func dockerfileFiles(t *testing.T) []string {
+// stages, as paths in the image, and which of them are links to what.
+func dockerfileFiles(t *testing.T) ([]string, map[string]string) {
 	t.Helper()
 	df := parseDockerfile(t, "../../Dockerfile")
 	if len(df.stages) < 2 {
@@ -114,6 +124,7 @@ func dockerfileFiles(t *testing.T) []string {
 	}
 	final := df.stages[len(df.stages)-1]
 	var files []string
+	links := map[string]string{}
 	for _, c := range final.copies {
 		from, ok := strings.CutPrefix(c[0], "--from=")
 		if !ok || len(c) != 3 {
@@ -129,10 +140,13 @@ func dockerfileFiles(t *testing.T) []string {
 		}
 		for _, b := range outs {
 			files = append(files, path.Join(c[2], b))
+			if target, ok := df.stages[i].links[path.Join(path.Clean(c[1]), b)]; ok {
+				links[path.Join(c[2], b)] = target
+			}
 		}
 	}
 	sort.Strings(files)
-	return files
+	return files, links
 }
 
 // TestDockerfileBuildFlags: the Dockerfile builds static, stripped binaries
@@ -180,6 +194,7 @@ func stubs(t *testing.T) string {
 type member struct {
 	mode     int64
 	typeflag byte
+	linkname string
 	uid, gid int
 	data     string
 }
@@ -210,7 +225,7 @@ func layerContents(t *testing.T, img v1.Image) []map[string]member {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m["/"+strings.TrimSuffix(h.Name, "/")] = member{mode: h.Mode, typeflag: h.Typeflag, uid: h.Uid, gid: h.Gid, data: string(data)}
+			m["/"+strings.TrimSuffix(h.Name, "/")] = member{mode: h.Mode, typeflag: h.Typeflag, linkname: h.Linkname, uid: h.Uid, gid: h.Gid, data: string(data)}
 		}
 		rc.Close()
 		out = append(out, m)
@@ -245,16 +260,30 @@ func buildStub(t *testing.T) v1.Image {
 }
 
 // TestSameFilesAsDockerfile: the image `make image` writes holds, besides
-// its base layer, exactly the files the Dockerfile's final stage copies.
+// its base layer, exactly the files and links the Dockerfile's final stage
+// copies: hypercoil once, a link to it per command, the plugins.
 func TestSameFilesAsDockerfile(t *testing.T) {
-	want := dockerfileFiles(t)
+	want, wantLinks := dockerfileFiles(t)
 	var listed []string
 	for _, f := range Files() {
 		listed = append(listed, f.Dst)
 	}
+	listedLinks := map[string]string{}
+	for _, l := range Links() {
+		listed = append(listed, l.Dst)
+		listedLinks[l.Dst] = l.Target
+	}
 	sort.Strings(listed)
 	if !slices.Equal(listed, want) {
-		t.Errorf("Files():\n%v\nthe Dockerfile:\n%v", listed, want)
+		t.Errorf("Files() and Links():\n%v\nthe Dockerfile:\n%v", listed, want)
+	}
+	if !maps.Equal(listedLinks, wantLinks) {
+		t.Errorf("Links(): %v\nthe Dockerfile: %v", listedLinks, wantLinks)
+	}
+	for _, b := range Binaries {
+		if listedLinks[path.Join(BinDir, b)] != Hypercoil {
+			t.Errorf("command %s is not a link to %s", b, Hypercoil)
+		}
 	}
 
 	layers := layerContents(t, buildStub(t))
@@ -262,17 +291,25 @@ func TestSameFilesAsDockerfile(t *testing.T) {
 		t.Fatalf("%d layers, want 2 (base, binaries)", len(layers))
 	}
 	var got []string
+	gotLinks := map[string]string{}
 	for p, m := range layers[1] {
-		if m.typeflag == tar.TypeReg {
+		switch m.typeflag {
+		case tar.TypeReg:
 			got = append(got, p)
 			if m.mode != 0o755 {
 				t.Errorf("%s: mode %o, want 755", p, m.mode)
 			}
+		case tar.TypeSymlink:
+			got = append(got, p)
+			gotLinks[p] = m.linkname
 		}
 	}
 	sort.Strings(got)
 	if !slices.Equal(got, want) {
 		t.Errorf("binaries layer:\n%v\nthe Dockerfile:\n%v", got, want)
+	}
+	if !maps.Equal(gotLinks, wantLinks) {
+		t.Errorf("links in the layer: %v\nthe Dockerfile: %v", gotLinks, wantLinks)
 	}
 	for _, f := range Files() {
 		if got := layers[1][f.Dst].data; got != "stub "+f.Src {
@@ -375,8 +412,8 @@ func TestMakefileBinaries(t *testing.T) {
 		if !ok || strings.TrimSpace(name) != "BINARIES" {
 			continue
 		}
-		if got := strings.Fields(value); !slices.Equal(got, Binaries) {
-			t.Errorf("Makefile BINARIES = %v, image.Binaries = %v", got, Binaries)
+		if got, want := strings.Fields(value), append(slices.Clone(Binaries), Hypercoil); !slices.Equal(got, want) {
+			t.Errorf("Makefile BINARIES = %v, want image.Binaries and %s: %v", got, Hypercoil, want)
 		}
 		return
 	}

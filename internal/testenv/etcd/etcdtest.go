@@ -36,6 +36,8 @@ type Options struct {
 	// TLS makes the server accept only clients presenting a certificate
 	// signed by a test CA, which Server.Certs then describes.
 	TLS bool
+	// Host is the IP address the server listens on; 127.0.0.1 when empty.
+	Host string
 }
 
 // Start launches an embedded etcd in a temporary directory. Stop it with Close.
@@ -81,8 +83,12 @@ func (s *Server) start(opts Options) error {
 			ClientCertAuth: true,
 		}
 	}
-	cu, _ := url.Parse(fmt.Sprintf("%s://127.0.0.1:%d", scheme, clientPort))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", peerPort))
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	cu, _ := url.Parse(fmt.Sprintf("%s://%s:%d", scheme, host, clientPort))
+	pu, _ := url.Parse(fmt.Sprintf("http://%s:%d", host, peerPort))
 	cfg.ListenClientUrls = []url.URL{*cu}
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
 	cfg.ListenPeerUrls = []url.URL{*pu}

@@ -26,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
@@ -149,6 +150,9 @@ type Options struct {
 	Prepare func() error
 	// GCMinAge is coild's GCMinAge; default coild's (one minute).
 	GCMinAge time.Duration
+	// EndpointSlices exist in the fake API server before coild starts
+	// (an etcd Service for EtcdEndpoint "@NAMESPACE/NAME").
+	EndpointSlices []*discoveryv1.EndpointSlice
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -227,6 +231,11 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 	kubeSystem := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system", UID: ClusterUID}}
 	for _, o := range append([]*corev1.Namespace{Namespace("default", ""), kubeSystem}, opts.Namespaces...) {
 		if _, err := n.Kube.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, es := range opts.EndpointSlices {
+		if _, err := n.Kube.DiscoveryV1().EndpointSlices(es.Namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
