@@ -23,12 +23,14 @@ import (
 // ErrOutcomeUnknown too: AllocateAddress repeated with the same arguments
 // and ClaimBlock settle it.
 type Store interface {
-	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
+	// OwnBlocks returns the node's blocks from its index in etcd (and
+	// keeps the index in repair).
+	OwnBlocks(ctx context.Context, node string) ([]model.Block, error)
 	BlockAddresses(ctx context.Context, b model.Block) ([]model.Address, error)
 	AcquireBlock(ctx context.Context, pool string, owner model.Owner) (model.Block, model.Address, error)
 	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
 	ClaimBlock(ctx context.Context, b model.Block, a model.Address) (model.Block, model.Address, error)
-	ReleaseAddress(ctx context.Context, a model.Address) error
+	ReleaseOwnAddress(ctx context.Context, a model.Address) error
 	ReleaseBlock(ctx context.Context, b model.Block) error
 	// Revision is etcd's current revision: changes after it are not yet
 	// seen by reads made after this call.
@@ -149,7 +151,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore node %q: %w", a.node, err)
 	}
-	blocks, err := a.store.NodeBlocks(ctx, a.node)
+	blocks, err := a.store.OwnBlocks(ctx, a.node)
 	if err != nil {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
 	}
@@ -532,7 +534,7 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 	if !ok {
 		return model.Address{}, false, nil
 	}
-	err := a.store.ReleaseAddress(ctx, addr)
+	err := a.store.ReleaseOwnAddress(ctx, addr)
 	notOwner := errors.Is(err, model.ErrNotOwner)
 	if err != nil && !notOwner {
 		return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)

@@ -317,7 +317,7 @@ func (r *results) tables() []table {
 				fmtRate(c.rate()), fmtDur(c.p50), fmtDur(c.p99), fmtRatio(c.rate() / raw.rate()), fmtRatio(c.rate() / g.rate()),
 				fmt.Sprintf("%.3f", float64(k.requests)/float64(max(c.ops, 1))), raw.cpu.perOp(raw.ops), c.cpu.perOp(c.ops)})
 		}
-		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseAddress does."
+		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseOwnAddress does."
 		ts = append(ts, t)
 
 		var owned, allocs, acq, lost int64
