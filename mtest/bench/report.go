@@ -20,6 +20,7 @@ type results struct {
 	alloc             *allocResults
 	cni               *cniResults
 	scale             *scaleResults
+	startup           *startupResults
 	load              *machineLoad
 }
 
@@ -274,6 +275,20 @@ func (r *results) verdicts() []verdict {
 		}
 		vs = append(vs, v)
 	}
+	if st := r.startup; st != nil && len(st.sizes) >= 2 {
+		a, b := st.sizes[0], st.sizes[len(st.sizes)-1]
+		r50 := float64(b.indexed.percentile(50)) / float64(a.indexed.percentile(50))
+		r99 := float64(b.indexed.percentile(99)) / float64(a.indexed.percentile(99))
+		v := verdict{target: fmt.Sprintf("node start-up at %s vs %s nodes", fmtCount(int64(b.nodes)), fmtCount(int64(a.nodes))),
+			measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(b.indexed.percentile(50)), fmtDur(a.indexed.percentile(50)),
+				fmtRatio(r99), fmtDur(b.indexed.percentile(99)), fmtDur(a.indexed.percentile(99))),
+			goal: "within noise: p50 <= 1.25x"}
+		v.met = r50 <= 1.25
+		if !v.met {
+			v.outcome = "p50 " + missBy(r50, 1.25, false)
+		}
+		vs = append(vs, v)
+	}
 	for i := range vs {
 		if vs[i].outcome == "" {
 			if vs[i].met {
@@ -410,6 +425,20 @@ func (r *results) tables() []table {
 		t.note = "As coil-controller's node worker releases a batch of queued deletions (the bench makes the same model calls): one listing " +
 			"of all blocks, then per node ForceReleaseBlock for each block (guarded by the block's creation revision) and DeleteNode. " +
 			"The controller's one API GET per node confirming the deletion is not included."
+		ts = append(ts, t)
+	}
+	if st := r.startup; st != nil && len(st.sizes) > 0 {
+		t := table{id: "startup", title: fmt.Sprintf("3c. Node start-up by cluster size (%d pods per node)", st.podsPerNode),
+			header: []string{"nodes", "etcd keys", "start-up p50", "start-up p99", "etcd req/start-up", "before the index: p50", "p99", "etcd req/start-up"}}
+		for _, z := range st.sizes {
+			t.rows = append(t.rows, []string{fmtCount(int64(z.nodes)), fmtCount(z.keys),
+				fmtDur(z.indexed.percentile(50)), fmtDur(z.indexed.percentile(99)), fmt.Sprintf("%.1f", z.reqIndexed),
+				fmtDur(z.scanned.percentile(50)), fmtDur(z.scanned.percentile(99)), fmt.Sprintf("%.1f", z.reqScanned)})
+		}
+		t.note = fmt.Sprintf("One fresh etcd per size, filled with every node's blocks, addresses and index as coild leaves them. Then %d nodes "+
+			"spread over the cluster start one after the other as coild does (node record, then ipam.Allocator.Restore: revision, the node's "+
+			"index and its block keys, the addresses of each block). Before the index: the same nodes finding their blocks as the restore "+
+			"did before (node record, revision, every block of the cluster listed, then the addresses of the node's blocks).", st.sample)
 		ts = append(ts, t)
 	}
 	if vs := r.verdicts(); len(vs) > 0 {
