@@ -74,6 +74,10 @@ type Config struct {
 	// may be in flight while the runtime lists its attachments); zero
 	// means one minute. Tests shorten it.
 	GCMinAge time.Duration
+	// LinkRemovalDelay holds back the deletion of a released pod's veth,
+	// which runs after DEL answered; tests widen that window with it to
+	// see that the address is not handed out meanwhile. Zero in coild.
+	LinkRemovalDelay time.Duration
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
@@ -123,6 +127,9 @@ type daemon struct {
 	ready    chan struct{}
 	// nodeAddrs are the node record's addresses, found before restore.
 	nodeAddrs []netip.Addr
+	// hostNS is the node's own network namespace, which no pod's is.
+	hostNS nodenet.NetNSID
+	links  *podLinks
 }
 
 // Run starts coild and blocks until ctx ends or a component fails.
@@ -196,6 +203,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("identify the node's network namespace: %w", err)
 	}
+	d.hostNS = hostNS
+	d.links = newPodLinks(d)
 	gcMinAge := cfg.GCMinAge
 	if gcMinAge == 0 {
 		gcMinAge = time.Minute
@@ -204,6 +213,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
+		PodLinks:       d.links,
 		NetNS:          podNetNS{host: hostNS},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       gcMinAge,
@@ -274,6 +284,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	env.Go(d.houseKeeping)
+	env.Go(d.links.run)
 	env.Go(d.keepAlive)
 	env.Go(d.followReleases)
 	env.Go(func(ctx context.Context) error {

@@ -509,10 +509,44 @@ func (a *Allocator) Lookup(att api.Attachment) (model.Address, bool) {
 // holds nothing succeeds. The etcd delete is guarded by the record's
 // revision, so a late release never frees an address re-allocated since.
 func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Address, bool, error) {
+	addr, ok, free, err := a.ReleaseHeld(ctx, att)
+	free()
+	return addr, ok, err
+}
+
+// ReleaseHeld is Release, except that the address is not handed out again
+// until free is called: the record is deleted in etcd and the attachment
+// forgotten, but the offset stays taken in memory. coild holds the address
+// this way while the links of its previous owner are being deleted, so
+// that no pod gets an address whose old veth still exists on the node.
+// free is never nil, and calling it more than once does nothing more.
+func (a *Allocator) ReleaseHeld(ctx context.Context, att api.Attachment) (addr model.Address, released bool, free func(), err error) {
+	free = func() {}
+	addr, released, held, err := a.release(ctx, att)
+	if held != nil {
+		var once sync.Once
+		free = func() {
+			once.Do(func() {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				// Unless the block went meanwhile (it is then
+				// forgotten with everything in it).
+				if a.blocks[held.ID()] == held {
+					a.freeLocked(held, addr.Offset)
+				}
+			})
+		}
+	}
+	return addr, released, free, err
+}
+
+// release deletes the attachment's record and forgets the attachment; it
+// returns the block whose offset the caller must free, if any.
+func (a *Allocator) release(ctx context.Context, att api.Attachment) (model.Address, bool, *block, error) {
 	a.mu.Lock()
 	if !a.restored {
 		a.mu.Unlock()
-		return model.Address{}, false, ErrNotRestored
+		return model.Address{}, false, nil, ErrNotRestored
 	}
 	addr, ok := a.owners[att]
 	_, pending := a.pending[att]
@@ -522,7 +556,7 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		// its record (if any) is found and deleted, not orphaned.
 		settled, done, err := a.settle(ctx, att)
 		if err != nil {
-			return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
+			return model.Address{}, false, nil, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
 		}
 		if done {
 			a.mu.Lock()
@@ -532,12 +566,12 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		}
 	}
 	if !ok {
-		return model.Address{}, false, nil
+		return model.Address{}, false, nil, nil
 	}
 	err := a.store.ReleaseOwnAddress(ctx, addr)
 	notOwner := errors.Is(err, model.ErrNotOwner)
 	if err != nil && !notOwner {
-		return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
+		return model.Address{}, false, nil, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
 	}
 
 	a.mu.Lock()
@@ -547,13 +581,13 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 	// it already, and the offset may be someone else's by now.
 	cur, ok := a.owners[att]
 	if !ok || cur.Revision != addr.Revision {
-		return addr, true, nil
+		return addr, true, nil, nil
 	}
 	delete(a.owners, att)
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
-		a.freeLocked(b, addr.Offset)
+		return addr, true, b, nil
 	}
-	return addr, true, nil
+	return addr, true, nil, nil
 }
 
 // Attachments lists every attachment holding an address.

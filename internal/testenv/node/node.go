@@ -109,6 +109,7 @@ type Node struct {
 	log                      *logBuffer
 	blockGrace, scanInterval time.Duration
 	gcMinAge                 time.Duration
+	linkDelay                time.Duration
 	// cniCache is libcni's cache directory (/var/lib/cni on a node).
 	cniCache string
 	// nodeAddresses is coild's --node-address (nil: coild finds them).
@@ -148,6 +149,8 @@ type Options struct {
 	Prepare func() error
 	// GCMinAge is coild's GCMinAge; default coild's (one minute).
 	GCMinAge time.Duration
+	// LinkRemovalDelay is coild's LinkRemovalDelay.
+	LinkRemovalDelay time.Duration
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -182,6 +185,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		blockGrace:   opts.BlockGrace,
 		scanInterval: opts.ScanInterval,
 		gcMinAge:     opts.GCMinAge,
+		linkDelay:    opts.LinkRemovalDelay,
 		cniCache:     t.TempDir(),
 	}
 	if !opts.FindNodeAddress {
@@ -289,6 +293,7 @@ func (n *Node) Config() daemon.Config {
 		LivenessTTL:       daemon.DefaultLivenessTTL,
 		NodeWait:          time.Second,
 		GCMinAge:          n.gcMinAge,
+		LinkRemovalDelay:  n.linkDelay,
 		KubeClient:        n.Kube,
 		HostNS:            n.NS,
 		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
