@@ -49,6 +49,11 @@ type Config struct {
 	TableID     int
 	ProtocolID  int
 	Kubeconfig  string
+	// KubeQPS and KubeBurst limit the rate of coild's requests to the
+	// API server (client-side), like the kubelet's --kube-api-qps and
+	// --kube-api-burst. Zero means kubeclient.DefaultQPS and DefaultBurst.
+	KubeQPS   float32
+	KubeBurst int
 	MetricsAddr string
 	// ScanInterval paces house-keeping: empty blocks, route re-sync.
 	ScanInterval time.Duration
@@ -107,6 +112,9 @@ func (c *Config) Validate() error {
 	if c.ScanInterval <= 0 {
 		return errors.New("--scan-interval must be positive")
 	}
+	if c.KubeQPS < 0 || c.KubeBurst < 0 {
+		return fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: must not be negative (0 means the default)", c.KubeQPS, c.KubeBurst)
+	}
 	if c.LivenessTTL < time.Second {
 		return fmt.Errorf("--liveness-ttl %s: must be at least 1s (etcd leases count whole seconds)", c.LivenessTTL)
 	}
@@ -156,7 +164,14 @@ func Run(ctx context.Context, cfg Config) error {
 
 	kube := cfg.KubeClient
 	if kube == nil {
-		if kube, err = kubeclient.New(cfg.Kubeconfig, ""); err != nil {
+		qps, burst := cfg.KubeQPS, cfg.KubeBurst
+		if qps == 0 {
+			qps = kubeclient.DefaultQPS
+		}
+		if burst == 0 {
+			burst = kubeclient.DefaultBurst
+		}
+		if kube, err = kubeclient.NewWithLimits(cfg.Kubeconfig, "coild", qps, burst); err != nil {
 			return fmt.Errorf("kubernetes client configuration: %w", err)
 		}
 	}

@@ -265,6 +265,13 @@ func (r *Reconciler) ready() bool {
 	return loaded && r.pods.synced()
 }
 
+// noEgresses reports whether the egresses are known and there are none.
+func (r *Reconciler) noEgresses() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.egressesSeen && len(r.egresses) == 0
+}
+
 // snapshot is every input of one reconciliation.
 type snapshot struct {
 	egresses map[string]model.Egress
@@ -580,6 +587,13 @@ func (r *Reconciler) teardownLeftovers(key, netns string) {
 // the informer's cache.
 func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup, error) {
 	var resp PodSetup
+	if r.noEgresses() && r.pods.localPod(net.Namespace, net.Pod) == nil {
+		// Nothing a pod could be a client or gateway of: the API
+		// round trip for a pod the cache does not hold yet (a static
+		// pod before its mirror, a watch lagging behind) would only
+		// slow the ADD down.
+		return resp, nil
+	}
 	p, err := r.pod(ctx, net.Namespace, net.Pod)
 	if err != nil || p == nil {
 		return resp, err
