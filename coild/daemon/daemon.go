@@ -45,15 +45,15 @@ type Config struct {
 	// HTTPAddr must be a loopback address; empty disables TCP.
 	HTTPAddr string
 	// SocketPath is a unix socket (mode 0600); empty disables it.
-	SocketPath  string
-	TableID     int
-	ProtocolID  int
-	Kubeconfig  string
+	SocketPath string
+	TableID    int
+	ProtocolID int
+	Kubeconfig string
 	// KubeQPS and KubeBurst limit the rate of coild's requests to the
 	// API server (client-side), like the kubelet's --kube-api-qps and
 	// --kube-api-burst. Zero means kubeclient.DefaultQPS and DefaultBurst.
-	KubeQPS   float32
-	KubeBurst int
+	KubeQPS     float32
+	KubeBurst   int
 	MetricsAddr string
 	// ScanInterval paces house-keeping: empty blocks, route re-sync.
 	ScanInterval time.Duration
