@@ -30,6 +30,7 @@ import (
 	"github.com/coil-project/coil/coild/daemon"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
+	"github.com/coil-project/coil/nodenet"
 )
 
 // cniResults is part 2: CNI ADD and DEL of coil against ptp + host-local.
@@ -277,6 +278,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 				if err := expectPods(ctx, client, 0); err != nil {
 					return err
 				}
+				// coild deletes the veths after DEL answered; the pod
+				// namespaces are used again by the next phase.
+				if err := waitVethsGone(ctx, nodeNS); err != nil {
+					return err
+				}
 			}
 			key := pluginKey(net)
 			cr.add[key] = append(cr.add[key], add)
@@ -341,6 +347,34 @@ func (r *cniRunner) run(ctx context.Context, cmd, net string, p *benchPod) error
 		}
 		return nil
 	})
+}
+
+// waitVethsGone waits until the node has no Coil host veth left.
+func waitVethsGone(ctx context.Context, node ns.NetNS) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var left int
+		err := node.Do(func(ns.NetNS) error {
+			links, err := netlink.LinkList()
+			for _, l := range links {
+				if nodenet.IsCoilVeth(l.Attrs().Name) {
+					left++
+				}
+			}
+			return err
+		})
+		if err != nil || left == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d coil veths still on the node a minute after DEL", left)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func expectPods(ctx context.Context, client *api.Client, n int) error {
