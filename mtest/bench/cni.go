@@ -41,6 +41,8 @@ type cniResults struct {
 	add, del map[string][]phaseResult
 	// traces are per-process timelines of single ADDs and DELs (-cni-trace).
 	traces []string
+	// real are the runs with the coild binary and a real kube-apiserver.
+	real []realPhase
 }
 
 const (
@@ -199,7 +201,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	// interrupted run leaves there for these two networks.
 	cl.add("remove cached CNI results", func() error {
 		var errs []error
-		for _, net := range []string{coilNet, ptpNet} {
+		for _, net := range []string{coilNet, ptpNet, realNet} {
 			files, _ := filepath.Glob(filepath.Join("/var/lib/cni/results", net+"-*"))
 			for _, f := range files {
 				errs = append(errs, os.Remove(f))
@@ -289,6 +291,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 			cr.del[key] = append(cr.del[key], del)
 			logf("  %-14s %d concurrent: ADD p50 %s p99 %s (%s); DEL p50 %s p99 %s (%s)", key, par,
 				fmtDur(add.p50), fmtDur(add.p99), fmtRate(add.rate()), fmtDur(del.p50), fmtDur(del.p99), fmtRate(del.rate()))
+		}
+	}
+	if o.realCoild {
+		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, cl, cr); err != nil {
+			return fmt.Errorf("real coild: %w", err)
 		}
 	}
 	if _, err := exec.LookPath("strace"); o.cniTrace && err != nil {

@@ -41,6 +41,7 @@ type options struct {
 	cpuProfile string
 	rounds     int
 	cniTrace   bool
+	realCoild  bool
 
 	startupNodes  []int
 	startupPods   int
@@ -59,6 +60,7 @@ func parseFlags() *options {
 	flag.IntVar(&o.pods, "pods", 200, "pods (network namespaces) of the CNI benchmark")
 	flag.IntVar(&o.cniPar, "cni-parallel", 8, "concurrent CNI commands in the concurrent CNI run")
 	flag.BoolVar(&o.cniTrace, "cni-trace", true, "after the CNI benchmark, trace single ADDs and DELs with strace (if installed) and show where the time goes")
+	flag.BoolVar(&o.realCoild, "real-coild", true, "after the CNI benchmark, run ADD and DEL with the coild binary and a real kube-apiserver (built once into the cache), pods present in and absent from the API")
 	flag.IntVar(&o.nodes, "nodes", 1000, "simulated nodes of the scale benchmark")
 	flag.IntVar(&o.podsNode, "pods-per-node", 110, "pods each simulated node fills")
 	flag.IntVar(&o.scalePar, "scale-parallel", 16, "simulated nodes allocating at once")

@@ -261,6 +261,21 @@ func (r *results) verdicts() []verdict {
 			}
 		}
 	}
+	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
+		ptp := c.add["ptp"][0]
+		for _, ph := range c.real {
+			r50 := float64(ph.add.p50) / float64(ptp.p50)
+			r99 := float64(ph.add.p99) / float64(ptp.p99)
+			v := verdict{target: "CNI ADD sequential, coild binary + kube-apiserver, " + ph.name + ", vs ptp+host-local",
+				measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(ph.add.p50), fmtDur(ptp.p50), fmtRatio(r99), fmtDur(ph.add.p99), fmtDur(ptp.p99)),
+				goal:     "p50 <= 0.80x"}
+			v.met = r50 <= 0.8
+			if !v.met {
+				v.outcome = "p50 " + missBy(r50, 0.8, false)
+			}
+			vs = append(vs, v)
+		}
+	}
 	if s := r.scale; s != nil {
 		v := verdict{target: fmt.Sprintf("allocator memory per node (%d pods)", s.podsPerNode), measured: fmtBytes(s.perNode), goal: "well under 1 MiB"}
 		v.met = s.perNode < 1<<20
@@ -387,6 +402,22 @@ func (r *results) tables() []table {
 		if len(c.traces) > 0 {
 			t.note += " Process timelines of single commands (strace of execve and exit_group, relative to cnitool's start): " + strings.Join(c.traces, "; ") + "."
 		}
+		ts = append(ts, t)
+	}
+	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
+		ptpAdd, ptpDel := c.add["ptp"][0], c.del["ptp"][0]
+		t := table{id: "cni-real", title: "2b. CNI ADD/DEL with the coild binary and a real kube-apiserver, sequential",
+			header: []string{"case", "ADD p50", "ADD p99", "ADD p50 vs ptp", "DEL p50", "DEL p99", "DEL p50 vs ptp"}}
+		for _, ph := range c.real {
+			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtRatio(float64(ph.add.p50) / float64(ptpAdd.p50)),
+				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtRatio(float64(ph.del.p50) / float64(ptpDel.p50))})
+		}
+		t.note = fmt.Sprintf("The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node "+
+			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes "+
+			"on the same etcd (both reached through forwarders on the node's loopback). \"in the API\": the Pod objects exist with "+
+			"spec.nodeName set, seconds before the ADDs, so coild's informer holds them; \"not in the API yet\": no Pod object (a static pod "+
+			"before its mirror, a watch behind), once with no egress in etcd and once with one, when coild must ask the API server whether the "+
+			"pod is an egress client. Reference: the sequential ptp+host-local run above (ADD p50 %s, DEL p50 %s).", fmtDur(ptpAdd.p50), fmtDur(ptpDel.p50))
 		ts = append(ts, t)
 	}
 	if s := r.scale; s != nil {
