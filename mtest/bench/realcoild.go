@@ -166,7 +166,7 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 		for _, p := range pods {
 			pod := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: p.name},
-				Spec: corev1.PodSpec{NodeName: realNode, Containers: []corev1.Container{{Name: "c", Image: "bench.invalid/pause"}}},
+				Spec:       corev1.PodSpec{NodeName: realNode, Containers: []corev1.Container{{Name: "c", Image: "bench.invalid/pause"}}},
 			}
 			if _, err := kube.CoreV1().Pods(benchNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 				return err
