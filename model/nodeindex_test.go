@@ -308,6 +308,19 @@ func TestNodeIndexFollowsBlocks(t *testing.T) {
 	if got := keys(); len(got) != 0 {
 		t.Fatalf("index after coil-controller released %s: %v", b2.ID(), got)
 	}
+	// The completion mark of a node goes with its record.
+	if _, err := st.OwnBlocks(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(); len(got) != 1 || got[0] != ".complete" {
+		t.Fatalf("index of a node without blocks: %v", got)
+	}
+	if err := st.DeleteNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(); len(got) != 0 {
+		t.Fatalf("index after the node was deleted: %v", got)
+	}
 	if _, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "a/b", ContainerID: "c"}); err == nil {
 		t.Fatal("a node name with a slash took a block")
 	}
