@@ -267,7 +267,8 @@ func startPodCommand(args *skel.CmdArgs) (*call, podRef, context.Context, contex
 // because the kernel takes tens of milliseconds to delete one, and hands
 // the addresses out again only once the veth is gone. A pod that coild
 // holds no address for has nothing of Coil's left but, possibly, its
-// links (an ADD that failed half-way): those the plugin removes itself.
+// links (an ADD that failed half-way): coild says so in its answer, and
+// the plugin removes them itself.
 func CmdDel(args *skel.CmdArgs) error {
 	c, pod, ctx, cancel, err := startPodCommand(args)
 	if err != nil {
@@ -276,15 +277,17 @@ func CmdDel(args *skel.CmdArgs) error {
 	defer cancel()
 
 	att := attachment(args)
-	if _, err := c.client.Get(ctx, pod.Namespace, pod.Name, att); errors.Is(err, api.ErrNotFound) {
-		if err := nodenet.TeardownPod(args.Netns, args.IfName, hostVethName(pod, args)); err != nil {
-			return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
-		}
-	}
-	err = c.client.Release(ctx, pod.Namespace, pod.Name, att)
+	resp, err := c.client.ReleaseLinks(ctx, pod.Namespace, pod.Name, att)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		return coildError(fmt.Sprintf("release address of pod %s (container %s, %s) at coild %s",
 			pod, att.ContainerID, att.Interface, c.conf.Coild), err)
+	}
+	if !resp.RemovesLinks {
+		// No address was held (nothing to protect), or an older coild:
+		// the links are the plugin's to remove.
+		if err := nodenet.TeardownPod(args.Netns, args.IfName, hostVethName(pod, args)); err != nil {
+			return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
+		}
 	}
 	return nil
 }

@@ -81,8 +81,8 @@ func TestDelHoldsAddressUntilLinksGone(t *testing.T) {
 		}
 		addrs[fmt.Sprint(i)] = body["address"].(string)
 	}
-	if code, body := do(t, "DELETE", ts.URL+"/ip/ns/p2/c2", ""); code != 200 {
-		t.Fatalf("DEL = %d %v", code, body)
+	if code, body := do(t, "DELETE", ts.URL+"/ip/ns/p2/c2", ""); code != 200 || body["removesLinks"] != true {
+		t.Fatalf("DEL = %d %v, want 200 saying coild removes the links", code, body)
 	}
 	freed := addrs["2"]
 	want := []string{"detach " + freed + " recorded=true", "remove " + freed + " link 7"}
@@ -106,7 +106,8 @@ func TestDelHoldsAddressUntilLinksGone(t *testing.T) {
 	}
 	// DEL of an attachment holding nothing detaches and removes nothing.
 	links.calls = nil
-	if code, _ := do(t, "DELETE", ts.URL+"/ip/ns/p9/c9", ""); code != 200 || len(links.calls) != 0 {
-		t.Fatalf("DEL of nothing = %d, asked %q", code, links.calls)
+	// The plugin removes the links itself then.
+	if code, body := do(t, "DELETE", ts.URL+"/ip/ns/p9/c9", ""); code != 200 || len(links.calls) != 0 || body["removesLinks"] != nil {
+		t.Fatalf("DEL of nothing = %d %v, asked %q", code, body, links.calls)
 	}
 }

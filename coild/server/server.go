@@ -397,14 +397,13 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, fmt.Errorf("release address of container %s: %w", att.ContainerID, err))
 		return
 	}
-	if released {
-		s.metrics.releases.Inc()
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
 	if !released {
 		free()
+		writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK})
 		return
 	}
+	s.metrics.releases.Inc()
+	writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK, RemovesLinks: true})
 	s.cfg.PodLinks.RemoveLater(addr, link, func() {
 		if s.cfg.Egress != nil {
 			s.cfg.Egress.PodReleased(addr)
