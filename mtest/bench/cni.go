@@ -370,6 +370,10 @@ func waitVethsGone(ctx context.Context, node ns.NetNS) error {
 			}
 			return err
 		})
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			// Links changed during the dump (coild deleting them): ask again.
+			continue
+		}
 		if err != nil || left == 0 {
 			return err
 		}
