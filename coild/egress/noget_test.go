@@ -48,4 +48,23 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 	if n := gets(); n != 1 {
 		t.Errorf("SetupPod with an egress sent %d GETs of the pod, want 1", n)
 	}
+
+	// PrefetchPod, called at the ADD's allocation, starts the one GET
+	// that SetupPod then uses.
+	ctx2, cancel := context.WithCancel(ctx)
+	stop := r.runPrefetch(ctx2)
+	r.PrefetchPod("app", "web")
+	r.PrefetchPod("app", "web") // a retried allocation: still one GET
+	if _, err := r.SetupPod(ctx, addr); err == nil {
+		t.Error("SetupPod of a client before coild is ready succeeded")
+	}
+	if n := gets(); n != 2 {
+		t.Errorf("prefetch and SetupPod sent %d GETs of the pod in all, want 1 more", n)
+	}
+	cancel()
+	stop()
+	r.PrefetchPod("app", "web") // not running: nothing started
+	if n := gets(); n != 2 {
+		t.Errorf("PrefetchPod of a stopped reconciler sent a GET")
+	}
 }

@@ -110,6 +110,9 @@ type Reconciler struct {
 	pools        []netip.Prefix
 	poolsSeen    bool
 
+	// prefetch holds the Pod GETs started at an ADD's allocation.
+	prefetch prefetcher
+
 	// stateMu guards applied; it is never held across kernel work.
 	stateMu sync.Mutex
 	applied map[string]podState
@@ -206,6 +209,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
+	stopPrefetch := r.runPrefetch(ctx)
+	defer stopPrefetch()
 	defer cancel()
 	wg.Go(func() {
 		if err := r.cfg.Store.WatchEgresses(ctx, 2*time.Second, r.setEgresses); err != nil && ctx.Err() == nil {
@@ -670,11 +675,28 @@ func splitKey(k string) (namespace, name string) {
 }
 
 // pod returns the Pod object from the informer's cache, or from the API
-// when the cache does not hold it yet; nil when it does not exist.
+// when the cache does not hold it yet (through the fetch PrefetchPod
+// started, if any); nil when it does not exist.
 func (r *Reconciler) pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	if p := r.pods.localPod(namespace, name); p != nil {
 		return p, nil
 	}
+	if f := r.takePrefetched(namespace, name); f != nil {
+		select {
+		case <-f.done:
+			if f.err == nil {
+				return f.pod, nil
+			}
+			// Failed: ask again below.
+		case <-ctx.Done():
+			return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, ctx.Err())
+		}
+	}
+	return r.getPod(ctx, namespace, name)
+}
+
+// getPod asks the API server for a Pod; nil when it does not exist.
+func (r *Reconciler) getPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	p, err := r.cfg.Kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil

@@ -57,6 +57,12 @@ type Egress interface {
 	PodReleased(addr model.Address)
 }
 
+// podPrefetcher is an Egress that can start fetching what SetupPod of a
+// pod will need while its ADD is still allocating (coild/egress).
+type podPrefetcher interface {
+	PrefetchPod(namespace, name string)
+}
+
 // PodNetNS checks the network namespace paths that requests carry
 // (nodenet): a path from a request is not trusted.
 type PodNetNS interface {
@@ -237,6 +243,11 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	// pool is now.
 	addr, ok := s.cfg.Allocator.Lookup(att)
 	if !ok {
+		if pf, ok := s.cfg.Egress.(podPrefetcher); ok {
+			// POST /egress follows once the plugin has set up the veth;
+			// a Pod it will need from the API server is fetched meanwhile.
+			pf.PrefetchPod(req.PodNamespace, req.PodName)
+		}
 		pool, err := s.cfg.Selector.PoolFor(ctx, req.PodNamespace)
 		if err != nil {
 			s.fail(w, fmt.Errorf("choose pool for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
