@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Coil's image: coil, coild, coilctl, coil-controller and coil-installer,
+# Coil's image: coil, coild, coilctl, coil-controller, coil-installer and
+# coil-egress (the process of managed egress gateway pods),
 # plus the reference CNI plugins the default configuration list chains
 # (installed on a node only where it has none). Build it with
 # `docker build -t ghcr.io/coil-project/coil:dev .` where a Docker engine
@@ -18,7 +19,7 @@ RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 
 COPY . .
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags="-s -w" -o /out/bin/ ./coil ./coild ./coilctl ./coil-controller ./coil-installer
+    go build -ldflags="-s -w" -o /out/bin/ ./coil ./coild ./coilctl ./coil-controller ./coil-installer ./coil-egress
 
 # The reference plugins, at the version go.mod pins for the tests.
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \

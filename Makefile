@@ -14,9 +14,10 @@ ETCD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' go.etcd.io/etcd/server/v
 # etcd and etcdctl built from the etcd Go modules, cached like the CNI tools.
 ETCD_BIN := $(CACHE_DIR)/etcd-$(ETCD_VERSION)
 
-APT_PACKAGES := iproute2 iputils-ping nftables bird2
+# libseccomp-dev: runc of the real-node tests is built with seccomp.
+APT_PACKAGES := iproute2 iputils-ping nftables bird2 libseccomp-dev
 
-BINARIES := coil coild coilctl coil-controller coil-installer
+BINARIES := coil coild coilctl coil-controller coil-installer coil-egress
 
 # The runtime image and the sandbox ("pause") image of the test nodes, which
 # `make image` writes as tarballs into bin/ (no Docker engine needed).
@@ -27,7 +28,7 @@ export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build image test vet fuzz mtest demo demo-down kube-apiserver bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build image test vet fuzz mtest demo demo-cnitool demo-down kube-apiserver kube-node bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -62,19 +63,33 @@ fuzz: deps
 	done
 
 # End-to-end: multi-node clusters of network namespaces with real etcd,
-# kube-apiserver (built once into the cache), coild, coil-controller, BIRD.
-mtest: deps build kube-apiserver
+# kube-apiserver (built once into the cache), coild, coil-controller, BIRD;
+# and real nodes (kubelet, containerd, runc; Coil installed from deploy/
+# with the image of `make image`).
+mtest: deps build image kube-apiserver kube-node
 	$(GO) test -count=1 -timeout 25m -v ./mtest/
 
-# A local 3-node cluster left running; `make demo-down` removes it.
-demo: deps build kube-apiserver
+# A local 3-node cluster of kubelet nodes with Coil installed from deploy/,
+# left running; `make demo-down` removes it.
+demo: deps build image kube-apiserver kube-node
 	$(GO) run ./mtest/demo up
+
+# The same demo without kubelet nodes: coild started directly, the CNI
+# reference client standing in for the kubelet.
+demo-cnitool: deps build kube-apiserver
+	$(GO) run ./mtest/demo up --cnitool
 
 demo-down:
 	$(GO) run ./mtest/demo down
 
 kube-apiserver:
 	$(GO) run ./internal/testenv/kubeapi/ensure
+
+# kubelet, kube-scheduler, kube-controller-manager and kubectl from the
+# Kubernetes module, containerd and runc from theirs, cached like the API
+# server (the first build takes about 10 minutes on two cores).
+kube-node:
+	$(GO) run ./internal/testenv/kubenode/ensure
 
 # Benchmarks against references measured in the same run; rewrites the
 # generated part of docs/benchmarks.md and the throughput chart.

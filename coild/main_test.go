@@ -33,8 +33,9 @@ func TestParseFlags(t *testing.T) {
 				return c.NodeName == "n1" && c.HTTPAddr == "127.0.0.1:9383" && c.SocketPath == "/run/coild.sock" &&
 					c.TableID == 119 && c.ProtocolID == 30 && c.Kubeconfig == "" && c.MetricsAddr == "" &&
 					c.ScanInterval == time.Minute && c.BlockReleaseGrace == 5*time.Minute && !c.FlatL2 &&
-					c.NodeAddresses == nil && c.EgressBypass == nil && c.Etcd.Prefix == "/coil/" &&
-					c.KubeQPS == 50 && c.KubeBurst == 100 && c.Validate() == nil
+					c.NodeAddresses == nil && c.EgressBypass == nil && c.Etcd.Prefix == "/coil/" && c.Validate() == nil &&
+					c.EgressProbeInterval == 200*time.Millisecond && c.EgressProbeMisses == 3 &&
+					c.KubeQPS == 50 && c.KubeBurst == 100
 			},
 		},
 		{
@@ -58,6 +59,34 @@ func TestParseFlags(t *testing.T) {
 			check: func(c daemon.Config) bool {
 				return c.NodeName == "flag" && c.Etcd.Prefix == "/other/" && c.ScanInterval == 30*time.Second &&
 					slices.Equal(c.NodeAddresses, []netip.Addr{netip.MustParseAddr("192.0.2.7")})
+			},
+		},
+		{
+			name: "probes",
+			args: []string{"--node-name=n3", "--egress-probe-interval=50ms", "--egress-probe-misses=5"},
+			check: func(c daemon.Config) bool {
+				return c.EgressProbeInterval == 50*time.Millisecond && c.EgressProbeMisses == 5 && c.Validate() == nil
+			},
+		},
+		{
+			name:  "probes off",
+			args:  []string{"--node-name=n3", "--egress-probe-interval=0", "--egress-probe-misses=0"},
+			check: func(c daemon.Config) bool { return c.EgressProbeInterval == 0 && c.Validate() == nil },
+		},
+		{
+			name: "probe interval too short",
+			args: []string{"--node-name=n3", "--egress-probe-interval=1ms"},
+			check: func(c daemon.Config) bool {
+				err := c.Validate()
+				return err != nil && strings.Contains(err.Error(), "--egress-probe-interval")
+			},
+		},
+		{
+			name: "no misses",
+			args: []string{"--node-name=n3", "--egress-probe-misses=0"},
+			check: func(c daemon.Config) bool {
+				err := c.Validate()
+				return err != nil && strings.Contains(err.Error(), "--egress-probe-misses")
 			},
 		},
 		{name: "bad node address", args: []string{"--node-address=192.0.2.300"}, wantErr: "--node-address"},

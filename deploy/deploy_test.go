@@ -705,6 +705,8 @@ var (
 	eventsR = schema.GroupVersionResource{Version: "v1", Resource: "events"}
 	leaseR  = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
 	dsR     = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
+	depR    = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
+	pdbR    = schema.GroupVersionResource{Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"}
 )
 
 // applyKinds creates, for real, the rendered objects of the given kinds on
@@ -755,6 +757,7 @@ func TestRBAC(t *testing.T) {
 			{"get", cmR, namespace, "coil-config", false},
 			{"create", podsR, "default", "p", false},
 			{"delete", podsR, "default", "p", false},
+			{"create", depR, "default", "d", false},
 			{"patch", nsR, "", "default", false},
 			{"create", leaseR, namespace, "x", false},
 			{"patch", dsR, namespace, "coild", false},
@@ -780,6 +783,23 @@ func TestRBAC(t *testing.T) {
 			{"get", secretR, namespace, "coil-etcd-tls", false},
 			{"list", secretR, "", "", false},
 			{"list", nsR, "", "", false},
+			// Managed egress gateways, in any namespace.
+			{"list", depR, "", "", true},
+			{"watch", depR, "", "", true},
+			{"get", depR, "internet-egress", "nat-gateway", true},
+			{"create", depR, "internet-egress", "nat-gateway", true},
+			{"update", depR, "internet-egress", "nat-gateway", true},
+			{"delete", depR, "internet-egress", "nat-gateway", true},
+			{"patch", depR, "internet-egress", "nat-gateway", false},
+			{"list", pdbR, "", "", true},
+			{"watch", pdbR, "", "", true},
+			{"create", pdbR, "internet-egress", "nat-gateway", true},
+			{"update", pdbR, "internet-egress", "nat-gateway", true},
+			{"delete", pdbR, "internet-egress", "nat-gateway", true},
+			{"patch", pdbR, "internet-egress", "nat-gateway", false},
+			{"create", podsR, "internet-egress", "p", false},
+			{"patch", dsR, namespace, "coild", false},
+			{"delete", dsR, namespace, "coild", false},
 		}},
 		// A service account without bindings: every allowed answer above
 		// comes from the rendered RBAC.

@@ -117,7 +117,7 @@ func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owne
 	}
 	subnet, index, ok := s.pickFreeBlock(&p, owner.Node, taken)
 	if !ok {
-		return Block{}, Address{}, fmt.Errorf("%w: all %d blocks of pool %q are owned", ErrPoolExhausted, p.NumBlocks(), poolName)
+		return Block{}, Address{}, exhausted(&p)
 	}
 	v4, v6 := p.BlockPrefixes(subnet, index)
 	now := time.Now().UTC()
@@ -200,6 +200,9 @@ func (s *Store) ClaimBlock(ctx context.Context, b Block, a Address) (Block, Addr
 		if v4, v6 := p.BlockPrefixes(b.Subnet, b.Index); v4 != b.IPv4 || v6 != b.IPv6 {
 			return ErrBlockLost
 		}
+		if p.SubnetDrained(b.Subnet) {
+			return s.settleDrained(ctx, &b, &a)
+		}
 		nb, na, err := s.createBlock(ctx, poolRev, b, a)
 		if errors.Is(err, errBlockTaken) {
 			return ErrBlockLost
@@ -215,12 +218,49 @@ func (s *Store) ClaimBlock(ctx context.Context, b Block, a Address) (Block, Addr
 	return b, a, nil
 }
 
-// pickFreeBlock chooses a free block, starting the search at a position
-// derived from the node name so that nodes acquiring at the same moment
-// mostly try different blocks instead of fighting over the first free one.
+// exhausted explains why pickFreeBlock found no block: every block owned,
+// or every free one in a drained subnet.
+func exhausted(p *Pool) error {
+	if p.Drained {
+		return fmt.Errorf("%w: pool %q is %w", ErrPoolExhausted, p.Name, ErrDrained)
+	}
+	var drained []string
+	for _, sn := range p.Subnets {
+		if sn.Drained {
+			drained = append(drained, sn.String())
+		}
+	}
+	if len(drained) > 0 {
+		return fmt.Errorf("%w: no free block in the subnets of pool %q that are not drained (%w: %s)",
+			ErrPoolExhausted, p.Name, ErrDrained, strings.Join(drained, " "))
+	}
+	return fmt.Errorf("%w: all %d blocks of pool %q are owned", ErrPoolExhausted, p.NumBlocks(), p.Name)
+}
+
+// settleDrained settles a lost acquisition in a subnet drained since: the
+// drain rewrote the pool, so a delayed copy of the request, which compares
+// the pool's old revision, can no longer commit, and the block must not be
+// taken now. The node holds it only if the lost request committed first.
+func (s *Store) settleDrained(ctx context.Context, b *Block, a *Address) error {
+	resp, err := s.kv.Get(ctx, s.blockKey(b.Pool, b.Subnet, b.Index))
+	if err != nil {
+		return etcdErr("get block", err)
+	}
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != encode(*b) {
+		return ErrBlockLost
+	}
+	b.Revision = resp.Kvs[0].CreateRevision
+	a.Revision = resp.Kvs[0].CreateRevision
+	return nil
+}
+
+// pickFreeBlock chooses a free block of a subnet that is not drained,
+// starting the search at a position derived from the node name so that
+// nodes acquiring at the same moment mostly try different blocks instead
+// of fighting over the first free one.
 func (s *Store) pickFreeBlock(p *Pool, node string, taken map[string]bool) (subnet, index int, ok bool) {
 	total := p.NumBlocks()
-	if len(taken) >= total {
+	if len(taken) >= total || p.Drained {
 		return 0, 0, false
 	}
 	h := fnv.New32a()
@@ -237,7 +277,7 @@ func (s *Store) pickFreeBlock(p *Pool, node string, taken map[string]bool) (subn
 			}
 			sub -= n
 		}
-		if !taken[s.blockKey(p.Name, sub, idx)] {
+		if !p.SubnetDrained(sub) && !taken[s.blockKey(p.Name, sub, idx)] {
 			return sub, idx, true
 		}
 	}

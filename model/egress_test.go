@@ -41,6 +41,14 @@ func TestEgressValidate(t *testing.T) {
 		{"not canonical", model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}}, model.ErrInvalidCIDR},
 		{"mapped", model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("::ffff:192.0.2.0/120")}}, model.ErrInvalidCIDR},
 		{"duplicate", model.Egress{Namespace: "internet", Name: "nat", Destinations: append(slices.Clone(dst), dst...)}, model.ErrDuplicateDestination},
+		{"managed", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: 2}, nil},
+		{"managed with image", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: 1, Image: "registry.example.com/gw@sha256:0123"}, nil},
+		{"negative replicas", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: -1}, model.ErrInvalidGateways},
+		{"too many replicas", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: model.MaxGatewayReplicas + 1}, model.ErrInvalidGateways},
+		{"image without replicas", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Image: "pause"}, model.ErrInvalidGateways},
+		{"image with space", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: 1, Image: "pause --privileged"}, model.ErrInvalidGateways},
+		{"image like a flag", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: 1, Image: "-x"}, model.ErrInvalidGateways},
+		{"image too long", model.Egress{Namespace: "internet", Name: "nat", Destinations: dst, Replicas: 1, Image: strings.Repeat("a", 513)}, model.ErrInvalidGateways},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,5 +352,67 @@ func TestUpdateEgress(t *testing.T) {
 	}
 	if got.VNI != e.VNI {
 		t.Errorf("VNI changed from %d to %d", e.VNI, got.VNI)
+	}
+}
+
+// TestChangeEgressGateways: replicas and image change in place and are
+// stored; refused changes write nothing; replicas 0 clears the image.
+func TestChangeEgressGateways(t *testing.T) {
+	ctx := context.Background()
+	st, cli := newStore(t)
+	e, err := st.CreateEgress(ctx, model.Egress{Namespace: "internet", Name: "nat", Destinations: mustPrefixes(t, "0.0.0.0/0"), Replicas: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.GetEgress(ctx, "internet", "nat"); err != nil || got.Replicas != 2 || got.Image != "" || !got.Managed() {
+		t.Fatalf("created %+v, %v", got, err)
+	}
+	i32 := func(v int32) *int32 { return &v }
+	str := func(v string) *string { return &v }
+	steps := []struct {
+		name     string
+		c        model.EgressChange
+		replicas int32
+		image    string
+		changed  bool
+	}{
+		{"scale", model.EgressChange{Replicas: i32(3)}, 3, "", true},
+		{"image", model.EgressChange{Image: str("registry.example.com/pause:3.10")}, 3, "registry.example.com/pause:3.10", true},
+		{"same again", model.EgressChange{Replicas: i32(3), Image: str("registry.example.com/pause:3.10")}, 3, "registry.example.com/pause:3.10", false},
+		{"default image", model.EgressChange{Image: str("")}, 3, "", true},
+		{"both and a destination", model.EgressChange{Replicas: i32(1), Image: str("gw:1"), Destinations: model.DestinationChange{Add: mustPrefixes(t, "::/0")}}, 1, "gw:1", true},
+		{"bring your own", model.EgressChange{Replicas: i32(0)}, 0, "", true},
+	}
+	for _, s := range steps {
+		before := dump(t, cli, st.Prefix())
+		got, changed, err := st.ChangeEgress(ctx, "internet", "nat", s.c)
+		if err != nil || changed != s.changed || got.Replicas != s.replicas || got.Image != s.image {
+			t.Fatalf("%s: UpdateEgress = %+v, changed %v, %v", s.name, got, changed, err)
+		}
+		stored, err := st.GetEgress(ctx, "internet", "nat")
+		if err != nil || stored.Replicas != s.replicas || stored.Image != s.image || stored.VNI != e.VNI {
+			t.Fatalf("%s: stored %+v, %v", s.name, stored, err)
+		}
+		if after := dump(t, cli, st.Prefix()); (fmt.Sprint(after) != fmt.Sprint(before)) != s.changed {
+			t.Fatalf("%s: etcd changed %v, want %v", s.name, !s.changed, s.changed)
+		}
+	}
+
+	for _, c := range []struct {
+		name string
+		c    model.EgressChange
+	}{
+		{"image of bring-your-own gateways", model.EgressChange{Image: str("gw:1")}},
+		{"negative", model.EgressChange{Replicas: i32(-2)}},
+		{"too many", model.EgressChange{Replicas: i32(model.MaxGatewayReplicas + 1)}},
+		{"bad image", model.EgressChange{Replicas: i32(1), Image: str("gw 1")}},
+	} {
+		before := dump(t, cli, st.Prefix())
+		if _, _, err := st.ChangeEgress(ctx, "internet", "nat", c.c); !errors.Is(err, model.ErrInvalidGateways) {
+			t.Errorf("%s: error = %v, want ErrInvalidGateways", c.name, err)
+		}
+		if after := dump(t, cli, st.Prefix()); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("%s: a refused update changed etcd", c.name)
+		}
 	}
 }

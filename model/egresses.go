@@ -40,7 +40,25 @@ type Egress struct {
 	// VNI identifies the egress's tunnels; unique among egresses.
 	VNI       uint32    `json:"vni"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Replicas above 0 asks coil-controller to run that many gateway pods
+	// for the egress (a Deployment and a PodDisruptionBudget in
+	// Namespace); 0 leaves the gateways to the user.
+	Replicas int32 `json:"replicas,omitempty"`
+	// Image is the gateway pods' image when Replicas > 0; empty runs
+	// coil-controller's default, the Coil image.
+	Image string `json:"image,omitempty"`
 }
+
+// MaxGatewayReplicas bounds Egress.Replicas: a gateway per node of a large
+// cluster is already more than clients need.
+const MaxGatewayReplicas = 1000
+
+// maxImageLen bounds Egress.Image, well above the longest reference a
+// registry takes (name 255 plus tag or digest).
+const maxImageLen = 512
+
+// Managed reports whether coil-controller runs the egress's gateways.
+func (e Egress) Managed() bool { return e.Replicas > 0 }
 
 // Key is "<namespace>/<name>", how egresses are named everywhere.
 func (e Egress) Key() string { return e.Namespace + "/" + e.Name }
@@ -78,6 +96,27 @@ func (e *Egress) Validate() error {
 			return fmt.Errorf("%w: %s in egress %s", ErrDuplicateDestination, d, e.Key())
 		}
 		seen[d] = true
+	}
+	return e.validateGateways()
+}
+
+// validateGateways checks Replicas and Image: an image only for managed
+// gateways, and one that a container runtime could take as a reference
+// (no spaces or control characters, no leading '-' that a tool might take
+// for an option).
+func (e *Egress) validateGateways() error {
+	if e.Replicas < 0 || e.Replicas > MaxGatewayReplicas {
+		return fmt.Errorf("%w: egress %s: replicas %d not in 0..%d", ErrInvalidGateways, e.Key(), e.Replicas, MaxGatewayReplicas)
+	}
+	if e.Image == "" {
+		return nil
+	}
+	if e.Replicas == 0 {
+		return fmt.Errorf("%w: egress %s: an image needs replicas above 0 (coil-controller runs the gateways only then)", ErrInvalidGateways, e.Key())
+	}
+	if len(e.Image) > maxImageLen || strings.HasPrefix(e.Image, "-") ||
+		strings.ContainsFunc(e.Image, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return fmt.Errorf("%w: egress %s: image %q is not an image reference", ErrInvalidGateways, e.Key(), e.Image)
 	}
 	return nil
 }
@@ -280,14 +319,60 @@ func (c DestinationChange) Apply(e *Egress) error {
 	return nil
 }
 
-// UpdateEgress changes the destinations of an existing egress in place:
-// its VNI, creation time and key stay, so nodes only reprogram the routes
-// of the destinations that changed. It returns the stored record and
-// whether it changed. The record is rewritten only if it is unchanged
-// since it was read (retrying a bounded number of times otherwise), so
-// concurrent updates never lose one another's edits. Fails with
-// ErrEgressNotFound or a validation error, changing nothing.
+// EgressChange is an edit of an egress: its destinations, and the
+// gateways coil-controller runs for it. Nil fields are left as they are.
+type EgressChange struct {
+	Destinations DestinationChange
+	// Replicas, when set, becomes Egress.Replicas; 0 hands the gateways
+	// back to the user and also clears the image.
+	Replicas *int32
+	// Image, when set, becomes Egress.Image; "" is the default image.
+	Image *string
+}
+
+// Apply edits e as DestinationChange.Apply does, then sets the gateway
+// fields; the result is validated like a new egress. On error e is
+// unchanged.
+func (c EgressChange) Apply(e *Egress) error {
+	next := *e
+	if err := c.Destinations.Apply(&next); err != nil {
+		return err
+	}
+	if c.Replicas != nil {
+		next.Replicas = *c.Replicas
+		if next.Replicas == 0 {
+			next.Image = ""
+		}
+	}
+	if c.Image != nil {
+		next.Image = *c.Image
+	}
+	if err := next.Validate(); err != nil {
+		return err
+	}
+	*e = next
+	return nil
+}
+
+// sameEgress reports whether two records of one egress say the same.
+func sameEgress(a, b Egress) bool {
+	return slices.Equal(a.Destinations, b.Destinations) && a.Replicas == b.Replicas && a.Image == b.Image
+}
+
+// UpdateEgress changes the destinations of an existing egress in place,
+// as ChangeEgress does with only a destination change.
 func (s *Store) UpdateEgress(ctx context.Context, namespace, name string, change DestinationChange) (Egress, bool, error) {
+	return s.ChangeEgress(ctx, namespace, name, EgressChange{Destinations: change})
+}
+
+// ChangeEgress changes an existing egress in place: its destinations and
+// its managed gateways. Its VNI, creation time and key stay, so nodes only
+// reprogram the routes of the destinations that changed. It returns the
+// stored record and whether it changed. The record is rewritten only if it
+// is unchanged since it was read (retrying a bounded number of times
+// otherwise), so concurrent updates never lose one another's edits. Fails
+// with ErrEgressNotFound or a validation error, changing nothing.
+func (s *Store) ChangeEgress(ctx context.Context, namespace, name string, change EgressChange) (Egress, bool, error) {
 	key := s.egressKey(namespace, name)
 	var rec Egress
 	var changed bool
@@ -309,7 +394,7 @@ func (s *Store) UpdateEgress(ctx context.Context, namespace, name string, change
 			return err
 		}
 		rec = next
-		if changed = !slices.Equal(next.Destinations, cur.Destinations); !changed {
+		if changed = !sameEgress(next, cur); !changed {
 			return nil
 		}
 		tx, err := s.kv.Txn(ctx).

@@ -33,6 +33,19 @@ var (
 	ErrPoolInUse = errors.New("pool has blocks in use")
 	// ErrPoolExhausted: every block of the pool is owned by some node.
 	ErrPoolExhausted = errors.New("pool exhausted")
+	// ErrDrained: the pool or subnet is drained, so it gives no new
+	// block. Errors of AcquireBlock that wrap it wrap ErrPoolExhausted too.
+	ErrDrained = errors.New("drained")
+	// ErrSubnetNotFound: the pool has no subnet with that prefix.
+	ErrSubnetNotFound = errors.New("subnet not found")
+	// ErrNotDrained: a subnet must be drained before it is removed.
+	ErrNotDrained = errors.New("subnet not drained")
+	// ErrSubnetInUse: nodes still own blocks of the subnet (errors
+	// wrapping it are *SubnetInUseError, which names them).
+	ErrSubnetInUse = errors.New("subnet has blocks in use")
+	// ErrLastSubnet: the pool's only subnet cannot be removed; delete the
+	// pool instead.
+	ErrLastSubnet = errors.New("last subnet of the pool")
 	// ErrBlockLost: the block is no longer owned by the caller (released
 	// or reclaimed since the caller learned of it).
 	ErrBlockLost = errors.New("block no longer owned")
@@ -60,6 +73,9 @@ var (
 	// ErrInvalidChange: an edit of an egress's destinations that
 	// contradicts itself (replace and add, add and remove the same one).
 	ErrInvalidChange = errors.New("invalid destination change")
+	// ErrInvalidGateways: managed gateways (replicas, image) an egress
+	// cannot have.
+	ErrInvalidGateways = errors.New("invalid egress gateways")
 	// ErrEgressExists: an egress of that namespace and name already exists.
 	ErrEgressExists = errors.New("egress already exists")
 	// ErrEgressNotFound: no egress of that namespace and name.

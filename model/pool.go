@@ -24,6 +24,14 @@ var dns1123Label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 type Subnet struct {
 	IPv4 netip.Prefix `json:"ipv4,omitzero"`
 	IPv6 netip.Prefix `json:"ipv6,omitzero"`
+	// Drained subnets give no new blocks; blocks already owned stay
+	// (Store.SetDrained).
+	Drained bool `json:"drained,omitempty"`
+	// Removed marks the place of a subnet taken out of the pool
+	// (Store.RemoveSubnet). It has no prefixes and no blocks; it stays in
+	// the list because a subnet's position is part of the keys of the
+	// blocks and addresses of the subnets after it.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // Pool is a named set of subnets cut into blocks of 2^BlockSizeBits addresses.
@@ -31,6 +39,9 @@ type Pool struct {
 	Name          string   `json:"name"`
 	BlockSizeBits int      `json:"blockSizeBits"`
 	Subnets       []Subnet `json:"subnets"`
+	// Drained pools give no new blocks from any subnet; nodes keep the
+	// blocks they own and allocate in them (Store.SetDrained).
+	Drained bool `json:"drained,omitempty"`
 }
 
 // ParseSubnet parses a subnet as given on a command line: first is an IPv4
@@ -81,6 +92,12 @@ func parseCanonical(s string) (netip.Prefix, error) {
 
 // Validate checks the subnet on its own.
 func (s Subnet) Validate() error {
+	if s.Removed {
+		if s.IPv4.IsValid() || s.IPv6.IsValid() || s.Drained {
+			return fmt.Errorf("%w: a removed subnet keeps no prefix nor drain mark", ErrInvalidCIDR)
+		}
+		return nil
+	}
 	if !s.IPv4.IsValid() && !s.IPv6.IsValid() {
 		return fmt.Errorf("%w: empty subnet", ErrInvalidCIDR)
 	}
@@ -97,9 +114,12 @@ func (s Subnet) Validate() error {
 	return nil
 }
 
-// String shows the subnet as "10.0.0.0/16", "fd00::/112" or "10.0.0.0/16,fd00::/112".
+// String shows the subnet as "10.0.0.0/16", "fd00::/112" or
+// "10.0.0.0/16,fd00::/112" ("removed" for the place of a removed one).
 func (s Subnet) String() string {
 	switch {
+	case s.Removed:
+		return "removed"
 	case s.IPv4.IsValid() && s.IPv6.IsValid():
 		return s.IPv4.String() + "," + s.IPv6.String()
 	case s.IPv4.IsValid():
@@ -137,9 +157,19 @@ func (s Subnet) Overlaps(o Subnet) bool {
 	return s.IPv6.IsValid() && o.IPv6.IsValid() && s.IPv6.Overlaps(o.IPv6)
 }
 
-// NumBlocks is how many blocks of 2^blockSizeBits the subnet holds.
+// NumBlocks is how many blocks of 2^blockSizeBits the subnet holds (none
+// once removed).
 func (s Subnet) NumBlocks(blockSizeBits int) int {
+	if s.Removed {
+		return 0
+	}
 	return 1 << (s.HostBits() - blockSizeBits)
+}
+
+// Contains reports whether prefix is one of the subnet's prefixes, which is
+// how an operator names a subnet (either family of a dual-stack pair).
+func (s Subnet) Contains(prefix netip.Prefix) bool {
+	return !s.Removed && prefix.IsValid() && (prefix == s.IPv4 || prefix == s.IPv6)
 }
 
 // Validate checks a pool on its own (not against other pools).
@@ -150,16 +180,22 @@ func (p *Pool) Validate() error {
 	if p.BlockSizeBits < 0 || p.BlockSizeBits > MaxBlockSizeBits {
 		return fmt.Errorf("%w: block size bits %d not in 0..%d", ErrInvalidBlockSize, p.BlockSizeBits, MaxBlockSizeBits)
 	}
-	if len(p.Subnets) == 0 {
+	if p.Family() == "" {
 		return fmt.Errorf("%w: pool %q has no subnet", ErrInvalidCIDR, p.Name)
 	}
 	for i, s := range p.Subnets {
+		if s.Removed {
+			if err := s.Validate(); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := p.validateSubnet(s); err != nil {
 			return err
 		}
-		if s.Family() != p.Subnets[0].Family() {
+		if s.Family() != p.Family() {
 			return fmt.Errorf("%w: subnet %s is %s but pool %q is %s: all subnets of a pool serve the same families",
-				ErrInvalidCIDR, s, s.Family(), p.Name, p.Subnets[0].Family())
+				ErrInvalidCIDR, s, s.Family(), p.Name, p.Family())
 		}
 		for _, o := range p.Subnets[:i] {
 			if s.Overlaps(o) {
@@ -184,12 +220,33 @@ func (p *Pool) validateSubnet(s Subnet) error {
 	return nil
 }
 
-// Family tells which families the pool's pods get ("ipv4", "ipv6" or "dual").
+// Family tells which families the pool's pods get ("ipv4", "ipv6" or
+// "dual"), by its first subnet not removed.
 func (p *Pool) Family() string {
-	if len(p.Subnets) == 0 {
-		return ""
+	for _, s := range p.Subnets {
+		if !s.Removed {
+			return s.Family()
+		}
 	}
-	return p.Subnets[0].Family()
+	return ""
+}
+
+// FindSubnet returns the position of the subnet one of whose prefixes is
+// prefix.
+func (p *Pool) FindSubnet(prefix netip.Prefix) (int, bool) {
+	for i, s := range p.Subnets {
+		if s.Contains(prefix) {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// SubnetDrained reports whether subnet i gives no new blocks: it or the
+// whole pool is drained, or it is removed.
+func (p *Pool) SubnetDrained(i int) bool {
+	s := p.Subnets[i]
+	return p.Drained || s.Drained || s.Removed
 }
 
 // BlockSize is the number of addresses in one block.

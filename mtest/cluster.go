@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,7 +22,9 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
+	kubenodetest "github.com/coil-project/coil/internal/testenv/kubenode"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -47,12 +51,19 @@ type Options struct {
 	Controller bool
 	// ControllerArgs are extra coil-controller flags.
 	ControllerArgs []string
+	// CoildArgs are extra coild flags.
+	CoildArgs []string
 	// Detached daemons outlive the process that started the cluster (the
 	// demo); Teardown removes them.
 	Detached bool
 	// External adds a host outside the cluster behind the fabric, for
 	// egress: see Cluster.External.
 	External bool
+	// RealNodes runs kube-scheduler, kube-controller-manager and, in
+	// every node namespace, containerd and a kubelet; Coil is not started
+	// by the suite but installed from deploy/ (InstallCoil). Coil's etcd
+	// then requires TLS client certificates, as in production.
+	RealNodes bool
 }
 
 // Cluster is a running test bed.
@@ -78,6 +89,12 @@ type Cluster struct {
 	rr         *process
 	// External is the host outside the cluster (Options.External).
 	External *External
+	// etcdCerts are the PKI of Coil's etcd when it requires TLS.
+	etcdCerts *etcdtest.Certs
+	// kubeBins and kubeProcs are the real-node clusters' Kubernetes
+	// programs and the controllers running in the ctl namespace.
+	kubeBins  *realNodeBinaries
+	kubeProcs []*process
 
 	mu      sync.Mutex
 	pids    []int
@@ -93,7 +110,9 @@ type Node struct {
 	Socket string
 	coild  *process
 	bird   *process
-	c      *Cluster
+	// kube is the node's kubelet and containerd (Options.RealNodes).
+	kube *kubenodetest.Node
+	c    *Cluster
 }
 
 var clusterSeq atomic.Int64
@@ -137,6 +156,12 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if err := c.startAPIServer(ctx); err != nil {
 		return nil, err
+	}
+	if opts.RealNodes {
+		if err := c.startRealNodes(ctx); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	for _, n := range c.Nodes {
 		if _, err := c.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{}); err != nil {
@@ -308,10 +333,19 @@ func (c *Cluster) startEtcd() error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("etcd binary %s missing: run `make deps`", bin)
 	}
+	scheme := "http"
+	if c.opts.RealNodes {
+		certs, err := etcdtest.GenerateCerts(filepath.Join(c.Dir, "etcd-pki"), net.ParseIP(ctlV4))
+		if err != nil {
+			return fmt.Errorf("etcd certificates: %w", err)
+		}
+		c.etcdCerts = certs
+		scheme = "https"
+	}
 	var initial []string
 	for i := 0; i < c.opts.EtcdMembers; i++ {
 		initial = append(initial, fmt.Sprintf("m%d=http://%s:%d", i, ctlV4, 2380+100*i))
-		c.etcdURLs = append(c.etcdURLs, fmt.Sprintf("http://%s:%d", ctlV4, 2379+100*i))
+		c.etcdURLs = append(c.etcdURLs, fmt.Sprintf("%s://%s:%d", scheme, ctlV4, 2379+100*i))
 	}
 	for i := 0; i < c.opts.EtcdMembers; i++ {
 		if err := c.startEtcdMember(i, strings.Join(initial, ","), "new"); err != nil {
@@ -335,7 +369,16 @@ func (c *Cluster) startEtcd() error {
 func (c *Cluster) startEtcdMember(i int, initial, state string) error {
 	name := fmt.Sprintf("m%d", i)
 	peer := fmt.Sprintf("http://%s:%d", ctlV4, 2380+100*i)
-	p, err := c.start(c.ctl, "etcd-"+name, nil, etcdBin(),
+	var tlsArgs []string
+	if c.etcdCerts != nil {
+		tlsArgs = []string{
+			"--cert-file", c.etcdCerts.ServerCert,
+			"--key-file", c.etcdCerts.ServerKey,
+			"--client-cert-auth",
+			"--trusted-ca-file", c.etcdCerts.CA,
+		}
+	}
+	p, err := c.start(c.ctl, "etcd-"+name, nil, etcdBin(), append([]string{
 		"--name", name,
 		"--data-dir", filepath.Join(c.Dir, "etcd-"+name),
 		"--listen-client-urls", c.etcdURLs[i],
@@ -346,7 +389,7 @@ func (c *Cluster) startEtcdMember(i int, initial, state string) error {
 		"--initial-cluster-state", state,
 		"--initial-cluster-token", c.id,
 		"--log-level", "error",
-	)
+	}, tlsArgs...)...)
 	if err != nil {
 		return err
 	}
@@ -373,12 +416,28 @@ func (c *Cluster) RestartEtcdMember(i int) error {
 // Etcdctl runs etcdctl against the cluster from the ctl namespace.
 func (c *Cluster) Etcdctl(args ...string) (string, error) {
 	bin := filepath.Join(filepath.Dir(etcdBin()), "etcdctl")
-	return runIn(c.ctl, nil, bin, append([]string{"--endpoints", c.EtcdEndpoints(), "--dial-timeout", "2s", "--command-timeout", "5s"}, args...)...)
+	flags := []string{"--endpoints", c.EtcdEndpoints(), "--dial-timeout", "2s", "--command-timeout", "5s"}
+	if c.etcdCerts != nil {
+		flags = append(flags, "--cacert", c.etcdCerts.CA, "--cert", c.etcdCerts.ClientCert, "--key", c.etcdCerts.ClientKey)
+	}
+	return runIn(c.ctl, nil, bin, append(flags, args...)...)
 }
 
 // Coilctl runs coilctl from the ctl namespace.
 func (c *Cluster) Coilctl(args ...string) (string, error) {
-	return runIn(c.ctl, []string{"COILCTL_ETCD_ENDPOINTS=" + c.EtcdEndpoints()}, filepath.Join(c.BinDir, "coilctl"), args...)
+	return runIn(c.ctl, c.coilctlEnv(), filepath.Join(c.BinDir, "coilctl"), args...)
+}
+
+// coilctlEnv is the environment that points coilctl at Coil's etcd.
+func (c *Cluster) coilctlEnv() []string {
+	env := []string{"COILCTL_ETCD_ENDPOINTS=" + c.EtcdEndpoints()}
+	if c.etcdCerts != nil {
+		env = append(env,
+			"COILCTL_ETCD_TLS_CA="+c.etcdCerts.CA,
+			"COILCTL_ETCD_TLS_CERT="+c.etcdCerts.ClientCert,
+			"COILCTL_ETCD_TLS_KEY="+c.etcdCerts.ClientKey)
+	}
+	return env
 }
 
 // ctlDialer dials from inside the ctl namespace, where the API server is.
@@ -402,13 +461,25 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		return err
 	}
 	c.kubeEtcd = p
-	s, err := kubeapitest.Start(ctx, kubeapitest.Options{
+	opts := kubeapitest.Options{
 		EtcdEndpoint: kubeEtcdURL,
 		Dir:          mkdir(filepath.Join(c.Dir, "apiserver")),
 		NetNS:        "/var/run/netns/" + c.ctl,
 		BindAddress:  ctlV4,
 		Dial:         c.ctlDialer,
-	})
+		Detached:     c.opts.Detached,
+	}
+	if c.opts.RealNodes {
+		// Pods get service-account tokens; the DaemonSet is privileged;
+		// every kubelet has its own node identity.
+		opts.ServiceAccounts = true
+		// kubectl logs: the nodes' names are in no DNS here.
+		opts.ExtraArgs = []string{"--allow-privileged=true", "--kubelet-preferred-address-types=InternalIP"}
+		for _, n := range c.Nodes {
+			opts.Users = append(opts.Users, kubeapitest.User{Name: "system:node:" + n.Name, Groups: []string{"system:nodes"}})
+		}
+	}
+	s, err := kubeapitest.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("start kube-apiserver: %w", err)
 	}
@@ -456,7 +527,9 @@ func (n *Node) StartCoild() error {
 		"--liveness-ttl", "5s",
 		// The node network stays direct for egress clients.
 		"--egress-bypass", "192.168.100.0/24,fd00:100::/64",
+		"--metrics-addr", coildMetricsAddr,
 	}
+	args = append(args, n.c.opts.CoildArgs...)
 	if n.c.opts.FlatL2 {
 		args = append(args, "--flat-l2")
 	}
@@ -466,6 +539,66 @@ func (n *Node) StartCoild() error {
 	}
 	n.coild = p
 	return nil
+}
+
+// coildMetricsAddr and controllerMetricsAddr are where coild (in each
+// node's namespace) and coil-controller (in the ctl namespace) serve
+// /metrics.
+const (
+	coildMetricsAddr      = "127.0.0.1:9384"
+	controllerMetricsAddr = "127.0.0.1:9386"
+)
+
+// Metrics scrapes coild's /metrics.
+func (n *Node) Metrics(ctx context.Context) (string, error) {
+	return scrape(ctx, n.NetNS, coildMetricsAddr)
+}
+
+// ControllerMetrics scrapes coil-controller's /metrics; on real nodes,
+// the leading replica's, from inside the first node (pod addresses are
+// routed only between the nodes).
+func (c *Cluster) ControllerMetrics(ctx context.Context) (string, error) {
+	if c.kubeBins == nil {
+		return scrape(ctx, c.ctl, controllerMetricsAddr)
+	}
+	pods, err := c.Kube.CoreV1().Pods("coil-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=coil-controller"})
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" {
+			continue
+		}
+		m, err := scrape(ctx, c.Nodes[0].NetNS, net.JoinHostPort(p.Status.PodIP, "9386"))
+		if err == nil && strings.Contains(m, "\ncoil_controller_leader 1") {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("no leading coil-controller pod answers")
+}
+
+// scrape GETs http://addr/metrics from inside netns.
+func scrape(ctx context.Context, netns, addr string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			return dialIn("/var/run/netns/"+netns, ctx, network, a)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("scrape %s in %s: %w", addr, netns, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("scrape %s in %s: %s %v", addr, netns, resp.Status, err)
+	}
+	return string(body), nil
 }
 
 // WaitReady waits for coild's /readyz through its socket.
@@ -495,13 +628,27 @@ func (n *Node) KillCoild() { n.coild.kill() }
 // StopCoild shuts coild down gracefully.
 func (n *Node) StopCoild() { n.coild.stop() }
 
-// CoildLog returns the end of coild's log.
-func (n *Node) CoildLog() string { return n.coild.logTail() }
+// CoildLog returns the end of coild's log; on a real node, where the
+// kubelet runs coild, the ends of the kubelet's and containerd's logs.
+func (n *Node) CoildLog() string {
+	if n.kube != nil {
+		return n.kube.Logs()
+	}
+	if n.coild == nil {
+		return ""
+	}
+	return n.coild.logTail()
+}
 
 // Routes returns the routes of a table in the node ("main", "119").
 func (n *Node) Routes(family, table string) ([]RouteInfo, error) {
 	out, err := run("ip", "-n", n.NetNS, "-j", family, "route", "show", "table", table)
 	if err != nil {
+		// A table with no route yet (single-stack pools leave the other
+		// family's table empty) is no error.
+		if strings.Contains(err.Error(), "FIB table does not exist") {
+			return nil, nil
+		}
 		return nil, err
 	}
 	var routes []RouteInfo
@@ -549,7 +696,14 @@ func (c *Cluster) Close() {
 	if c.rr != nil {
 		procs = append(procs, c.rr)
 	}
+	procs = append(procs, c.kubeProcs...)
 	var wg sync.WaitGroup
+	for _, n := range c.Nodes {
+		if n.kube != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); n.kube.Stop() }()
+		}
+	}
 	for _, p := range procs {
 		wg.Add(1)
 		go func() { defer wg.Done(); p.kill() }()
@@ -613,6 +767,8 @@ type state struct {
 	Dir     string   `json:"dir"`
 	PIDs    []int    `json:"pids"`
 	NetNSes []string `json:"netnses"`
+	// KubeNodes are the real nodes (Options.RealNodes).
+	KubeNodes []kubenodetest.State `json:"kubeNodes,omitempty"`
 }
 
 // SaveState writes what Teardown needs into path.
@@ -623,6 +779,11 @@ func (c *Cluster) SaveState(path string) error {
 		st.NetNSes = append(st.NetNSes, p.NetNS)
 	}
 	c.mu.Unlock()
+	for _, n := range c.Nodes {
+		if n.kube != nil {
+			st.KubeNodes = append(st.KubeNodes, n.kube.State())
+		}
+	}
 	if c.apiserver != nil {
 		if pid := c.apiserver.PID(); pid > 0 {
 			st.PIDs = append(st.PIDs, pid)
@@ -646,6 +807,11 @@ func Teardown(path string) error {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("parse %s: %w", path, err)
 	}
+	for _, kn := range st.KubeNodes {
+		// kubelet, containerd, shims and containers first: they hold the
+		// pods' namespaces and the node's cgroups.
+		kubenodetest.Cleanup(kn)
+	}
 	for _, pid := range st.PIDs {
 		// Each daemon leads its own session; kill the whole group.
 		syscall.Kill(-pid, syscall.SIGKILL)
@@ -660,3 +826,41 @@ func Teardown(path string) error {
 	}
 	return os.Remove(path)
 }
+
+// PowerOff makes the node vanish as a power loss would, without telling the
+// API: the node's uplink loses its carrier (its port on the fabric goes
+// down, so nothing reaches the node or its pods and nothing leaves them)
+// and its coild is frozen. The Node and its Pods stay as they were in the
+// API. PowerOn undoes it.
+func (n *Node) PowerOff() error {
+	if n.kube != nil {
+		// A real node freezes whole: kubelet, containerd, coild's pod.
+		n.kube.Signal(syscall.SIGSTOP)
+	} else {
+		n.coild.signal(syscall.SIGSTOP)
+	}
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "down")
+	return err
+}
+
+// PowerOn brings a node back after PowerOff: its coild goes on where it was
+// frozen, its uplink gets its carrier back.
+func (n *Node) PowerOn() error {
+	_, err := run("ip", "-n", n.c.fabric, "link", "set", n.Name, "up")
+	if n.kube != nil {
+		n.kube.Signal(syscall.SIGCONT)
+	} else {
+		n.coild.signal(syscall.SIGCONT)
+	}
+	return err
+}
+
+// FreezeCoild stops the node's coild where it is (SIGSTOP), ThawCoild lets
+// it go on: the data path stays as coild left it.
+func (n *Node) FreezeCoild() { n.coild.signal(syscall.SIGSTOP) }
+
+// ThawCoild undoes FreezeCoild.
+func (n *Node) ThawCoild() { n.coild.signal(syscall.SIGCONT) }
+
+// Cluster returns the cluster the node belongs to.
+func (n *Node) Cluster() *Cluster { return n.c }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +17,9 @@ import (
 // host sees as the source; a pod without the annotation cannot get an
 // answer; a coild restart leaves exactly one copy of every setting; when
 // a gateway goes away its clients move to the other one within 5 seconds;
-// deleting the egress removes the tunnels.
+// changing the egress's destinations in place moves the clients' routes
+// without cutting connections to the destinations that stay; deleting the
+// egress removes the tunnels.
 func TestEgress(t *testing.T) {
 	c := newCluster(t, Options{Nodes: 3, FlatL2: true, External: true})
 	ctx := context.Background()
@@ -84,6 +88,27 @@ func TestEgress(t *testing.T) {
 			return nil
 		}); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("gateway metrics count the clients' traffic", func(t *testing.T) {
+		m, err := chosen.Node.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := fmt.Sprintf(`pod="%s/%s"`, chosen.Namespace, chosen.Name)
+		for metric, min := range map[string]float64{
+			"coild_egress_gateway_masqueraded_packets_total": 1,
+			"coild_egress_gateway_masqueraded_bytes_total":   1,
+			"coild_egress_gateway_conntrack_limit":           1,
+		} {
+			v, ok := sampleOf(m, metric, pod)
+			if !ok || v < min {
+				t.Errorf("%s of %s on %s: %v (found %v), want at least %v", metric, chosen.Name, chosen.Node.Name, v, ok, min)
+			}
+		}
+		if _, ok := sampleOf(m, "coild_egress_gateway_conntrack_entries", pod); !ok {
+			t.Errorf("no coild_egress_gateway_conntrack_entries for %s", chosen.Name)
 		}
 	})
 
@@ -172,6 +197,46 @@ func TestEgress(t *testing.T) {
 		chosen = other
 	})
 
+	step(t, "destinations changed in place: routes follow, unchanged destinations keep their connections", func(t *testing.T) {
+		conv, err := client.Converse(ext.Echo4, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conv.Close()
+		talk := func() {
+			t.Helper()
+			if seen, err := conv.SeenAs(3 * time.Second); err != nil || gateways[seen] == nil {
+				t.Fatalf("the open IPv4 connection is seen as %s (%v), want a gateway", seen, err)
+			}
+		}
+		talk()
+		start := time.Now()
+		mustCoilctl(t, c, "egress", "update", "internet", "nat", "--remove-destination", externalNet6)
+		if err := Eventually(10*time.Second, func() error {
+			if seen, err := client.SeenAs(ext.Server6, time.Second); err == nil {
+				return fmt.Errorf("IPv6 still goes out (seen as %s) after its destination was removed", seen)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("destination removed: the client's IPv6 traffic left the egress within %v", time.Since(start).Round(time.Millisecond))
+		talk()
+		start = time.Now()
+		mustCoilctl(t, c, "egress", "update", "internet", "nat", "--add-destination", externalNet6)
+		if err := Eventually(10*time.Second, func() error {
+			seen, err := client.SeenAs(ext.Server6, time.Second)
+			if err != nil || gateways[seen] == nil {
+				return fmt.Errorf("IPv6 seen as %s (%v), want a gateway", seen, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("destination added: the client's IPv6 traffic went through a gateway within %v", time.Since(start).Round(time.Millisecond))
+		talk()
+	})
+
 	step(t, "deleting the egress removes the tunnels", func(t *testing.T) {
 		mustCoilctl(t, c, "egress", "delete", "internet", "nat")
 		if err := Eventually(10*time.Second, func() error {
@@ -192,4 +257,18 @@ func TestEgress(t *testing.T) {
 			t.Errorf("the client still reaches the external host without the egress")
 		}
 	})
+}
+
+// sampleOf returns the value of the first sample of metric whose labels
+// contain label (for example pod="ns/name") in a Prometheus text scrape.
+func sampleOf(scrape, metric, label string) (float64, bool) {
+	for _, line := range strings.Split(scrape, "\n") {
+		if !strings.HasPrefix(line, metric+"{") || !strings.Contains(line, label) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		return v, err == nil
+	}
+	return 0, false
 }

@@ -34,9 +34,14 @@ type External struct {
 	NetNS string
 	// Server4 and Server6 are the peer-reporting servers.
 	Server4, Server6 netip.AddrPort
-	c                *Cluster
-	listeners        []net.Listener
-	wg               sync.WaitGroup
+	// Echo4 and Echo6 keep connections open and answer every line with
+	// the address the connection comes from (see Conversation).
+	Echo4, Echo6 netip.AddrPort
+	c            *Cluster
+	listeners    []net.Listener
+	wg           sync.WaitGroup
+	mu           sync.Mutex
+	conns        []net.Conn
 }
 
 func (c *Cluster) buildExternal() (*External, error) {
@@ -65,22 +70,30 @@ func (c *Cluster) buildExternal() (*External, error) {
 		return nil, err
 	}
 	for _, a := range []string{ExternalV4, ExternalV6} {
-		ap, err := e.serve(netip.MustParseAddr(a))
-		if err != nil {
-			e.close()
-			return nil, err
-		}
-		if ap.Addr().Is4() {
-			e.Server4 = ap
-		} else {
-			e.Server6 = ap
+		for _, echo := range []bool{false, true} {
+			ap, err := e.serve(netip.MustParseAddr(a), echo)
+			if err != nil {
+				e.close()
+				return nil, err
+			}
+			switch {
+			case ap.Addr().Is4() && echo:
+				e.Echo4 = ap
+			case ap.Addr().Is4():
+				e.Server4 = ap
+			case echo:
+				e.Echo6 = ap
+			default:
+				e.Server6 = ap
+			}
 		}
 	}
 	return e, nil
 }
 
-// serve starts a peer-reporting server on addr inside the external host.
-func (e *External) serve(addr netip.Addr) (netip.AddrPort, error) {
+// serve starts a peer-reporting server on addr inside the external host;
+// echo makes it answer every line of long-lived connections instead.
+func (e *External) serve(addr netip.Addr, echo bool) (netip.AddrPort, error) {
 	target, err := ns.GetNS("/var/run/netns/" + e.NetNS)
 	if err != nil {
 		return netip.AddrPort{}, err
@@ -104,8 +117,28 @@ func (e *External) serve(addr netip.Addr) (netip.AddrPort, error) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintln(conn, netip.MustParseAddrPort(conn.RemoteAddr().String()).Addr().Unmap())
-			conn.Close()
+			peer := netip.MustParseAddrPort(conn.RemoteAddr().String()).Addr().Unmap()
+			if !echo {
+				fmt.Fprintln(conn, peer)
+				conn.Close()
+				continue
+			}
+			e.mu.Lock()
+			e.conns = append(e.conns, conn)
+			e.mu.Unlock()
+			// Ends when the client or close closes the connection.
+			e.wg.Go(func() {
+				defer conn.Close()
+				r := bufio.NewReader(conn)
+				for {
+					if _, err := r.ReadString('\n'); err != nil {
+						return
+					}
+					if _, err := fmt.Fprintln(conn, peer); err != nil {
+						return
+					}
+				}
+			})
 		}
 	})
 	return netip.MustParseAddrPort(ln.Addr().String()), nil
@@ -115,6 +148,11 @@ func (e *External) close() {
 	for _, l := range e.listeners {
 		l.Close()
 	}
+	e.mu.Lock()
+	for _, c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
 	e.wg.Wait()
 }
 
@@ -162,9 +200,16 @@ func (e *External) RouteBlocks(pool string) error {
 // SeenAs connects from the pod to one of the external host's servers and
 // returns the address the server saw the connection come from.
 func (p *Pod) SeenAs(target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
+	return SeenFrom("/var/run/netns/"+p.NetNS, target, timeout)
+}
+
+// SeenFrom connects from the network namespace at nsPath to one of the
+// external host's servers and returns the address the server saw the
+// connection come from.
+func SeenFrom(nsPath string, target netip.AddrPort, timeout time.Duration) (netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := dialIn("/var/run/netns/"+p.NetNS, ctx, "tcp", target.String())
+	conn, err := dialIn(nsPath, ctx, "tcp", target.String())
 	if err != nil {
 		return netip.Addr{}, err
 	}
@@ -176,6 +221,41 @@ func (p *Pod) SeenAs(target netip.AddrPort, timeout time.Duration) (netip.Addr, 
 	}
 	return netip.ParseAddr(strings.TrimSpace(line))
 }
+
+// Conversation is a long-lived connection from a pod to an echo server of
+// the external host.
+type Conversation struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// Converse opens a connection from the pod to target (Echo4 or Echo6).
+func (p *Pod) Converse(target netip.AddrPort, timeout time.Duration) (*Conversation, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := dialIn("/var/run/netns/"+p.NetNS, ctx, "tcp", target.String())
+	if err != nil {
+		return nil, err
+	}
+	return &Conversation{conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+// SeenAs sends a line and returns the address the server saw the
+// connection come from.
+func (c *Conversation) SeenAs(timeout time.Duration) (netip.Addr, error) {
+	c.conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintln(c.conn, "?"); err != nil {
+		return netip.Addr{}, err
+	}
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return netip.ParseAddr(strings.TrimSpace(line))
+}
+
+// Close closes the connection.
+func (c *Conversation) Close() error { return c.conn.Close() }
 
 // EgressState is what egress programmed in a pod's network namespace,
 // counted with ip, bridge and nft (independently of Coil's own code).
@@ -254,4 +334,51 @@ func (p *Pod) EgressState() (EgressState, error) {
 		}
 	}
 	return st, nil
+}
+
+// FirstSeenAs opens a new connection from the pod to target every 20 ms,
+// each allowed half a second, until one is seen from outside as an
+// address for which want is true; it returns how long after start the
+// first such attempt began. Overlapping attempts make the figure
+// independent of how long a failing attempt hangs, and an attempt ends
+// before TCP would retransmit its SYN (after a second), so a success is
+// always that of the attempt's first SYN. ok is false if none succeeds
+// before limit after start.
+func (p *Pod) FirstSeenAs(target netip.AddrPort, want func(netip.Addr) bool, start time.Time, limit time.Duration) (took time.Duration, ok bool) {
+	return FirstSeenFrom("/var/run/netns/"+p.NetNS, target, want, start, limit)
+}
+
+// FirstSeenFrom is FirstSeenAs from the network namespace at nsPath.
+func FirstSeenFrom(nsPath string, target netip.AddrPort, want func(netip.Addr) bool, start time.Time, limit time.Duration) (took time.Duration, ok bool) {
+	type result struct {
+		began time.Time
+		ok    bool
+	}
+	results := make(chan result, 1024)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var first time.Time
+	for first.IsZero() || time.Since(first) < 600*time.Millisecond {
+		select {
+		case <-tick.C:
+			if !first.IsZero() {
+				continue // only the attempts in flight may be earlier
+			}
+			if time.Since(start) > limit {
+				return 0, false
+			}
+			wg.Go(func() {
+				began := time.Now()
+				seen, err := SeenFrom(nsPath, target, 500*time.Millisecond)
+				results <- result{began, err == nil && want(seen)}
+			})
+		case r := <-results:
+			if r.ok && (first.IsZero() || r.began.Before(first)) {
+				first = r.began
+			}
+		}
+	}
+	return first.Sub(start), true
 }

@@ -24,6 +24,11 @@ type EgressTunnel struct {
 	// destinations are then unreachable rather than sent on the normal
 	// path with the pod's own address (fail closed).
 	Gateway netip.Addr
+	// Established are the addresses of the egress's other gateways that
+	// are still alive (draining ones included): connections the pod
+	// opened through one of them go on through it, while new ones take
+	// Gateway (egress_sticky.go).
+	Established []netip.Addr
 }
 
 // EgressClient is the whole egress configuration of one client pod.
@@ -97,7 +102,7 @@ func SyncEgressClient(netnsPath string, cfg EgressClient) error {
 	}
 	tunnels := slices.Clone(cfg.Tunnels)
 	slices.SortFunc(tunnels, func(a, b EgressTunnel) int { return cmp.Compare(a.VNI, b.VNI) })
-	err := inPodNS(netnsPath, func(ns.NetNS) error { return syncClient(&cfg, tunnels) })
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error { return syncClient(podNS, &cfg, tunnels) })
 	if err != nil {
 		return fmt.Errorf("sync egress client in %s: %w", netnsPath, err)
 	}
@@ -107,7 +112,7 @@ func SyncEgressClient(netnsPath string, cfg EgressClient) error {
 // TeardownEgressClient removes every egress client setting from the pod's
 // namespace. A namespace that is gone already is success.
 func TeardownEgressClient(netnsPath string) error {
-	err := inPodNS(netnsPath, func(ns.NetNS) error { return syncClient(&EgressClient{}, nil) })
+	err := inPodNS(netnsPath, func(podNS ns.NetNS) error { return syncClient(podNS, &EgressClient{}, nil) })
 	if err != nil && !netnsGone(err) {
 		return fmt.Errorf("tear down egress client in %s: %w", netnsPath, err)
 	}
@@ -115,7 +120,7 @@ func TeardownEgressClient(netnsPath string) error {
 }
 
 // syncClient runs inside the pod's namespace.
-func syncClient(cfg *EgressClient, tunnels []EgressTunnel) error {
+func syncClient(podNS ns.NetNS, cfg *EgressClient, tunnels []EgressTunnel) error {
 	mtu := 0
 	if len(tunnels) > 0 {
 		var err error
@@ -144,6 +149,16 @@ func syncClient(cfg *EgressClient, tunnels []EgressTunnel) error {
 		errs = append(errs, err)
 	}
 	if err := syncRules([]int{EgressBypassPriority, EgressClientPriority}, clientRules(cfg, tunnels)); err != nil {
+		errs = append(errs, err)
+	}
+	// Only tunnels whose device is there steer connections.
+	var live []EgressTunnel
+	for _, t := range tunnels {
+		if _, ok := links[EgressClientLinkName(t.VNI)]; ok {
+			live = append(live, t)
+		}
+	}
+	if err := programClientNFT(int(podNS.Fd()), live); err != nil {
 		errs = append(errs, err)
 	}
 
@@ -240,8 +255,13 @@ func clientRules(cfg *EgressClient, tunnels []EgressTunnel) []*netlink.Rule {
 	bypass = append(bypass, linkLocalV4, linkLocalV6)
 	for _, t := range tunnels {
 		if t.Gateway.IsValid() {
-			g := t.Gateway.Unmap()
-			bypass = append(bypass, netip.PrefixFrom(g, g.BitLen()))
+			// The outer packets, to the gateway and to those that
+			// keep established connections, stay out of the tunnels.
+			for _, g := range append([]netip.Addr{t.Gateway}, t.Established...) {
+				if g = g.Unmap(); g.IsValid() {
+					bypass = append(bypass, netip.PrefixFrom(g, g.BitLen()))
+				}
+			}
 		}
 	}
 	var rules []*netlink.Rule

@@ -264,6 +264,11 @@ const (
 	// gateway's VNI that came from no client and were dropped. It survives
 	// every sync (only teardown removes it), so it only grows.
 	EgressGuardCounter = "foreign-vxlan"
+	// EgressMasqueradeCounter is the named counter of the packets (and
+	// bytes) the gateway sent out masqueraded: those of connections that
+	// came in through the tunnel, leaving by the uplink after source NAT.
+	// Like the guard's counter it survives syncs.
+	EgressMasqueradeCounter = "masqueraded"
 	// egressClientSet4 and egressClientSet6 hold the outer addresses of
 	// the gateway's current clients, the only sources its VXLAN device
 	// takes packets from.
@@ -282,13 +287,21 @@ const (
 //	    meta nfproto ipv4 meta l4proto udp udp dport 4789 @th,96,24 <vni>
 //	      ip saddr != @clients4 counter name foreign-vxlan drop
 //	    meta nfproto ipv6 meta l4proto udp udp dport 4789 @th,96,24 <vni>
-//	      ip6 saddr != @clients6 counter name foreign-vxlan drop }
+//	      ip6 saddr != @clients6 counter name foreign-vxlan drop
+//	    icmp type echo-request @th,64,32 <probe magic> @th,96,32 set <vni>
+//	    icmpv6 type echo-request @th,64,32 <probe magic> @th,96,32 set <vni> }
 //	  chain prerouting { type filter hook prerouting priority mangle;
 //	    iifname "egg4-…" ct mark set 0xc011
 //	    iifname "eth0" ct mark 0xc011 meta mark set 0xc011 }
 //	  chain postrouting { type nat hook postrouting priority srcnat;
 //	    oifname "eth0" ct mark 0xc011 masquerade }
+//	  counter masqueraded {}
+//	  chain masqueraded { type filter hook postrouting priority srcnat + 1;
+//	    oifname "eth0" ct mark 0xc011 counter name masqueraded }
 //	}
+//
+// The NAT chain sees only the first packet of a connection, so the packets
+// and bytes masqueraded are counted in a filter chain right after it.
 //
 // The input chain is the guard: the kernel hands a VXLAN packet to the
 // tunnel device only after the input hook, so a packet of this VNI from an
@@ -306,9 +319,9 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		return err
 	}
 	// Add the table (a no-op if it exists), delete every chain, set and
-	// object an earlier run or crash left in it but the drop counter, and
-	// add them afresh: the transaction leaves exactly this, and the counter
-	// keeps its count. Deleting a chain deletes its rules first, which
+	// object an earlier run or crash left in it but the counters, and add
+	// them afresh: the transaction leaves exactly this, and the counters
+	// keep their counts. Deleting a chain deletes its rules first, which
 	// frees the sets for deletion.
 	conn.AddTable(t)
 	for _, c := range old.chains {
@@ -318,11 +331,12 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		conn.DelSet(s)
 	}
 	for _, o := range old.objects {
-		if o.Name != EgressGuardCounter {
+		if o.Name != EgressGuardCounter && o.Name != EgressMasqueradeCounter {
 			conn.DeleteObject(o)
 		}
 	}
 	conn.AddObj(&nftables.CounterObj{Table: t, Name: EgressGuardCounter})
+	conn.AddObj(&nftables.CounterObj{Table: t, Name: EgressMasqueradeCounter})
 	sets, err := addClientSets(conn, t, cfg.Clients)
 	if err != nil {
 		return err
@@ -339,6 +353,10 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 	post := conn.AddChain(&nftables.Chain{
 		Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+	})
+	counted := conn.AddChain(&nftables.Chain{
+		Name: "masqueraded", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 1),
 	})
 
 	vni := binaryutil.BigEndian.PutUint32(cfg.VNI)[1:]
@@ -370,6 +388,28 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		}})
 	}
 
+	// Probe stamp: an echo request opening with EgressProbeMagic gets the
+	// VNI written after the magic, and the kernel's reply carries it back
+	// (egress_probe.go). The ICMP checksum is updated with the data.
+	for _, p := range []struct{ nfproto, l4proto, echo byte }{
+		{unix.NFPROTO_IPV4, unix.IPPROTO_ICMP, 8},
+		{unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, 128},
+	} {
+		conn.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.nfproto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.l4proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.echo}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint32(EgressProbeMagic)},
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint32(cfg.VNI)},
+			&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
+				Offset: 12, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: 2},
+		}})
+	}
+
 	mark := binaryutil.NativeEndian.PutUint32(EgressMark)
 	for _, dev := range devices {
 		conn.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: []expr.Any{
@@ -393,6 +433,13 @@ func programGatewayNFT(nsFd int, cfg *EgressGateway, devices []string) error {
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
 		&expr.Masq{},
+	}})
+	conn.AddRule(&nftables.Rule{Table: t, Chain: counted, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nftIfName(cfg.Uplink)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: EgressMasqueradeCounter},
 	}})
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("program nftables table %s: %w", EgressNFTable, err)

@@ -245,7 +245,7 @@ func TestEgressGatewayGuard(t *testing.T) {
 			if err := SyncEgressGateway(b.gwA.Path(), gateway); err != nil {
 				t.Fatal(err)
 			}
-			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 6, NFTSets: 2, NFTTable: true}); got != want {
+			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 9, NFTSets: 2, NFTTable: true}); got != want {
 				t.Errorf("gateway without clients holds %+v, want %+v", got, want)
 			}
 			sendUDP(t, b.client, sink, []byte("removed client"))

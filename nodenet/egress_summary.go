@@ -30,6 +30,9 @@ type EgressSummary struct {
 	// NFTElements the elements of those sets.
 	NFTTable                       bool
 	NFTRules, NFTSets, NFTElements int
+	// ClientNFTRules counts the rules of a client's table
+	// EgressClientNFTable (steering established connections).
+	ClientNFTRules int
 }
 
 // SummarizeEgress counts the egress settings in the namespace at netnsPath.
@@ -98,6 +101,21 @@ func summarizeNFT(nsFd int, sum *EgressSummary) error {
 		return fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
+		if t.Name == EgressClientNFTable {
+			chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+			if err != nil {
+				return fmt.Errorf("list nftables chains: %w", err)
+			}
+			for _, c := range chains {
+				if c.Table.Name == EgressClientNFTable {
+					rules, err := conn.GetRules(t, c)
+					if err != nil {
+						return fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+					}
+					sum.ClientNFTRules += len(rules)
+				}
+			}
+		}
 		if t.Name != EgressNFTable {
 			continue
 		}
@@ -140,7 +158,30 @@ func summarizeNFT(nsFd int, sum *EgressSummary) error {
 // that was not one of its clients (the counter EgressGuardCounter). The
 // count grows across syncs; it is 0 where no gateway is programmed.
 func EgressGatewayDrops(netnsPath string) (uint64, error) {
-	var packets uint64
+	st, err := ReadEgressGatewayStats(netnsPath)
+	return st.ForeignDrops, err
+}
+
+// EgressGatewayStats is what a gateway pod's namespace counts.
+type EgressGatewayStats struct {
+	// ForeignDrops: VXLAN packets dropped because they came from no
+	// client (EgressGuardCounter).
+	ForeignDrops uint64
+	// MasqueradedPackets and MasqueradedBytes: what the gateway sent out
+	// for its clients, after source NAT (EgressMasqueradeCounter).
+	MasqueradedPackets, MasqueradedBytes uint64
+	// ConntrackEntries is the number of connections the namespace's
+	// conntrack table holds; ConntrackMax the most it may hold (the
+	// host's nf_conntrack_max, which every namespace shares as its
+	// limit). A full table drops new connections.
+	ConntrackEntries, ConntrackMax uint64
+}
+
+// ReadEgressGatewayStats reads the counters of the gateway pod whose
+// namespace is at netnsPath. The nftables counters are 0 where no gateway
+// is programmed; they grow across syncs.
+func ReadEgressGatewayStats(netnsPath string) (EgressGatewayStats, error) {
+	var st EgressGatewayStats
 	err := inPodNS(netnsPath, func(podNS ns.NetNS) error {
 		conn, err := nftables.New(nftables.WithNetNSFd(int(podNS.Fd())))
 		if err != nil {
@@ -152,14 +193,27 @@ func EgressGatewayDrops(netnsPath string) (uint64, error) {
 			return err
 		}
 		for _, o := range got.objects {
-			if c, ok := o.Obj.(*expr.Counter); ok && o.Name == EgressGuardCounter {
-				packets = c.Packets
+			c, ok := o.Obj.(*expr.Counter)
+			if !ok {
+				continue
+			}
+			switch o.Name {
+			case EgressGuardCounter:
+				st.ForeignDrops = c.Packets
+			case EgressMasqueradeCounter:
+				st.MasqueradedPackets, st.MasqueradedBytes = c.Packets, c.Bytes
 			}
 		}
-		return nil
+		// /proc/sys/net shows the namespace of the thread that opens it:
+		// this one, inside the pod's namespace.
+		if st.ConntrackEntries, err = readSysctlUint("net/netfilter/nf_conntrack_count"); err != nil {
+			return err
+		}
+		st.ConntrackMax, err = readSysctlUint("net/netfilter/nf_conntrack_max")
+		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("egress gateway drops in %s: %w", netnsPath, err)
+		return EgressGatewayStats{}, fmt.Errorf("egress gateway counters in %s: %w", netnsPath, err)
 	}
-	return packets, nil
+	return st, nil
 }

@@ -218,18 +218,20 @@ func TestEgressDataPath(t *testing.T) {
 			// Client: one device, one FDB entry, two next hops; rules:
 			// per family the pod net, link-local, the gateway (its
 			// family only) and the table; one route per destination.
-			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2}
+			// One nftables rule tags new connections with the gateway.
+			wantClient := EgressSummary{Links: 1, FDB: 1, Neighs: 2, Rules: 2*3 + 1, ClientRoutes: 2, ClientNFTRules: 1}
 			if first[0] != wantClient {
 				t.Errorf("client holds %+v, want %+v", first[0], wantClient)
 			}
 			// Gateway: a device per family, one FDB entry and two
 			// neighbours (for the client's two addresses) on the one of
 			// the client's outer family; a route per client address, a
-			// rule per family, six nftables rules (one per device, the
-			// mark restore, the masquerade, a VXLAN guard per family)
+			// rule per family, seven nftables rules (one per device, the
+			// mark restore, the masquerade and its counter, a VXLAN
+			// guard per family)
 			// and the two client sets holding the client's outer
 			// address.
-			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 6, NFTSets: 2, NFTElements: 1, NFTTable: true}
+			wantGateway := EgressSummary{Links: 2, FDB: 1, Neighs: 2, Rules: 2, GatewayRoutes: 2, NFTRules: 9, NFTSets: 2, NFTElements: 1, NFTTable: true}
 			if first[1] != wantGateway {
 				t.Errorf("gateway holds %+v, want %+v", first[1], wantGateway)
 			}
@@ -245,6 +247,34 @@ func TestEgressDataPath(t *testing.T) {
 				if seen != srv.want {
 					t.Errorf("external host saw the client as %s, want the gateway %s", seen, srv.want)
 				}
+			}
+			// The gateway counted what it masqueraded, and conntrack
+			// holds the connections; another sync keeps the counts, and
+			// more traffic raises them.
+			before, err := ReadEgressGatewayStats(b.gwA.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before.MasqueradedPackets == 0 || before.MasqueradedBytes < before.MasqueradedPackets*20 ||
+				before.ConntrackEntries == 0 || before.ConntrackMax < before.ConntrackEntries || before.ForeignDrops != 0 {
+				t.Errorf("gateway counters after traffic: %+v", before)
+			}
+			if err := SyncEgressGateway(b.gwA.Path(), gateway(gatewayAV4, gatewayAV6, me)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := seenAs(b.client, b.server4, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			after, err := ReadEgressGatewayStats(b.gwA.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.MasqueradedPackets <= before.MasqueradedPackets || after.MasqueradedBytes <= before.MasqueradedBytes {
+				t.Errorf("masquerade counters went from %+v to %+v after a sync and a connection", before, after)
+			}
+			// Nothing masqueraded by the idle gateway B.
+			if idle, err := ReadEgressGatewayStats(b.gwB.Path()); err != nil || idle.MasqueradedPackets != 0 {
+				t.Errorf("idle gateway counters %+v, %v", idle, err)
 			}
 			// Destinations not claimed by the egress keep the normal path.
 			if err := dial(b.client, listen(t, b.host, hostV4)); err != nil {
@@ -268,7 +298,7 @@ func TestEgressDataPath(t *testing.T) {
 			if got := countEgress(t, b.client); got != wantClient {
 				t.Errorf("client after the move holds %+v, want %+v", got, wantClient)
 			}
-			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 6, NFTSets: 2, NFTTable: true}); got != want {
+			if got, want := countEgress(t, b.gwA), (EgressSummary{Links: 2, Rules: 2, NFTRules: 9, NFTSets: 2, NFTTable: true}); got != want {
 				t.Errorf("old gateway holds %+v, want %+v", got, want)
 			}
 			seen, err := seenAs(b.client, b.server4, 5*time.Second)

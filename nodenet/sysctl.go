@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // procSys is where sysctls live. /proc/sys/net shows the network namespace
@@ -47,4 +49,21 @@ func disableDAD(ifName string) error {
 		return nil
 	}
 	return err
+}
+
+// readSysctlUint reads one numeric sysctl given as a path under /proc/sys.
+// A missing file (a module not loaded, so nothing to count) reads as 0.
+func readSysctlUint(name string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(procSys, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read sysctl %s: %w", name, err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("sysctl %s: %w", name, err)
+	}
+	return v, nil
 }

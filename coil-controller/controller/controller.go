@@ -38,6 +38,8 @@ type Store interface {
 	ReleaseAddress(ctx context.Context, a model.Address) error
 	// NodeAlive reports whether the node's coild holds its liveness key.
 	NodeAlive(ctx context.Context, node string) (bool, error)
+	// ListPools returns every pool, for the capacity metrics.
+	ListPools(ctx context.Context) ([]model.Pool, error)
 }
 
 // Defaults of Options, also the defaults of coil-controller's flags.
@@ -49,6 +51,8 @@ const (
 	DefaultMaxNodeReleaseRatio = 0.5
 	DefaultResyncPeriod        = 10 * time.Minute
 	DefaultNodeRecheck         = 30 * time.Second
+	// DefaultPoolUsageWarning is the default of PoolUsageWarning.
+	DefaultPoolUsageWarning = 0.85
 )
 
 // minOperationTimeout bounds one node clean-up, and one sweep unless the
@@ -63,6 +67,11 @@ const (
 	// EventNodeReleaseRefused is recorded on the kube-system Namespace
 	// when the sweep refuses to release missing nodes (the cap tripped).
 	EventNodeReleaseRefused = "NodeReleaseRefused"
+	// EventPoolUsageHigh is recorded on the kube-system Namespace when a
+	// pool's usage ratio rises to PoolUsageWarning, EventPoolUsageNormal
+	// when it falls below again.
+	EventPoolUsageHigh   = "PoolUsageHigh"
+	EventPoolUsageNormal = "PoolUsageNormal"
 )
 
 // Options tune a Controller. Zero values take the defaults above.
@@ -90,6 +99,9 @@ type Options struct {
 	// deferred (pods still bound to it, its coild alive) is looked at
 	// again.
 	NodeRecheckInterval time.Duration
+	// PoolUsageWarning is the usage ratio (model.Capacity.Ratio) at which
+	// a pool gets a warning event and log line, once per crossing.
+	PoolUsageWarning float64
 	// Recorder receives Kubernetes events; nil records none.
 	Recorder record.EventRecorder
 	// Metrics receives the metrics; nil keeps them unregistered.
@@ -110,6 +122,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxNodeReleaseRatio <= 0 || o.MaxNodeReleaseRatio > 1 {
 		o.MaxNodeReleaseRatio = DefaultMaxNodeReleaseRatio
+	}
+	if o.PoolUsageWarning <= 0 {
+		o.PoolUsageWarning = DefaultPoolUsageWarning
 	}
 	if o.ResyncPeriod <= 0 {
 		o.ResyncPeriod = DefaultResyncPeriod
@@ -145,6 +160,9 @@ type Controller struct {
 
 	// tracker is used by the sweep loop only.
 	tracker *graceTracker
+	// usageHigh holds the pools at or above PoolUsageWarning at the last
+	// sweep; used by the sweep loop only.
+	usageHigh map[string]bool
 }
 
 // New returns a controller acting on store and watching the API through
@@ -152,11 +170,12 @@ type Controller struct {
 func New(store Store, client kubernetes.Interface, opts Options) *Controller {
 	opts.setDefaults()
 	return &Controller{
-		store:   store,
-		client:  client,
-		opts:    opts,
-		log:     opts.Logger,
-		tracker: newGraceTracker(),
+		store:     store,
+		client:    client,
+		opts:      opts,
+		log:       opts.Logger,
+		tracker:   newGraceTracker(),
+		usageHigh: map[string]bool{},
 	}
 }
 
@@ -499,6 +518,11 @@ func (c *Controller) sweep(ctx context.Context) error {
 	}
 	rep := audit.Compare(snap, nodes, pods, podsSynced, time.Now())
 	c.opts.Metrics.observe(rep)
+	// Capacity does not depend on the API's view: it is published even
+	// when a guard below stops the sweep.
+	if err := c.observeCapacity(ctx, snap); err != nil {
+		c.log.Warn("capacity metrics not refreshed", "err", err)
+	}
 
 	if err := rep.NodeGuard(); err != nil {
 		c.skipped(reasonOf(err))
@@ -533,6 +557,50 @@ func (c *Controller) sweep(ctx context.Context) error {
 		return firstErr
 	}
 	c.opts.Metrics.lastSweep.SetToCurrentTime()
+	return nil
+}
+
+// observeCapacity publishes the capacity of every pool and subnet, and
+// announces each pool whose usage ratio crossed PoolUsageWarning since the
+// last sweep, up or down, with one log line and one event. A pool drained
+// as a whole is never warned about: being full is what its drain is for.
+func (c *Controller) observeCapacity(ctx context.Context, snap audit.Snapshot) error {
+	pools, err := c.store.ListPools(ctx)
+	if err != nil {
+		return fmt.Errorf("list pools: %w", err)
+	}
+	usage := make([]model.PoolUsage, 0, len(pools))
+	for _, p := range pools {
+		usage = append(usage, p.Usage(snap.Blocks, snap.Addresses))
+	}
+	c.opts.Metrics.observeCapacity(usage)
+
+	high := make(map[string]bool, len(c.usageHigh))
+	limit := c.opts.PoolUsageWarning
+	for _, u := range usage {
+		ratio := u.Ratio()
+		now := !u.Drained && ratio >= limit
+		was := c.usageHigh[u.Pool]
+		high[u.Pool] = now
+		switch {
+		case now && !was:
+			c.log.Warn("pool usage reached the warning level", "pool", u.Pool, "ratio", ratio, "warning", limit,
+				"in-use", u.AddressesInUse, "usable", u.Usable(), "free-blocks", u.BlocksFree)
+			c.opts.Recorder.Eventf(clusterRef(), corev1.EventTypeWarning, EventPoolUsageHigh,
+				"Pool %q is %.1f%% used (warning at %.1f%%): %d of %d usable addresses in use, %d free blocks left; add a subnet (coilctl pool add-subnet %s CIDR)",
+				u.Pool, 100*ratio, 100*limit, u.AddressesInUse, u.Usable(), u.BlocksFree, u.Pool)
+		case was && !now:
+			c.log.Info("pool usage back below the warning level", "pool", u.Pool, "ratio", ratio, "warning", limit)
+			c.opts.Recorder.Eventf(clusterRef(), corev1.EventTypeNormal, EventPoolUsageNormal,
+				"Pool %q is %.1f%% used, below the warning at %.1f%% again", u.Pool, 100*ratio, 100*limit)
+		}
+	}
+	for pool, was := range c.usageHigh {
+		if _, ok := high[pool]; !ok && was {
+			c.log.Info("pool with high usage deleted", "pool", pool)
+		}
+	}
+	c.usageHigh = high
 	return nil
 }
 

@@ -15,6 +15,12 @@ func ClusterRules() []rbacv1.PolicyRule {
 		// Events about reclaimed blocks and addresses; the recorder
 		// patches an event when it repeats.
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch", "update"}},
+		// Managed egress gateways, in whatever namespace an egress names:
+		// informers list and watch the objects labelled as managed; get
+		// looks at an object of the same name the cache lacks (never
+		// updated unless it is labelled as managed).
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+		{APIGroups: []string{"policy"}, Resources: []string{"poddisruptionbudgets"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/coil-project/coil/audit"
@@ -17,6 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 )
 
 // EnvPrefix prefixes the environment variables that stand in for
@@ -47,9 +53,16 @@ type Config struct {
 	MaxNodeReleaseRatio float64
 	// NodeRecheckInterval is Options.NodeRecheckInterval.
 	NodeRecheckInterval time.Duration
+	// PoolUsageWarning is Options.PoolUsageWarning.
+	PoolUsageWarning float64
 	// Reclaim releases leaked addresses; false only reports them
 	// (Options.ReportOnly).
 	Reclaim bool
+	// EgressGatewayImage is the image of the gateway pods of egresses
+	// that name none (GatewayOptions.Image): the Coil image. Empty: the
+	// image of the controller's own container, found through its Pod
+	// (environment POD_NAME and POD_NAMESPACE).
+	EgressGatewayImage string
 	// Logger logs; nil uses slog.Default().
 	Logger *slog.Logger
 }
@@ -69,8 +82,12 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Reclaim, "reclaim", true, "release leaked addresses; false only reports them")
 	fs.Float64Var(&c.MaxReclaimRatio, "max-reclaim-ratio", DefaultMaxReclaimRatio,
 		"reclaim nothing when more than this share of all address records looks leaked")
+	fs.Float64Var(&c.PoolUsageWarning, "pool-usage-warning", DefaultPoolUsageWarning,
+		"record a warning event and log once when a pool's usage ratio (in use over usable addresses) reaches this")
 	fs.Float64Var(&c.MaxNodeReleaseRatio, "max-node-release-ratio", DefaultMaxNodeReleaseRatio,
 		"release no node's blocks in a sweep that finds more than this share of the nodes known to etcd missing from the API")
+	fs.StringVar(&c.EgressGatewayImage, "egress-gateway-image", "",
+		"image of managed egress gateway pods (the Coil image, running "+GatewayCommand+"); empty: this controller's own image, read from its Pod named by $POD_NAME in $POD_NAMESPACE")
 }
 
 // Validate checks the configuration before anything starts. Unlike
@@ -91,6 +108,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--max-reclaim-ratio must be in (0, 1]")
 	case c.MaxNodeReleaseRatio <= 0 || c.MaxNodeReleaseRatio > 1:
 		return fmt.Errorf("--max-node-release-ratio must be in (0, 1]")
+	case c.PoolUsageWarning <= 0 || c.PoolUsageWarning > 1:
+		return fmt.Errorf("--pool-usage-warning must be in (0, 1]")
 	}
 	return nil
 }
@@ -161,6 +180,20 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 
+	gatewayImage := cfg.EgressGatewayImage
+	if gatewayImage == "" {
+		if gatewayImage, err = ownImage(ctx, client, os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME")); err != nil {
+			// Egresses with bring-your-own gateways need no image;
+			// managed ones report the missing image when they sync.
+			log.Warn("no image for managed egress gateways; set --egress-gateway-image", "err", err)
+		}
+	}
+	gateways := NewGateways(store, client, GatewayOptions{
+		Image:    gatewayImage,
+		Recorder: recorder,
+		Metrics:  metrics,
+		Logger:   log,
+	})
 	ctrl := New(store, client, Options{
 		ScanInterval:        cfg.ScanInterval,
 		LeakGrace:           cfg.LeakGrace,
@@ -168,13 +201,15 @@ func Run(ctx context.Context, cfg Config) error {
 		MaxReclaimRatio:     cfg.MaxReclaimRatio,
 		MaxNodeReleaseRatio: cfg.MaxNodeReleaseRatio,
 		NodeRecheckInterval: cfg.NodeRecheckInterval,
+		PoolUsageWarning:    cfg.PoolUsageWarning,
 		Recorder:            recorder,
 		Metrics:             metrics,
 		Logger:              log,
 	})
+	act := func(ctx context.Context) error { return runAll(ctx, ctrl.Run, gateways.Run) }
 	if !cfg.LeaderElect {
 		metrics.SetLeader(true)
-		return ctrl.Run(ctx)
+		return act(ctx)
 	}
 	le := LeaderElection{
 		Client:    client,
@@ -182,7 +217,55 @@ func Run(ctx context.Context, cfg Config) error {
 		OnLeading: metrics.SetLeader,
 		Logger:    log,
 	}
-	return le.Run(ctx, ctrl.Run)
+	return le.Run(ctx, act)
+}
+
+// runAll runs every fn until ctx is done or one of them fails, which
+// stops the others; it returns once all have returned, with the first
+// error.
+func runAll(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Go(func() {
+			if errs[i] = fn(ctx); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ownImage returns the image of the coil-controller container of the Pod
+// namespace/name: the Coil image, whatever registry or tag the manifests
+// were given.
+func ownImage(ctx context.Context, client kubernetes.Interface, namespace, name string) (string, error) {
+	if namespace == "" || name == "" {
+		return "", fmt.Errorf("POD_NAMESPACE and POD_NAME are not both set")
+	}
+	var pod *corev1.Pod
+	var last error
+	err := wait.ExponentialBackoffWithContext(ctx, wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Steps: 5},
+		func(ctx context.Context) (bool, error) {
+			pod, last = client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+			return last == nil, nil
+		})
+	if err != nil {
+		return "", fmt.Errorf("read own pod %s/%s: %w", namespace, name, errors.Join(last, err))
+	}
+	cs := pod.Spec.Containers
+	for _, c := range cs {
+		if c.Name == "coil-controller" {
+			return c.Image, nil
+		}
+	}
+	if len(cs) == 1 {
+		return cs[0].Image, nil
+	}
+	return "", fmt.Errorf("pod %s/%s has no container named coil-controller", namespace, name)
 }
 
 // serveMetrics starts the HTTP server for /metrics and /healthz. The

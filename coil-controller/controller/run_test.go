@@ -27,7 +27,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("the flag defaults do not validate: %v", err)
 	}
 	if c.ScanInterval != DefaultScanInterval || c.LeakGrace != DefaultLeakGrace || c.MaxReclaimRatio != DefaultMaxReclaimRatio || c.MaxNodeReleaseRatio != DefaultMaxNodeReleaseRatio ||
-		c.NodeRecheckInterval != DefaultNodeRecheck || !c.Reclaim || !c.LeaderElect || c.LeaderNamespace != "kube-system" || c.MetricsAddr != ":9386" || c.Kubeconfig != "" {
+		c.NodeRecheckInterval != DefaultNodeRecheck || c.PoolUsageWarning != DefaultPoolUsageWarning || !c.Reclaim || !c.LeaderElect || c.LeaderNamespace != "kube-system" || c.MetricsAddr != ":9386" || c.Kubeconfig != "" {
 		t.Errorf("defaults = %+v", c)
 	}
 }
@@ -44,6 +44,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero ratio", args: []string{"--max-reclaim-ratio=0"}, wantErr: "--max-reclaim-ratio"},
 		{name: "node ratio above one", args: []string{"--max-node-release-ratio=1.1"}, wantErr: "--max-node-release-ratio"},
 		{name: "zero node ratio", args: []string{"--max-node-release-ratio=0"}, wantErr: "--max-node-release-ratio"},
+		{name: "usage warning of one", args: []string{"--pool-usage-warning=1"}},
+		{name: "usage warning above one", args: []string{"--pool-usage-warning=1.2"}, wantErr: "--pool-usage-warning"},
+		{name: "zero usage warning", args: []string{"--pool-usage-warning=0"}, wantErr: "--pool-usage-warning"},
 		{name: "zero interval", args: []string{"--scan-interval=0s"}, wantErr: "--scan-interval"},
 		{name: "negative grace", args: []string{"--leak-grace=-1s"}, wantErr: "--leak-grace"},
 		{name: "zero node recheck", args: []string{"--node-recheck-interval=0s"}, wantErr: "--node-recheck-interval"},

@@ -21,7 +21,8 @@ through gateway pods, which NAT it to their own addresses.
 
 Gateways are the pods of the egress's NAMESPACE labelled
 ` + model.EgressGatewayLabel + `=NAME. A client pod of any namespace opts in with
-the annotation ` + model.EgressClientAnnotationPrefix + `NAMESPACE: NAME.`,
+the annotation ` + model.EgressClientAnnotationPrefix + `NAMESPACE: NAME. With --replicas, coil-controller
+runs the gateway pods itself.`,
 	}
 	makeGroup(c)
 	c.AddCommand(
@@ -41,6 +42,10 @@ type egressJSON struct {
 	VNI          uint32    `json:"vni"`
 	Destinations []string  `json:"destinations"`
 	CreatedAt    time.Time `json:"createdAt"`
+	// Replicas is the number of gateway pods coil-controller runs; 0
+	// when the user runs them.
+	Replicas int32  `json:"replicas"`
+	Image    string `json:"image,omitempty"`
 }
 
 // egressListJSON is the output of "egress list".
@@ -52,7 +57,35 @@ func newEgressJSON(e model.Egress) egressJSON {
 	return egressJSON{
 		Namespace: e.Namespace, Name: e.Name, VNI: e.VNI,
 		Destinations: destinationStrings(e.Destinations), CreatedAt: e.CreatedAt,
+		Replicas: e.Replicas, Image: e.Image,
 	}
+}
+
+// egressSummary is the one line "egress create" and "egress update" print
+// after the verb.
+func egressSummary(e model.Egress) string {
+	s := fmt.Sprintf("VNI %d, destinations %s", e.VNI, strings.Join(destinationStrings(e.Destinations), ","))
+	if e.Managed() {
+		s += fmt.Sprintf(", %d managed gateways", e.Replicas)
+		if e.Image != "" {
+			s += " of image " + e.Image
+		}
+	}
+	return s
+}
+
+// gatewaysColumn is the GATEWAYS column of "egress list".
+func gatewaysColumn(e model.Egress) string {
+	if !e.Managed() {
+		return "user"
+	}
+	return fmt.Sprintf("%d managed", e.Replicas)
+}
+
+// addGatewayFlags adds --replicas and --image to c.
+func addGatewayFlags(c *cobra.Command, replicas *int32, image *string) {
+	c.Flags().Int32Var(replicas, "replicas", 0, fmt.Sprintf("gateway pods coil-controller runs for the egress (0..%d); 0 leaves them to you", model.MaxGatewayReplicas))
+	c.Flags().StringVar(image, "image", "", "image of the managed gateway pods (default: coil-controller's --egress-gateway-image, the Coil image)")
 }
 
 func destinationStrings(ps []netip.Prefix) []string {
@@ -65,8 +98,10 @@ func destinationStrings(ps []netip.Prefix) []string {
 
 func newEgressCreateCommand(o *rootOptions) *cobra.Command {
 	var destinations []string
+	var replicas int32
+	var image string
 	c := &cobra.Command{
-		Use:   "create NAMESPACE NAME --destinations CIDR[,CIDR...]",
+		Use:   "create NAMESPACE NAME --destinations CIDR[,CIDR...] [--replicas N [--image IMAGE]]",
 		Short: "Create an egress",
 		Long: `Create the egress NAME in NAMESPACE for the destinations given.
 
@@ -74,17 +109,26 @@ Each destination is an IPv4 or IPv6 CIDR in canonical form; 0.0.0.0/0 and
 ::/0 send everything that is not a pod, link-local or gateway address. The
 egress gets a VXLAN network identifier (VNI) no other egress has.
 
-Then run gateway pods in NAMESPACE labelled ` + model.EgressGatewayLabel + `=NAME,
-with addresses from a pool that can reach the destinations, and annotate
-client pods ` + model.EgressClientAnnotationPrefix + `NAMESPACE=NAME.`,
-		Example: `  coilctl egress create internet nat --destinations 0.0.0.0/0,::/0
+With --replicas N, coil-controller runs N gateway pods for the egress: a
+Deployment (pods spread over nodes) and a PodDisruptionBudget of
+maxUnavailable 1, both named NAME-gateway in NAMESPACE, kept in step with
+the egress and deleted with it. --image replaces the gateway image (the
+Coil image by default); its entrypoint must keep running until SIGTERM.
+Without --replicas, run gateway pods in NAMESPACE labelled
+` + model.EgressGatewayLabel + `=NAME yourself. Either way NAMESPACE must take its addresses
+from a pool that can reach the destinations. Annotate client pods
+` + model.EgressClientAnnotationPrefix + `NAMESPACE=NAME.`,
+		Example: `  coilctl egress create internet nat --destinations 0.0.0.0/0,::/0 --replicas 2
   coilctl egress create partners api --destinations 192.0.2.0/24 --destinations 2001:db8::/32`,
 		Args: exactArgs("NAMESPACE", "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(destinations) == 0 {
 				return usagef("%q needs --destinations CIDR[,CIDR...]", cmd.CommandPath())
 			}
-			e := model.Egress{Namespace: args[0], Name: args[1]}
+			if cmd.Flags().Changed("image") && replicas == 0 {
+				return usagef("--image needs --replicas above 0: without it you run the gateway pods")
+			}
+			e := model.Egress{Namespace: args[0], Name: args[1], Replicas: replicas, Image: image}
 			var err error
 			if e.Destinations, err = model.ParseDestinations(destinations); err != nil {
 				return fmt.Errorf("create egress %s: %w", e.Key(), err)
@@ -100,13 +144,13 @@ client pods ` + model.EgressClientAnnotationPrefix + `NAMESPACE=NAME.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(o.stdout, "egress %q created: VNI %d, destinations %s\n",
-					created.Key(), created.VNI, strings.Join(destinationStrings(created.Destinations), ","))
+				fmt.Fprintf(o.stdout, "egress %q created: %s\n", created.Key(), egressSummary(created))
 				return nil
 			})
 		},
 	}
 	c.Flags().StringSliceVar(&destinations, "destinations", nil, "destination CIDRs, comma-separated or repeated (required)")
+	addGatewayFlags(c, &replicas, &image)
 	return c
 }
 
@@ -119,10 +163,12 @@ type egressUpdateJSON struct {
 
 func newEgressUpdateCommand(o *rootOptions) *cobra.Command {
 	var set, add, remove []string
+	var replicas int32
+	var image string
 	var out *outputOptions
 	c := &cobra.Command{
-		Use:   "update NAMESPACE NAME (--destinations CIDR[,CIDR...] | --add-destination CIDR | --remove-destination CIDR)...",
-		Short: "Change the destinations of an egress in place",
+		Use:   "update NAMESPACE NAME (--destinations CIDR[,CIDR...] | --add-destination CIDR | --remove-destination CIDR | --replicas N | --image IMAGE)...",
+		Short: "Change the destinations or the managed gateways of an egress in place",
 		Long: `Change the destinations of the egress NAME in NAMESPACE without deleting it:
 its VNI stays, and every node changes only the routes of the destinations
 that changed in its client pods, so connections to the others go on.
@@ -131,8 +177,15 @@ that changed in its client pods, so connections to the others go on.
 --remove-destination (each repeatable, or comma-separated) edit it: the
 removals apply first, then the additions. Adding a destination the egress
 has, removing one it lacks, or leaving it without any is refused and
-changes nothing.`,
+changes nothing.
+
+--replicas sets how many gateway pods coil-controller runs (0 deletes its
+Deployment and PodDisruptionBudget and leaves the gateways to you);
+--image sets their image ("" for the default). coil-controller rolls the
+Deployment over to the change.`,
 		Example: `  coilctl egress update partners api --add-destination 198.51.100.0/24
+  coilctl egress update internet nat --replicas 3
+  coilctl egress update internet nat --image registry.example.com/coil:v1.0.1
   coilctl egress update partners api --remove-destination 192.0.2.0/24 --add-destination 203.0.113.0/24
   coilctl egress update internet nat --destinations 0.0.0.0/0,::/0 -o json`,
 		Args:              exactArgs("NAMESPACE", "NAME"),
@@ -142,18 +195,25 @@ changes nothing.`,
 			if err != nil {
 				return err
 			}
-			if len(set) == 0 && len(add) == 0 && len(remove) == 0 {
-				return usagef("%q needs --destinations, --add-destination or --remove-destination", cmd.CommandPath())
+			setReplicas, setImage := cmd.Flags().Changed("replicas"), cmd.Flags().Changed("image")
+			if len(set) == 0 && len(add) == 0 && len(remove) == 0 && !setReplicas && !setImage {
+				return usagef("%q needs --destinations, --add-destination, --remove-destination, --replicas or --image", cmd.CommandPath())
 			}
 			if len(set) > 0 && (len(add) > 0 || len(remove) > 0) {
 				return usagef("--destinations replaces every destination and cannot be combined with --add-destination or --remove-destination")
 			}
 			key := args[0] + "/" + args[1]
-			var change model.DestinationChange
+			var change model.EgressChange
+			if setReplicas {
+				change.Replicas = &replicas
+			}
+			if setImage {
+				change.Image = &image
+			}
 			for _, f := range []struct {
 				in  []string
 				out *[]netip.Prefix
-			}{{set, &change.Set}, {add, &change.Add}, {remove, &change.Remove}} {
+			}{{set, &change.Destinations.Set}, {add, &change.Destinations.Add}, {remove, &change.Destinations.Remove}} {
 				if *f.out, err = model.ParseDestinations(f.in); err != nil {
 					return fmt.Errorf("update egress %s: %w", key, err)
 				}
@@ -174,7 +234,7 @@ changes nothing.`,
 				if err := initSchema(ctx, st); err != nil {
 					return err
 				}
-				updated, changed, err = st.UpdateEgress(ctx, args[0], args[1], change)
+				updated, changed, err = st.ChangeEgress(ctx, args[0], args[1], change)
 				return err
 			})
 			if err != nil {
@@ -187,14 +247,14 @@ changes nothing.`,
 			if !changed {
 				verb = "unchanged"
 			}
-			fmt.Fprintf(o.stdout, "egress %q %s: VNI %d, destinations %s\n",
-				updated.Key(), verb, updated.VNI, strings.Join(destinationStrings(updated.Destinations), ","))
+			fmt.Fprintf(o.stdout, "egress %q %s: %s\n", updated.Key(), verb, egressSummary(updated))
 			return nil
 		},
 	}
 	c.Flags().StringSliceVar(&set, "destinations", nil, "replace every destination with these CIDRs, comma-separated or repeated")
 	c.Flags().StringSliceVar(&add, "add-destination", nil, "add a destination CIDR (repeatable)")
 	c.Flags().StringSliceVar(&remove, "remove-destination", nil, "remove a destination CIDR (repeatable)")
+	addGatewayFlags(c, &replicas, &image)
 	out = addOutputFlags(c)
 	return c
 }
@@ -227,9 +287,9 @@ func newEgressListCommand(o *rootOptions) *cobra.Command {
 				}
 				return writeJSON(o.stdout, view)
 			}
-			t := newTable(o.stdout, "NAMESPACE", "NAME", "VNI", "DESTINATIONS")
+			t := newTable(o.stdout, "NAMESPACE", "NAME", "VNI", "GATEWAYS", "DESTINATIONS")
 			for _, e := range all {
-				t.row(e.Namespace, e.Name, strconv.FormatUint(uint64(e.VNI), 10), strings.Join(destinationStrings(e.Destinations), ","))
+				t.row(e.Namespace, e.Name, strconv.FormatUint(uint64(e.VNI), 10), gatewaysColumn(e), strings.Join(destinationStrings(e.Destinations), ","))
 			}
 			return t.flush()
 		},
@@ -270,6 +330,15 @@ func newEgressShowCommand(o *rootOptions) *cobra.Command {
 			f.add("Destinations", "%s", strings.Join(destinationStrings(e.Destinations), ","))
 			f.add("Created", "%s", e.CreatedAt.Format(time.RFC3339))
 			f.add("Gateways", "pods of namespace %s labelled %s=%s", e.Namespace, model.EgressGatewayLabel, e.Name)
+			if e.Managed() {
+				image := e.Image
+				if image == "" {
+					image = "default (coil-controller's --egress-gateway-image)"
+				}
+				f.add("Managed", "%d replicas (Deployment and PodDisruptionBudget %s-gateway), image %s", e.Replicas, e.Name, image)
+			} else {
+				f.add("Managed", "no: run the gateway pods yourself")
+			}
 			f.add("Clients", "pods annotated %s%s=%s", model.EgressClientAnnotationPrefix, e.Namespace, e.Name)
 			return f.flush()
 		},

@@ -32,17 +32,17 @@ func TestEgressRoundTrip(t *testing.T) {
 	t.Run("list table", func(t *testing.T) {
 		got := tableRows(h.ok("egress", "list"))
 		want := [][]string{
-			{"NAMESPACE", "NAME", "VNI", "DESTINATIONS"},
-			{"internet", "nat", vni("internet", "nat"), "0.0.0.0/0,::/0"},
-			{"partners", "api", vni("partners", "api"), "192.0.2.0/24,2001:db8::/32"},
+			{"NAMESPACE", "NAME", "VNI", "GATEWAYS", "DESTINATIONS"},
+			{"internet", "nat", vni("internet", "nat"), "user", "0.0.0.0/0,::/0"},
+			{"partners", "api", vni("partners", "api"), "user", "192.0.2.0/24,2001:db8::/32"},
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("egress list rows:\n got %q\nwant %q", got, want)
 		}
 	})
 	listJSON := `{"egresses": [
-	  {"namespace": "internet", "name": "nat", "vni": ` + vni("internet", "nat") + `, "destinations": ["0.0.0.0/0", "::/0"]},
-	  {"namespace": "partners", "name": "api", "vni": ` + vni("partners", "api") + `, "destinations": ["192.0.2.0/24", "2001:db8::/32"]}
+	  {"namespace": "internet", "name": "nat", "vni": ` + vni("internet", "nat") + `, "destinations": ["0.0.0.0/0", "::/0"], "replicas": 0},
+	  {"namespace": "partners", "name": "api", "vni": ` + vni("partners", "api") + `, "destinations": ["192.0.2.0/24", "2001:db8::/32"], "replicas": 0}
 	]}`
 	for _, flag := range [][]string{{"-o", "json"}, {"--json"}} {
 		t.Run("list "+strings.Join(flag, " "), func(t *testing.T) {
@@ -62,7 +62,7 @@ func TestEgressRoundTrip(t *testing.T) {
 			}
 		}
 		assertJSON(t, h.ok("egress", "show", "partners", "api", "-o", "json"),
-			`{"namespace": "partners", "name": "api", "vni": `+vni("partners", "api")+`, "destinations": ["192.0.2.0/24", "2001:db8::/32"]}`, "createdAt")
+			`{"namespace": "partners", "name": "api", "vni": `+vni("partners", "api")+`, "destinations": ["192.0.2.0/24", "2001:db8::/32"], "replicas": 0}`, "createdAt")
 	})
 
 	h.assertFailures([]failure{
@@ -77,6 +77,10 @@ func TestEgressRoundTrip(t *testing.T) {
 		{"show unknown", []string{"egress", "show", "a", "b"}, cmd.ExitFailure, []string{"egress not found"}},
 		{"delete unknown", []string{"egress", "delete", "a", "b"}, cmd.ExitFailure, []string{"egress not found"}},
 		{"bad output", []string{"egress", "list", "-o", "yaml"}, cmd.ExitUsage, []string{`unknown output format "yaml"`}},
+		{"image without replicas", []string{"egress", "create", "a", "b", "--destinations", "10.0.0.0/8", "--image", "gw:1"}, cmd.ExitUsage, []string{"--image needs --replicas above 0"}},
+		{"negative replicas", []string{"egress", "create", "a", "b", "--destinations", "10.0.0.0/8", "--replicas", "-1"}, cmd.ExitFailure, []string{"invalid egress gateways", "replicas -1 not in 0..1000"}},
+		{"replicas not a number", []string{"egress", "create", "a", "b", "--destinations", "10.0.0.0/8", "--replicas", "two"}, cmd.ExitUsage, []string{"--replicas"}},
+		{"bad image", []string{"egress", "create", "a", "b", "--destinations", "10.0.0.0/8", "--replicas", "1", "--image", "a b"}, cmd.ExitFailure, []string{`image "a b" is not an image reference`}},
 	})
 
 	if got := strings.TrimSpace(h.ok("egress", "delete", "internet", "nat")); got != `egress "internet/nat" deleted` {
@@ -126,13 +130,13 @@ func TestEgressUpdate(t *testing.T) {
 		}
 	}
 	assertJSON(t, h.ok("egress", "update", "partners", "api", "--add-destination", "2001:db8::/32", "-o", "json"),
-		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "changed": true}`, "createdAt")
+		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "replicas": 0, "changed": true}`, "createdAt")
 	assertJSON(t, h.ok("egress", "update", "partners", "api", "--destinations", "192.0.2.0/24,::/0,2001:db8::/32", "--json"),
-		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "changed": false}`, "createdAt")
+		`{"namespace": "partners", "name": "api", "vni": `+vni+`, "destinations": ["192.0.2.0/24", "::/0", "2001:db8::/32"], "replicas": 0, "changed": false}`, "createdAt")
 
 	upd := func(args ...string) []string { return append([]string{"egress", "update", "partners", "api"}, args...) }
 	h.assertFailures([]failure{
-		{"no change", upd(), cmd.ExitUsage, []string{"needs --destinations, --add-destination or --remove-destination"}},
+		{"no change", upd(), cmd.ExitUsage, []string{"needs --destinations, --add-destination, --remove-destination, --replicas or --image"}},
 		{"set and add", upd("--destinations", "10.0.0.0/8", "--add-destination", "10.1.0.0/16"), cmd.ExitUsage, []string{"cannot be combined"}},
 		{"missing name", []string{"egress", "update", "partners", "--add-destination", "10.0.0.0/8"}, cmd.ExitUsage, []string{"missing NAME"}},
 		{"bad output", upd("--add-destination", "10.0.0.0/8", "-o", "yaml"), cmd.ExitUsage, []string{`unknown output format "yaml"`}},
@@ -145,7 +149,7 @@ func TestEgressUpdate(t *testing.T) {
 		{"remove all", upd("--remove-destination", "192.0.2.0/24,::/0,2001:db8::/32"), cmd.ExitFailure, []string{"egress has no destination"}},
 		{"add and remove", upd("--add-destination", "10.0.0.0/8", "--remove-destination", "10.0.0.0/8"), cmd.ExitFailure, []string{"both added and removed"}},
 	})
-	if got := strings.Fields(tableRows(h.ok("egress", "list"))[1][3]); len(got) != 1 || got[0] != "192.0.2.0/24,::/0,2001:db8::/32" {
+	if got := strings.Fields(tableRows(h.ok("egress", "list"))[1][4]); len(got) != 1 || got[0] != "192.0.2.0/24,::/0,2001:db8::/32" {
 		t.Errorf("after refused updates the egress has destinations %q", got)
 	}
 }
@@ -160,4 +164,62 @@ func TestEgressUpdateWritesNothingOnFailure(t *testing.T) {
 	if d := h.dump(t); len(d) != 0 {
 		t.Errorf("a failed update wrote to etcd: %v", d)
 	}
+}
+
+// TestEgressManagedGateways: --replicas and --image on create and update
+// are stored, shown and refused when they make no sense, writing nothing.
+func TestEgressManagedGateways(t *testing.T) {
+	h := newHarness(t)
+	vni := fmt.Sprint(model.PreferredVNI("internet", "nat"))
+	if got := strings.TrimSpace(h.ok("egress", "create", "internet", "nat", "--destinations", "0.0.0.0/0", "--replicas", "2")); got !=
+		`egress "internet/nat" created: VNI `+vni+`, destinations 0.0.0.0/0, 2 managed gateways` {
+		t.Errorf("create printed %q", got)
+	}
+	if rows := tableRows(h.ok("egress", "list")); len(rows) != 2 || rows[1][3] != "2" || rows[1][4] != "managed" {
+		t.Errorf("egress list rows %q", rows)
+	}
+	out := h.ok("egress", "show", "internet", "nat")
+	if !strings.Contains(out, "Managed:       2 replicas (Deployment and PodDisruptionBudget nat-gateway), image default") {
+		t.Errorf("egress show:\n%s", out)
+	}
+
+	upd := func(args ...string) []string { return append([]string{"egress", "update", "internet", "nat"}, args...) }
+	steps := []struct {
+		args []string
+		want string
+	}{
+		{upd("--replicas", "3"), "updated: VNI " + vni + ", destinations 0.0.0.0/0, 3 managed gateways"},
+		{upd("--image", "registry.example.com/pause:3.10"), "updated: VNI " + vni + ", destinations 0.0.0.0/0, 3 managed gateways of image registry.example.com/pause:3.10"},
+		{upd("--replicas", "3"), "unchanged: VNI " + vni + ", destinations 0.0.0.0/0, 3 managed gateways of image registry.example.com/pause:3.10"},
+		{upd("--image", ""), "updated: VNI " + vni + ", destinations 0.0.0.0/0, 3 managed gateways"},
+		{upd("--replicas", "1", "--image", "gw:2", "--add-destination", "::/0"), "updated: VNI " + vni + ", destinations 0.0.0.0/0,::/0, 1 managed gateways of image gw:2"},
+	}
+	for _, s := range steps {
+		if got := strings.TrimSpace(h.ok(s.args...)); got != `egress "internet/nat" `+s.want {
+			t.Errorf("coilctl %s printed %q, want %q", strings.Join(s.args, " "), got, s.want)
+		}
+	}
+	assertJSON(t, h.ok("egress", "show", "internet", "nat", "-o", "json"),
+		`{"namespace": "internet", "name": "nat", "vni": `+vni+`, "destinations": ["0.0.0.0/0", "::/0"], "replicas": 1, "image": "gw:2"}`, "createdAt")
+
+	before := h.dump(t)
+	h.assertFailures([]failure{
+		{"negative", upd("--replicas", "-1"), cmd.ExitFailure, []string{"invalid egress gateways"}},
+		{"too many", upd("--replicas", "1001"), cmd.ExitFailure, []string{"replicas 1001 not in 0..1000"}},
+		{"bad image", upd("--image", "gw:2 --privileged"), cmd.ExitFailure, []string{"is not an image reference"}},
+		{"image with replicas 0", upd("--replicas", "0", "--image", "gw:3"), cmd.ExitFailure, []string{"an image needs replicas above 0"}},
+	})
+	if after := h.dump(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("refused updates changed etcd")
+	}
+
+	// Back to bring-your-own gateways: the image goes too.
+	if got := strings.TrimSpace(h.ok(upd("--replicas", "0")...)); got != `egress "internet/nat" updated: VNI `+vni+`, destinations 0.0.0.0/0,::/0` {
+		t.Errorf("update --replicas 0 printed %q", got)
+	}
+	assertJSON(t, h.ok("egress", "show", "internet", "nat", "-o", "json"),
+		`{"namespace": "internet", "name": "nat", "vni": `+vni+`, "destinations": ["0.0.0.0/0", "::/0"], "replicas": 0}`, "createdAt")
+	h.assertFailures([]failure{
+		{"image of bring-your-own gateways", upd("--image", "gw:3"), cmd.ExitFailure, []string{"an image needs replicas above 0"}},
+	})
 }

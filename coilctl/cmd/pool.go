@@ -24,6 +24,9 @@ addresses of them to pods.`,
 		newPoolAddSubnetCommand(o),
 		newPoolListCommand(o),
 		newPoolShowCommand(o),
+		newPoolDrainCommand(o, true),
+		newPoolDrainCommand(o, false),
+		newPoolRemoveSubnetCommand(o),
 		newPoolDeleteCommand(o),
 	)
 	return c
@@ -182,11 +185,11 @@ of its blocks nodes own, and how many addresses are allocated.`,
 			if format == formatJSON {
 				return writeJSON(o.stdout, view)
 			}
-			t := newTable(o.stdout, "NAME", "BLOCK-SIZE", "FAMILY", "SUBNETS", "BLOCKS", "ADDRESSES")
+			t := newTable(o.stdout, "NAME", "BLOCK-SIZE", "FAMILY", "SUBNETS", "BLOCKS", "ADDRESSES", "DRAINED")
 			for i, p := range view.Pools {
 				t.row(p.Name, strconv.Itoa(p.BlockSize), p.Family, subnetsCell(pools[i].Subnets),
 					fmt.Sprintf("%d/%d", p.Blocks.Used, p.Blocks.Total),
-					fmt.Sprintf("%d/%d", p.Addresses.Used, p.Addresses.Capacity))
+					fmt.Sprintf("%d/%d", p.Addresses.Used, p.Addresses.Capacity), drainedCell(pools[i]))
 			}
 			return t.flush()
 		},
@@ -230,6 +233,11 @@ func newPoolShowCommand(o *rootOptions) *cobra.Command {
 				sortBlocks(blocks, true)
 				used := countByBlock(addrs)
 				view.poolJSON = newPoolJSON(pool, blocks, addrs)
+				usage := pool.Usage(blocks, addrs)
+				view.SubnetUsage = make([]subnetUsageJSON, 0, len(usage.Subnets))
+				for _, su := range usage.Subnets {
+					view.SubnetUsage = append(view.SubnetUsage, newSubnetUsageJSON(su))
+				}
 				view.OwnedBlocks = make([]blockJSON, 0, len(blocks))
 				for _, b := range blocks {
 					view.OwnedBlocks = append(view.OwnedBlocks, newBlockJSON(b, used[idOfBlock(b)]))
@@ -255,9 +263,24 @@ func printPoolDetail(o *rootOptions, pool model.Pool, blocks []model.Block, v po
 	f.add("Family", "%s", v.Family)
 	f.add("Block size", "%d addresses (%d bits)", v.BlockSize, v.BlockSizeBits)
 	f.add("Subnets", "%s", subnetsCell(pool.Subnets))
+	f.add("Drained", "%s", drainedCell(pool))
 	f.add("Blocks", "%d of %d owned by nodes", v.Blocks.Used, v.Blocks.Total)
 	f.add("Addresses", "%d used, %d free, %d in total", v.Addresses.Used, v.Addresses.Free, v.Addresses.Capacity)
 	if err := f.flush(); err != nil {
+		return err
+	}
+	// Per subnet: what a drain has left to move (IN-USE of a drained one).
+	fmt.Fprintln(o.stdout)
+	st := newTable(o.stdout, "SUBNET", "STATE", "BLOCKS", "IN-USE", "CAPACITY")
+	for _, su := range v.SubnetUsage {
+		state := "active"
+		if su.Drained {
+			state = "drained"
+		}
+		st.row(pool.Subnets[su.Index].String(), state, fmt.Sprintf("%d/%d", su.Blocks.Used, su.Blocks.Total),
+			strconv.Itoa(su.Addresses.Used), strconv.Itoa(su.Addresses.Capacity))
+	}
+	if err := st.flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(o.stdout)

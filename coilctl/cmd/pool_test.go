@@ -43,10 +43,10 @@ func TestPoolRoundTrip(t *testing.T) {
 	t.Run("list table", func(t *testing.T) {
 		got := tableRows(h.ok("pool", "list"))
 		want := [][]string{
-			{"NAME", "BLOCK-SIZE", "FAMILY", "SUBNETS", "BLOCKS", "ADDRESSES"},
-			{"default", "32", "ipv4", "10.0.0.0/24;10.0.1.0/24", "2/16", "4/512"},
-			{"dual", "16", "dual", "10.1.0.0/24,fd00:1::/120;10.1.1.0/24,fd00:1:0:1::/120", "1/32", "1/512"},
-			{"v6", "16", "ipv6", "fd00:2::/120", "0/16", "0/256"},
+			{"NAME", "BLOCK-SIZE", "FAMILY", "SUBNETS", "BLOCKS", "ADDRESSES", "DRAINED"},
+			{"default", "32", "ipv4", "10.0.0.0/24;10.0.1.0/24", "2/16", "4/512", "no"},
+			{"dual", "16", "dual", "10.1.0.0/24,fd00:1::/120;10.1.1.0/24,fd00:1:0:1::/120", "1/32", "1/512", "no"},
+			{"v6", "16", "ipv6", "fd00:2::/120", "0/16", "0/256", "no"},
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("pool list rows:\n got %q\nwant %q", got, want)
@@ -84,11 +84,28 @@ func TestPoolRoundTrip(t *testing.T) {
 			{"Family:", "ipv4"},
 			{"Block", "size:", "32", "addresses", "(5", "bits)"},
 			{"Subnets:", "10.0.0.0/24;10.0.1.0/24"},
+			{"Drained:", "no"},
 			{"Blocks:", "2", "of", "16", "owned", "by", "nodes"},
 			{"Addresses:", "4", "used,", "508", "free,", "512", "in", "total"},
 		}
 		if got := tableRows(head); !reflect.DeepEqual(got, wantHead) {
 			t.Errorf("header:\n got %q\nwant %q", got, wantHead)
+		}
+		subnets, body, _ := strings.Cut(body, "\n\n")
+		in0, in1 := "3", "1"
+		if b1.Subnet == b2.Subnet {
+			t.Fatalf("both blocks in subnet %d: the test expects one in each", b1.Subnet)
+		}
+		if b1.Subnet == 1 {
+			in0, in1 = in1, in0
+		}
+		wantSubnets := [][]string{
+			{"SUBNET", "STATE", "BLOCKS", "IN-USE", "CAPACITY"},
+			{"10.0.0.0/24", "active", "1/8", in0, "256"},
+			{"10.0.1.0/24", "active", "1/8", in1, "256"},
+		}
+		if got := tableRows(subnets); !reflect.DeepEqual(got, wantSubnets) {
+			t.Errorf("subnets:\n got %q\nwant %q", got, wantSubnets)
 		}
 		table, total, _ := strings.Cut(body, "\n\n")
 		wantRows := [][]string{
@@ -105,14 +122,23 @@ func TestPoolRoundTrip(t *testing.T) {
 	})
 
 	t.Run("show json", func(t *testing.T) {
+		used := [2]int{}
+		used[b1.Subnet], used[b2.Subnet] = 3, 1
 		want := fmt.Sprintf(`{"name": "default", "family": "ipv4", "blockSizeBits": 5, "blockSize": 32,
 		  "subnets": [{"ipv4": "10.0.0.0/24"}, {"ipv4": "10.0.1.0/24"}],
 		  "blocks": {"used": 2, "total": 16},
 		  "addresses": {"used": 4, "free": 508, "freeInOwnedBlocks": 60, "capacity": 512},
+		  "subnetUsage": [
+		    {"index": 0, "ipv4": "10.0.0.0/24", "drained": false, "blocks": {"used": 1, "total": 8},
+		     "addresses": {"used": %d, "free": %d, "freeInOwnedBlocks": %d, "capacity": 256}},
+		    {"index": 1, "ipv4": "10.0.1.0/24", "drained": false, "blocks": {"used": 1, "total": 8},
+		     "addresses": {"used": %d, "free": %d, "freeInOwnedBlocks": %d, "capacity": 256}}
+		  ],
 		  "ownedBlocks": [
 		    {"id": %q, "pool": "default", "subnet": %d, "index": %d, "node": "n1", "ipv4": %q, "used": 3, "free": 29},
 		    {"id": %q, "pool": "default", "subnet": %d, "index": %d, "node": "n2", "ipv4": %q, "used": 1, "free": 31}
 		  ]}`,
+			used[0], 256-used[0], 32-used[0], used[1], 256-used[1], 32-used[1],
 			b1.ID(), b1.Subnet, b1.Index, b1.IPv4, b2.ID(), b2.Subnet, b2.Index, b2.IPv4)
 		assertJSON(t, h.ok("pool", "show", "default", "--json"), want, "acquiredAt")
 	})
@@ -191,7 +217,7 @@ func TestEmptyEtcd(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"pool", "list"}, "NAME  BLOCK-SIZE  FAMILY  SUBNETS  BLOCKS  ADDRESSES\n"},
+		{[]string{"pool", "list"}, "NAME  BLOCK-SIZE  FAMILY  SUBNETS  BLOCKS  ADDRESSES  DRAINED\n"},
 		{[]string{"pool", "list", "-o", "json"}, "{\n  \"pools\": []\n}\n"},
 		{[]string{"node", "blocks", "n1"}, "POOL  BLOCK  USED  FREE\n"},
 		{[]string{"node", "blocks", "n1", "--json"}, "{\n  \"node\": \"n1\",\n  \"blocks\": []\n}\n"},

@@ -15,9 +15,13 @@ import (
 // schema version. Add fields; never rename or remove them.
 
 // subnetJSON is one subnet of a pool; a dual-stack pair has both fields.
+// Drained is present when the subnet itself is drained; Removed marks the
+// place of a removed subnet (positions are the "subnet" of blocks).
 type subnetJSON struct {
-	IPv4 string `json:"ipv4,omitempty"`
-	IPv6 string `json:"ipv6,omitempty"`
+	IPv4    string `json:"ipv4,omitempty"`
+	IPv6    string `json:"ipv6,omitempty"`
+	Drained bool   `json:"drained,omitempty"`
+	Removed bool   `json:"removed,omitempty"`
 }
 
 // blockCountJSON counts blocks owned by nodes against the pool's total.
@@ -41,13 +45,15 @@ type addressCountJSON struct {
 // poolJSON is a pool with its usage: an element of "pool list" and the
 // body of "pool show".
 type poolJSON struct {
-	Name          string           `json:"name"`
-	Family        string           `json:"family"`
-	BlockSizeBits int              `json:"blockSizeBits"`
-	BlockSize     int              `json:"blockSize"`
-	Subnets       []subnetJSON     `json:"subnets"`
-	Blocks        blockCountJSON   `json:"blocks"`
-	Addresses     addressCountJSON `json:"addresses"`
+	Name          string       `json:"name"`
+	Family        string       `json:"family"`
+	BlockSizeBits int          `json:"blockSizeBits"`
+	BlockSize     int          `json:"blockSize"`
+	Subnets       []subnetJSON `json:"subnets"`
+	// Drained is present when the whole pool is drained.
+	Drained   bool             `json:"drained,omitempty"`
+	Blocks    blockCountJSON   `json:"blocks"`
+	Addresses addressCountJSON `json:"addresses"`
 }
 
 // poolListJSON is the output of "pool list".
@@ -55,10 +61,35 @@ type poolListJSON struct {
 	Pools []poolJSON `json:"pools"`
 }
 
-// poolDetailJSON is the output of "pool show": the pool and its owned blocks.
+// poolDetailJSON is the output of "pool show": the pool, the usage of
+// each subnet and the owned blocks.
 type poolDetailJSON struct {
 	poolJSON
-	OwnedBlocks []blockJSON `json:"ownedBlocks"`
+	SubnetUsage []subnetUsageJSON `json:"subnetUsage"`
+	OwnedBlocks []blockJSON       `json:"ownedBlocks"`
+}
+
+// subnetUsageJSON is the usage of one subnet (removed ones left out).
+// Drained is true when the subnet or its pool is drained: its free
+// blocks are taken by no node, and Addresses.Used is what still lives in
+// it.
+type subnetUsageJSON struct {
+	Index int `json:"index"`
+	subnetJSON
+	Drained   bool             `json:"drained"`
+	Blocks    blockCountJSON   `json:"blocks"`
+	Addresses addressCountJSON `json:"addresses"`
+}
+
+func newSubnetUsageJSON(u model.SubnetUsage) subnetUsageJSON {
+	return subnetUsageJSON{
+		Index:      u.Index,
+		subnetJSON: subnetJSON{IPv4: textOrEmpty(u.Subnet.IPv4), IPv6: textOrEmpty(u.Subnet.IPv6)},
+		Drained:    u.Drained,
+		Blocks:     blockCountJSON{Used: u.BlocksOwned, Total: u.Blocks},
+		Addresses: addressCountJSON{Used: u.AddressesInUse, Free: max(u.Addresses-u.AddressesInUse, 0),
+			FreeInOwnedBlocks: u.FreeInOwnedBlocks, Capacity: u.Addresses},
+	}
 }
 
 // blockJSON is a block owned by a node, with its usage.
@@ -112,7 +143,7 @@ func textOrEmpty(v interface {
 }
 
 func newSubnetJSON(s model.Subnet) subnetJSON {
-	return subnetJSON{IPv4: textOrEmpty(s.IPv4), IPv6: textOrEmpty(s.IPv6)}
+	return subnetJSON{IPv4: textOrEmpty(s.IPv4), IPv6: textOrEmpty(s.IPv6), Drained: s.Drained, Removed: s.Removed}
 }
 
 func newBlockJSON(b model.Block, used int) blockJSON {
@@ -131,6 +162,7 @@ func newPoolJSON(p model.Pool, blocks []model.Block, addrs []model.Address) pool
 		Family:        p.Family(),
 		BlockSizeBits: p.BlockSizeBits,
 		BlockSize:     p.BlockSize(),
+		Drained:       p.Drained,
 		Subnets:       make([]subnetJSON, 0, len(p.Subnets)),
 		Blocks:        blockCountJSON{Total: p.NumBlocks()},
 		Addresses:     addressCountJSON{Capacity: p.NumBlocks() * p.BlockSize()},
@@ -162,13 +194,33 @@ func newPoolJSON(p model.Pool, blocks []model.Block, addrs []model.Address) pool
 
 // subnetsCell shows a pool's subnets in one table cell: a dual-stack pair
 // as "v4,v6" (as --ipv6 pairs them), subnets separated by ";" so that the
-// cell holds no space.
+// cell holds no space. Removed subnets are left out.
 func subnetsCell(subnets []model.Subnet) string {
 	parts := make([]string, 0, len(subnets))
 	for _, s := range subnets {
-		parts = append(parts, s.String())
+		if !s.Removed {
+			parts = append(parts, s.String())
+		}
 	}
 	return strings.Join(parts, ";")
+}
+
+// drainedCell says what of a pool is drained: "no", "pool", or its
+// drained subnets as subnetsCell shows them.
+func drainedCell(p model.Pool) string {
+	if p.Drained {
+		return "pool"
+	}
+	var drained []model.Subnet
+	for _, s := range p.Subnets {
+		if s.Drained {
+			drained = append(drained, s)
+		}
+	}
+	if len(drained) == 0 {
+		return "no"
+	}
+	return subnetsCell(drained)
 }
 
 // sortBlocks orders blocks by node (when byNode), then pool, subnet and

@@ -75,6 +75,12 @@ type Config struct {
 	// normal path, besides pool subnets and link-local ranges: the
 	// service and node networks.
 	EgressBypass []netip.Prefix
+	// EgressProbeInterval is the period of the health probes of the
+	// egress gateways the node's clients use; zero turns them off.
+	// EgressProbeMisses lost probes in a row take a gateway out of the
+	// node's choice (docs/egress.md).
+	EgressProbeInterval time.Duration
+	EgressProbeMisses   int
 	// GCMinAge protects allocations younger than this from CNI GC (an ADD
 	// may be in flight while the runtime lists its attachments); zero
 	// means one minute. Tests shorten it.
@@ -114,6 +120,12 @@ func (c *Config) Validate() error {
 	}
 	if c.KubeQPS < 0 || c.KubeBurst < 0 {
 		return fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: must not be negative (0 means the default)", c.KubeQPS, c.KubeBurst)
+	}
+	if c.EgressProbeInterval < 0 || c.EgressProbeInterval > 0 && c.EgressProbeInterval < 10*time.Millisecond {
+		return fmt.Errorf("--egress-probe-interval %s: must be at least 10ms, or 0 to turn probing off", c.EgressProbeInterval)
+	}
+	if c.EgressProbeInterval > 0 && c.EgressProbeMisses < 1 {
+		return fmt.Errorf("--egress-probe-misses %d: must be at least 1", c.EgressProbeMisses)
 	}
 	if c.LivenessTTL < time.Second {
 		return fmt.Errorf("--liveness-ttl %s: must be at least 1s (etcd leases count whole seconds)", c.LivenessTTL)
@@ -213,6 +225,10 @@ func Run(ctx context.Context, cfg Config) error {
 		Resync:   cfg.ScanInterval,
 		Registry: reg,
 		Logger:   d.log,
+
+		ProbeInterval: cfg.EgressProbeInterval,
+		ProbeMisses:   cfg.EgressProbeMisses,
+		InHostNS:      d.inHostNS,
 	})
 	hostNS, err := d.hostNSID()
 	if err != nil {
@@ -277,6 +293,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return d.store.WatchPools(ctx, 2*time.Second, func(pools []model.Pool) {
 			selector.SetPools(pools)
 			egresses.SetPools(pools)
+			d.alloc.SetPools(pools)
 		})
 	})
 	env.Go(func(ctx context.Context) error {

@@ -118,6 +118,16 @@ func TestEgress(t *testing.T) {
 		gwAddrs[p.Name] = ips
 	}
 
+	// The gateways were reported running through the API; let coild's
+	// informer see them before a client is added (else, on a busy host,
+	// the client's ADD may find no running gateway and fail closed).
+	testenv.Eventually(t, 5*time.Second, "coild to see the gateways running", func() error {
+		if want := `coild_egress_gateways{egress="internet/nat"} 2`; !strings.Contains(n.Metrics(), want) {
+			return fmt.Errorf("metrics lack %q", want)
+		}
+		return nil
+	})
+
 	// Pods that outlive a subtest belong to the whole test.
 	top := t
 	var clients []*nodetest.Pod
@@ -179,7 +189,12 @@ func TestEgress(t *testing.T) {
 			for _, want := range []string{
 				`coild_egress_clients{egress="internet/nat"} 2`,
 				`coild_egress_gateways{egress="internet/nat"} 2`,
-				`coild_egress_gateway_clients{egress="internet/nat"} 2`,
+				// Every gateway accepts every client of its egress.
+				`coild_egress_gateway_clients{egress="internet/nat"} 4`,
+				// Both gateways answer this node's probes.
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-0"} 1`,
+				`coild_egress_gateway_up{egress="internet/nat",gateway="internet/gw-1"} 1`,
+				`coild_egress_probe_rtt_seconds_count{egress="internet/nat"}`,
 				`coild_egress_gateway_foreign_packets_dropped{egress="internet/nat"} 0`,
 			} {
 				if !strings.Contains(m, want) {
@@ -188,6 +203,30 @@ func TestEgress(t *testing.T) {
 			}
 			return nil
 		})
+		// The gateway counters, read from the gateways' namespaces at
+		// the scrape: the clients' connections above were masqueraded by
+		// the chosen gateway, and another connection raises its count.
+		chosenPod := `{egress="internet/nat",pod="internet/` + chosen.Name + `"}`
+		before := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_packets_total"+chosenPod)
+		bytes := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_bytes_total"+chosenPod)
+		if before <= 0 || bytes < 20*before {
+			t.Errorf("chosen gateway masqueraded %v packets, %v bytes", before, bytes)
+		}
+		for name := range gwAddrs {
+			sel := `{egress="internet/nat",pod="internet/` + name + `"}`
+			if limit := metricSample(t, n.Metrics(), "coild_egress_gateway_conntrack_limit"+sel); limit <= 0 {
+				t.Errorf("gateway %s: conntrack limit %v", name, limit)
+			}
+		}
+		if entries := metricSample(t, n.Metrics(), "coild_egress_gateway_conntrack_entries"+chosenPod); entries <= 0 {
+			t.Errorf("chosen gateway tracks %v connections", entries)
+		}
+		if _, err := netnstest.SeenAs(clients[0].NS, ext.server4, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if after := metricSample(t, n.Metrics(), "coild_egress_gateway_masqueraded_packets_total"+chosenPod); after <= before {
+			t.Errorf("masqueraded packets went from %v to %v after a connection", before, after)
+		}
 	})
 
 	t.Run("coild restart leaves one copy of everything", func(t *testing.T) {
@@ -355,4 +394,20 @@ func TestEgress(t *testing.T) {
 			t.Errorf("client cannot reach the node: %v", err)
 		}
 	})
+}
+
+// metricSample returns the value of the sample named exactly series
+// (name and labels as the text format prints them), or -1 if absent.
+func metricSample(t *testing.T, text, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("sample %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/coil-project/coil/coild/egress"
 	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model/etcdconfig"
 	"github.com/spf13/pflag"
@@ -50,6 +51,8 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.LivenessTTL, "liveness-ttl", DefaultLivenessTTL, "TTL of the etcd lease of the node's liveness key; coil-controller frees a deleted node's blocks only after it expired")
 	fs.BoolVar(&c.FlatL2, "flat-l2", false, "route other nodes' blocks via their node addresses (all nodes on one L2 segment, no routing daemon)")
 	fs.StringSliceVar(&f.egressBypass, "egress-bypass", nil, "CIDRs egress clients always reach directly besides pool subnets (service and node networks)")
+	fs.DurationVar(&c.EgressProbeInterval, "egress-probe-interval", egress.DefaultProbeInterval, "period of the health probes of the egress gateways this node's clients use; 0 turns probing off")
+	fs.IntVar(&c.EgressProbeMisses, "egress-probe-misses", egress.DefaultProbeMisses, "lost probes in a row that take a gateway out of this node's choice (as many good answers bring it back)")
 }
 
 // Config returns the configuration once fs, on which AddFlags registered

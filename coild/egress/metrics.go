@@ -13,6 +13,12 @@ type metrics struct {
 	syncFailures prometheus.Counter
 	panics       prometheus.Counter
 	foreignDrops *prometheus.GaugeVec
+
+	// Health probes of the gateways this node's clients use.
+	probeRTT      *prometheus.HistogramVec
+	probeFailures *prometheus.CounterVec
+	gatewayUp     *prometheus.GaugeVec
+	selected      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -45,9 +51,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "coild", Subsystem: "egress", Name: "reconcile_panics_total",
 			Help: "Reconcile passes that panicked and were abandoned (a bug: the log has the stack).",
 		}),
+		probeRTT: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "probe_rtt_seconds",
+			Help:    "Round-trip time of the health probes this node sent to the egress's gateway pods (answered ones).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+		}, []string{"egress"}),
+		probeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "probe_failures_total",
+			Help: "Health probes of the egress's gateway pods that failed: reason timeout (no answer within the probe interval) or unprogrammed (the pod answered, but no coild had made it a gateway of the egress).",
+		}, []string{"egress", "reason"}),
+		gatewayUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "gateway_up",
+			Help: "Whether this node's probes find the gateway pod healthy (1) or down (0); a down gateway gets no clients of this node.",
+		}, []string{"egress", "gateway"}),
+		selected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coild", Subsystem: "egress", Name: "gateway_selected_clients",
+			Help: "Client pods of this node whose new connections go through the gateway pod now.",
+		}, []string{"egress", "gateway"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures, m.panics, m.foreignDrops)
+		reg.MustRegister(m.clients, m.gateways, m.served, m.failovers, m.syncFailures, m.panics, m.foreignDrops,
+			m.probeRTT, m.probeFailures, m.gatewayUp, m.selected)
 	}
 	return m
 }
@@ -87,4 +111,17 @@ func (r *Reconciler) updateMetrics(s *snapshot, want map[string]podState) {
 	for e, n := range drops {
 		m.foreignDrops.WithLabelValues(e).Set(n)
 	}
+	m.selected.Reset()
+	for _, d := range want {
+		for e, g := range d.chosen {
+			if g != "" {
+				m.selected.WithLabelValues(e, g).Inc()
+			}
+		}
+	}
+}
+
+// forgetTarget drops the series of a gateway no longer probed.
+func (m *metrics) forgetTarget(egress, gateway string) {
+	m.gatewayUp.DeleteLabelValues(egress, gateway)
 }

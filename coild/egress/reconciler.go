@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"reflect"
@@ -90,6 +91,16 @@ type Config struct {
 	// Resync is the period of the full reconciliation, which repairs
 	// anything changed behind coild's back.
 	Resync time.Duration
+	// ProbeInterval is the period of the health probes of the gateways
+	// this node's clients use; zero turns probing off (any running
+	// gateway is chosen). ProbeMisses probes lost in a row take a gateway
+	// out of this node's choice, as many good answers in a row bring it
+	// back (docs/egress.md, "Health probes").
+	ProbeInterval time.Duration
+	ProbeMisses   int
+	// InHostNS runs f in the node's network namespace, where the probes'
+	// sockets are opened; nil runs it where coild is.
+	InHostNS func(f func() error) error
 	// Registry receives the metrics; nil means none.
 	Registry prometheus.Registerer
 	Logger   *slog.Logger
@@ -102,6 +113,11 @@ type Reconciler struct {
 	metrics *metrics
 	pods    *podWatch
 	trigger chan struct{}
+	// probe is nil when probing is off.
+	probe *prober
+
+	// gatewayStats exports the node's gateway pods' counters.
+	gatewayStats *gatewayStats
 
 	// mu guards the inputs fed from etcd.
 	mu           sync.Mutex
@@ -161,7 +177,16 @@ func New(cfg Config) *Reconciler {
 		egresses: map[string]model.Egress{},
 		applied:  map[string]podState{},
 	}
+	r.gatewayStats = newGatewayStats(cfg.Registry)
 	r.pods = newPodWatch(cfg.Kube, cfg.Node, r.kick)
+	if cfg.ProbeInterval > 0 {
+		if cfg.ProbeMisses <= 0 {
+			cfg.ProbeMisses = DefaultProbeMisses
+			r.cfg.ProbeMisses = cfg.ProbeMisses
+		}
+		// The socket is opened by Run.
+		r.probe = newProber(cfg.ProbeInterval, cfg.ProbeMisses, nil, r.metrics, r.log, r.kick)
+	}
 	return r
 }
 
@@ -217,8 +242,24 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.log.Error("watch egresses", "error", err)
 		}
 	})
+	if r.probe != nil {
+		var sock *nodenet.ProbeSocket
+		open := func() (err error) { sock, err = nodenet.OpenProbeSocket(); return err }
+		var err error
+		if r.cfg.InHostNS != nil {
+			err = r.cfg.InHostNS(open)
+		} else {
+			err = open()
+		}
+		if err != nil {
+			return fmt.Errorf("egress gateway probes (turn them off with --egress-probe-interval=0): %w", err)
+		}
+		r.probe.send = sock
+		wg.Go(func() { r.probe.run(ctx, sock.Read4, sock.Read6, sock.Close) })
+	}
 	r.pods.start(ctx)
 	defer r.pods.stop()
+	started := time.Now()
 
 	ticker := time.NewTicker(r.cfg.Resync)
 	defer ticker.Stop()
@@ -244,14 +285,18 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(20 * time.Millisecond):
 		}
-		r.reconcileGuarded(full)
+		r.reconcileGuarded(full, time.Since(started) < startupProbeWait)
 	}
 }
+
+// startupProbeWait bounds how long the first pass after a start waits for
+// the probes' first verdicts; they come within (misses+1) intervals.
+const startupProbeWait = 10 * time.Second
 
 // reconcileGuarded runs one pass. A panic in it (a bug, or something a pod
 // put in its own namespace that nodenet did not expect) abandons that pass
 // only: coild must not crash-loop on every restart because of one pod.
-func (r *Reconciler) reconcileGuarded(full bool) {
+func (r *Reconciler) reconcileGuarded(full, waitProbes bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.metrics.panics.Inc()
@@ -259,7 +304,7 @@ func (r *Reconciler) reconcileGuarded(full bool) {
 			r.retryIn(time.Second)
 		}
 	}()
-	r.reconcile(full)
+	r.reconcile(full, waitProbes)
 }
 
 // ready reports whether every input has been loaded once.
@@ -283,6 +328,9 @@ type snapshot struct {
 	bypass   []netip.Prefix
 	// gateways are the eligible gateway pods of each egress, by key.
 	gateways map[string][]gateway
+	// alive adds to gateways the pods that are being deleted but still
+	// run (draining): connections opened through them stay with them.
+	alive map[string][]gateway
 	// networks are this node's pods' networks by pod key.
 	networks map[string]model.Address
 	// clients are the pods of the cluster that use an egress; nil while
@@ -295,10 +343,16 @@ func (r *Reconciler) snapshot() *snapshot {
 	s := &snapshot{egresses: r.egresses, bypass: sortPrefixes(append(slices.Clone(r.pools), r.cfg.Bypass...))}
 	r.mu.Unlock()
 	s.gateways = map[string][]gateway{}
+	s.alive = map[string][]gateway{}
 	for _, p := range r.pods.gateways() {
 		e := gatewayOf(p)
-		if _, ok := s.egresses[e]; ok && eligible(p) {
-			s.gateways[e] = append(s.gateways[e], gateway{key: podKey(p), addrs: podAddrs(p)})
+		if _, ok := s.egresses[e]; !ok || !running(p) {
+			continue
+		}
+		g := gateway{key: podKey(p), addrs: podAddrs(p)}
+		s.alive[e] = append(s.alive[e], g)
+		if eligible(p) {
+			s.gateways[e] = append(s.gateways[e], g)
 		}
 	}
 	s.networks = map[string]model.Address{}
@@ -329,13 +383,15 @@ func (r *Reconciler) desired(s *snapshot, p *corev1.Pod, net model.Address, prev
 			continue
 		}
 		t := nodenet.EgressTunnel{VNI: eg.VNI, Destinations: eg.Destinations}
-		if g, ok := choose(key, addressAddrs(net), s.gateways[e]); ok {
+		usable := r.usable(s.gateways[e], addressAddrs(net), prev.chosen[e])
+		if g, ok := choose(key, addressAddrs(net), usable); ok {
 			_, t.Gateway, _ = outer(addressAddrs(net), g.addrs)
 			d.chosen[e] = g.key
+			t.Established = r.established(s.alive[e], addressAddrs(net), g)
 		} else {
 			d.chosen[e] = ""
 		}
-		if old := prev.chosen[e]; old != "" && old != d.chosen[e] && !slices.ContainsFunc(s.gateways[e], func(g gateway) bool { return g.key == old }) {
+		if old := prev.chosen[e]; old != "" && old != d.chosen[e] && !slices.ContainsFunc(usable, func(g gateway) bool { return g.key == old }) {
 			d.lost = append(d.lost, e)
 		}
 		tunnels = append(tunnels, t)
@@ -359,7 +415,11 @@ func (r *Reconciler) desired(s *snapshot, p *corev1.Pod, net model.Address, prev
 }
 
 // servedClients returns the clients, anywhere in the cluster, of egress e
-// that chose the gateway pod gwKey (of addresses gwAddrs).
+// that the gateway pod gwKey (of addresses gwAddrs) serves: all of them.
+// Which gateway a client uses is decided on the client's node, from its own
+// probes, which the gateway's node cannot see; and while a gateway drains,
+// a client uses two at once. So every gateway of an egress accepts and
+// returns the traffic of every client of it.
 func (r *Reconciler) servedClients(s *snapshot, e, gwKey string, gwAddrs addrs) []nodenet.EgressGatewayClient {
 	var out []nodenet.EgressGatewayClient
 	for _, c := range s.clients {
@@ -380,10 +440,6 @@ func (r *Reconciler) servedClients(s *snapshot, e, gwKey string, gwAddrs addrs) 
 		if !a.valid() {
 			continue
 		}
-		g, ok := choose(ck, a, s.gateways[e])
-		if !ok || g.key != gwKey {
-			continue
-		}
 		co, _, ok := outer(a, gwAddrs)
 		if !ok {
 			continue
@@ -401,9 +457,27 @@ func terminated(p *corev1.Pod) bool {
 
 // reconcile brings every pod of the node in step; full re-programs even
 // pods whose configuration did not change, repairing drift.
-func (r *Reconciler) reconcile(full bool) {
+func (r *Reconciler) reconcile(full, waitProbes bool) {
 	s := r.snapshot()
 	r.pods.needClients(r.hasLocalGateways(s))
+	if r.probe != nil {
+		targets := map[probeTarget]probeState{}
+		for _, p := range r.pods.local() {
+			if net, ok := s.networks[podKey(p)]; ok && p.Spec.NodeName == r.cfg.Node && !terminated(p) {
+				r.addTargets(targets, s, p, addressAddrs(net))
+			}
+		}
+		r.stateMu.Lock()
+		first := !r.swept
+		r.stateMu.Unlock()
+		if !r.probe.want(targets, time.Now()) && first && waitProbes {
+			// Right after a start nothing is known of the gateways:
+			// choosing now would move every client off them. The
+			// first verdicts come within a few intervals.
+			r.retryIn(r.cfg.ProbeInterval)
+			return
+		}
+	}
 
 	want := map[string]podState{}
 	seen := map[string]bool{}
@@ -468,6 +542,7 @@ func (r *Reconciler) reconcile(full bool) {
 		r.retryIn(time.Second)
 	}
 	r.updateMetrics(s, want)
+	r.gatewayStats.set(want)
 }
 
 // retryIn wakes the reconcile loop after d, with at most one wake-up
@@ -551,7 +626,7 @@ func (r *Reconciler) apply(key string, d podState, force bool) error {
 	}
 	for _, e := range d.lost {
 		r.metrics.failovers.WithLabelValues(e).Inc()
-		r.log.Info("client moved off a gateway that went away", "pod", key, "egress", e, "gateway", d.chosen[e])
+		r.log.Info("client moved off a gateway that went away", "pod", key, "egress", e, "new_gateway", d.chosen[e])
 	}
 	d.lost = nil
 	if d.empty() {
@@ -612,6 +687,17 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup,
 	s := r.snapshot()
 	key := podKey(p)
 	s.networks[key] = net
+	if r.probe != nil {
+		// A client gets a gateway its node has heard from: wait for
+		// the first verdicts on the ones it may use (a few intervals at
+		// most; they are known already if another pod of the node
+		// uses the egress).
+		targets := map[probeTarget]probeState{}
+		r.addTargets(targets, s, p, addressAddrs(net))
+		if !r.probe.want(targets, time.Now()) {
+			r.probe.wait(ctx, slices.Collect(maps.Keys(targets)), time.Duration(r.cfg.ProbeMisses+2)*r.cfg.ProbeInterval)
+		}
+	}
 	d := r.desired(s, p, net, r.appliedState(key))
 	if err := r.apply(key, d, true); err != nil {
 		// Fail closed: the plugin rolls the pod back and the runtime
@@ -647,7 +733,8 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup,
 }
 
 // updateLocalGateways programs, before the ADD of client p returns, the
-// gateways of this node it chose, so that even the replies to its first
+// gateways of this node of its egresses (every gateway serves every
+// client), so that even the replies to its first
 // packets come back through the tunnel. Gateways on other nodes learn of
 // the client from the API, as soon as its status shows its address.
 func (r *Reconciler) updateLocalGateways(s *snapshot, p *corev1.Pod, d podState) {
@@ -656,10 +743,10 @@ func (r *Reconciler) updateLocalGateways(s *snapshot, p *corev1.Pod, d podState)
 	}
 	key := podKey(p)
 	s.clients = append(slices.DeleteFunc(slices.Clone(s.clients), func(c *corev1.Pod) bool { return podKey(c) == key }), p)
-	for _, g := range d.chosen {
-		gp := r.pods.localPod(splitKey(g))
+	for _, gp := range r.pods.local() {
+		g := podKey(gp)
 		net, ok := s.networks[g]
-		if gp == nil || !ok {
+		if _, uses := d.chosen[gatewayOf(gp)]; !uses || !ok || gp.Spec.NodeName != r.cfg.Node || terminated(gp) {
 			continue
 		}
 		if err := r.apply(g, r.desired(s, gp, net, r.appliedState(g)), false); err != nil {
@@ -728,4 +815,68 @@ func (r *Reconciler) PodReleased(net model.Address) {
 		r.stateMu.Unlock()
 	}()
 	r.kick()
+}
+
+// addTargets adds to targets the gateway addresses client pod p (of
+// addresses a) may tunnel to.
+func (r *Reconciler) addTargets(targets map[probeTarget]probeState, s *snapshot, p *corev1.Pod, a addrs) {
+	for _, e := range clientEgresses(p) {
+		eg, ok := s.egresses[e]
+		if !ok || e == gatewayOf(p) {
+			continue
+		}
+		for _, g := range s.alive[e] {
+			if _, ga, ok := outer(a, g.addrs); ok {
+				targets[probeTarget{gateway: g.key, addr: ga}] = probeState{egress: e, vni: eg.VNI}
+			}
+		}
+	}
+}
+
+// usable returns the gateways among gws a client of addresses a may
+// choose: those its node's probes find up. One not judged yet is kept only
+// if the client uses it already (prev), so that a new gateway gets clients
+// once it has answered, and a restart moves nobody.
+func (r *Reconciler) usable(gws []gateway, a addrs, prev string) []gateway {
+	if r.probe == nil {
+		return gws
+	}
+	var out []gateway
+	for _, g := range gws {
+		_, ga, ok := outer(a, g.addrs)
+		if !ok {
+			continue
+		}
+		switch r.probe.health(probeTarget{gateway: g.key, addr: ga}) {
+		case probeUp:
+			out = append(out, g)
+		case probePending:
+			if g.key == prev {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
+}
+
+// established returns the outer addresses of the gateways in alive, other
+// than the chosen one, that may still carry connections of a client of
+// addresses a: all that run and are not found down by the probes
+// (draining ones included). Connections opened through one of them stay
+// with it.
+func (r *Reconciler) established(alive []gateway, a addrs, chosen gateway) []netip.Addr {
+	var out []netip.Addr
+	_, cur, _ := outer(a, chosen.addrs)
+	for _, g := range alive {
+		_, ga, ok := outer(a, g.addrs)
+		if !ok || g.key == chosen.key || ga.Is4() != cur.Is4() {
+			continue
+		}
+		if r.probe != nil && r.probe.health(probeTarget{gateway: g.key, addr: ga}) == probeDown {
+			continue
+		}
+		out = append(out, ga)
+	}
+	slices.SortFunc(out, func(x, y netip.Addr) int { return x.Compare(y) })
+	return out
 }

@@ -89,10 +89,17 @@ func gatewayOf(p *corev1.Pod) string {
 	return p.Namespace + "/" + name
 }
 
-// eligible reports whether a gateway pod may take clients: running, not
-// being deleted, with an address.
+// eligible reports whether a gateway pod may take new clients: running,
+// not being deleted, with an address.
 func eligible(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && podAddrs(p).valid()
+	return p.DeletionTimestamp == nil && running(p)
+}
+
+// running reports whether a gateway pod runs with an address, being
+// deleted or not: a pod being deleted still carries the connections
+// opened through it until it exits (drain).
+func running(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodRunning && podAddrs(p).valid()
 }
 
 // gateway is an eligible gateway pod of an egress.

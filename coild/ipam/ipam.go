@@ -75,6 +75,15 @@ type Allocator struct {
 	// restoredRev is the etcd revision Restore started reading at: every
 	// change after it is to be applied by following the node's keys.
 	restoredRev int64
+	// drained holds the subnets that give no new blocks (all of a
+	// drained pool's), as SetPools last saw them.
+	drained map[subnetRef]bool
+}
+
+// subnetRef names a subnet of a pool by its position.
+type subnetRef struct {
+	pool   string
+	subnet int
 }
 
 // slot is one address of a block.
@@ -114,6 +123,10 @@ type block struct {
 	next       int
 	emptySince time.Time
 	retiring   bool
+	// drained: the block's subnet is drained. Its free addresses are
+	// used only when the pool has no other block to give (reserveLocked),
+	// so the block empties as pods come and go and returns to the pool.
+	drained bool
 }
 
 func newBlock(mb model.Block) *block {
@@ -134,6 +147,27 @@ func New(store Store, node string, observer Observer) *Allocator {
 		acquiring: map[string]*flight{},
 		freed:     map[string][]slot{},
 		pending:   map[api.Attachment]pendingCommit{},
+		drained:   map[subnetRef]bool{},
+	}
+}
+
+// SetPools takes the pools' drain marks (coild feeds it from its watch of
+// the pools): new pods then go to blocks of subnets that are not drained
+// while the pool can give one.
+func (a *Allocator) SetPools(pools []model.Pool) {
+	drained := map[subnetRef]bool{}
+	for _, p := range pools {
+		for i := range p.Subnets {
+			if p.SubnetDrained(i) {
+				drained[subnetRef{p.Name, i}] = true
+			}
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.drained = drained
+	for _, b := range a.blocks {
+		b.drained = drained[subnetRef{b.Pool, b.Subnet}]
 	}
 }
 
@@ -193,6 +227,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	a.blocks = map[string]*block{}
 	a.pools = map[string][]*block{}
 	for _, b := range loaded {
+		b.drained = a.drained[subnetRef{b.Pool, b.Subnet}]
 		a.blocks[b.ID()] = b
 		a.pools[b.Pool] = append(a.pools[b.Pool], b)
 	}
@@ -275,9 +310,12 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 	// flightErr is the outcome of another request's block acquisition we
 	// waited for: if it found the pool exhausted, so are we.
 	var flightErr error
+	// withDrained: the pool gave no new block, so the free addresses of
+	// the node's blocks in drained subnets are used after all.
+	withDrained := false
 	for attempt := 0; attempt < maxAttempts; {
 		a.mu.Lock()
-		b, off, fresh, ok := a.reserveLocked(pool)
+		b, off, fresh, ok := a.reserveLocked(pool, withDrained)
 		if ok {
 			a.mu.Unlock()
 			addr, err := a.store.AllocateAddress(ctx, b.Block, off, owner)
@@ -323,6 +361,11 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 			}
 		}
 		if errors.Is(flightErr, model.ErrPoolExhausted) {
+			if !withDrained {
+				withDrained = true
+				a.mu.Unlock()
+				continue
+			}
 			a.mu.Unlock()
 			return model.Address{}, flightErr
 		}
@@ -344,6 +387,10 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 		}
 		close(f.done)
 		a.mu.Unlock()
+		if errors.Is(err, model.ErrPoolExhausted) && !withDrained {
+			flightErr = err
+			continue
+		}
 		if err != nil {
 			return model.Address{}, err
 		}
@@ -366,6 +413,7 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 	nb.spent.set(off)
 	nb.count, nb.spentCount = 1, 1
 	nb.next = (off + 1) % mb.Size()
+	nb.drained = a.drained[subnetRef{mb.Pool, mb.Subnet}]
 	a.blocks[mb.ID()] = nb
 	a.pools[mb.Pool] = append(a.pools[mb.Pool], nb)
 }
@@ -375,10 +423,11 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 // an address not used since the block was acquired or restored (fresh),
 // then the address freed longest ago: a freed address goes to another pod
 // as late as possible (conntrack and egress NAT state of its last holder).
-// No etcd request, no scan beyond the node's own blocks.
-func (a *Allocator) reserveLocked(pool string) (b *block, off int, fresh, ok bool) {
+// No etcd request, no scan beyond the node's own blocks. Blocks of
+// drained subnets are passed over unless withDrained.
+func (a *Allocator) reserveLocked(pool string, withDrained bool) (b *block, off int, fresh, ok bool) {
 	for _, b := range a.pools[pool] {
-		if b.retiring || b.spentCount >= b.Size() {
+		if b.retiring || b.spentCount >= b.Size() || b.drained && !withDrained {
 			continue
 		}
 		if off := b.spent.nextFree(b.next, b.Size()); off >= 0 {
@@ -388,20 +437,28 @@ func (a *Allocator) reserveLocked(pool string) (b *block, off int, fresh, ok boo
 		}
 	}
 	q := a.freed[pool]
-	for len(q) > 0 {
-		s := q[0]
-		q = q[1:]
-		if a.blocks[s.b.ID()] == s.b && !s.b.retiring && !s.b.used.isSet(s.off) {
-			a.setFreedLocked(pool, q)
-			a.takeLocked(s.b, s.off)
-			return s.b, s.off, false, true
+	var kept []slot // entries of drained blocks, passed over but not dropped
+	for i, s := range q {
+		if a.blocks[s.b.ID()] != s.b || s.b.retiring || s.b.used.isSet(s.off) {
+			continue
 		}
+		if s.b.drained && !withDrained {
+			kept = append(kept, s)
+			continue
+		}
+		rest := q[i+1:]
+		if len(kept) > 0 {
+			rest = append(kept, rest...) // copies; only while a drain is on
+		}
+		a.setFreedLocked(pool, rest)
+		a.takeLocked(s.b, s.off)
+		return s.b, s.off, false, true
 	}
-	a.setFreedLocked(pool, nil)
+	a.setFreedLocked(pool, kept)
 	// A free address no entry names: its entry was skipped while its
 	// block was being retired. Rare; better late than never.
 	for _, b := range a.pools[pool] {
-		if b.retiring || b.count >= b.Size() {
+		if b.retiring || b.count >= b.Size() || b.drained && !withDrained {
 			continue
 		}
 		if off := b.used.nextFree(b.next, b.Size()); off >= 0 {
@@ -609,6 +666,20 @@ func (a *Allocator) Blocks() map[string][]model.Block {
 	for pool, list := range a.pools {
 		for _, b := range list {
 			m[pool] = append(m[pool], b.Block)
+		}
+	}
+	return m
+}
+
+// FreeAddresses is, per pool, the number of addresses free in the blocks
+// the node owns: what it can hand out without taking a block.
+func (a *Allocator) FreeAddresses() map[string]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := make(map[string]int, len(a.pools))
+	for pool, list := range a.pools {
+		for _, b := range list {
+			m[pool] += b.Size() - b.count
 		}
 	}
 	return m

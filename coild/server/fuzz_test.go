@@ -30,6 +30,7 @@ func (notReady) ReleaseHeld(context.Context, api.Attachment) (model.Address, boo
 func (notReady) Attachments() map[api.Attachment]model.Address { return nil }
 func (notReady) Blocks() map[string][]model.Block              { return nil }
 func (notReady) Usage() (int, int)                             { return 0, 0 }
+func (notReady) FreeAddresses() map[string]int                 { return nil }
 
 // FuzzRequestBodies sends arbitrary bodies to every endpoint that decodes
 // one: coild must answer 400 or, for a well-formed request, 503 (not

@@ -37,6 +37,25 @@ func newMetrics(reg *prometheus.Registry, alloc Allocator) *metrics {
 		Namespace: "coild", Name: "addresses_in_use",
 		Help: "Addresses allocated on this node.",
 	}, func() float64 { _, n := alloc.Usage(); return float64(n) })
-	reg.MustRegister(m.allocations, m.releases, m.failures, m.latency, blocks, inUse)
+	reg.MustRegister(m.allocations, m.releases, m.failures, m.latency, blocks, inUse, freeCollector{alloc})
 	return m
+}
+
+// freeDesc is coild_addresses_free: per pool, what the node can hand out
+// without taking a new block. A node whose pools run low here takes blocks
+// (coil-controller's coil_controller_pool_blocks_free shows how many are
+// left).
+var freeDesc = prometheus.NewDesc("coild_addresses_free",
+	"Addresses free in the address blocks this node owns, by pool.", []string{"pool"}, nil)
+
+// freeCollector reads the free addresses from the allocator at each
+// scrape: the set of pools changes as blocks come and go.
+type freeCollector struct{ alloc Allocator }
+
+func (c freeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- freeDesc }
+
+func (c freeCollector) Collect(ch chan<- prometheus.Metric) {
+	for pool, n := range c.alloc.FreeAddresses() {
+		ch <- prometheus.MustNewConstMetric(freeDesc, prometheus.GaugeValue, float64(n), pool)
+	}
 }

@@ -42,6 +42,8 @@ type Allocator interface {
 	Blocks() map[string][]model.Block
 	// Usage is the number of blocks owned and addresses in use.
 	Usage() (blocks, addresses int)
+	// FreeAddresses is, per pool, the addresses free in owned blocks.
+	FreeAddresses() map[string]int
 }
 
 // PoolSelector chooses the pool of a namespace (coild/poolselector).

@@ -306,7 +306,7 @@ func TestMetrics(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{"coild_allocations_total 1", "coild_blocks_owned 1", "coild_addresses_in_use 1", "coild_allocation_duration_seconds_count 1"} {
+	for _, want := range []string{"coild_allocations_total 1", "coild_blocks_owned 1", "coild_addresses_in_use 1", "coild_allocation_duration_seconds_count 1", `coild_addresses_free{pool="default"} 3`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("metrics lack %q", want)
 		}

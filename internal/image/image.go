@@ -42,7 +42,7 @@ const (
 
 // Binaries are Coil's commands, each a directory at the module root, in
 // /usr/local/bin in the image.
-var Binaries = []string{"coil", "coild", "coilctl", "coil-controller", "coil-installer"}
+var Binaries = []string{"coil", "coild", "coilctl", "coil-controller", "coil-installer", "coil-egress"}
 
 // PluginsModule is the module of the reference CNI plugins; the image has
 // them at the version go.mod requires.

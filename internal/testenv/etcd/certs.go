@@ -26,7 +26,9 @@ type Certs struct {
 }
 
 // GenerateCerts writes a fresh CA, server and client key pair into dir.
-func GenerateCerts(dir string) (*Certs, error) {
+// The certificates are valid for 127.0.0.1, ::1 and localhost, and for
+// the extra IP addresses given (an etcd inside a test network namespace).
+func GenerateCerts(dir string, extraIPs ...net.IP) (*Certs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -74,7 +76,7 @@ func GenerateCerts(dir string) (*Certs, error) {
 			NotAfter:     now.Add(24 * time.Hour),
 			KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+			IPAddresses:  append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}, extraIPs...),
 			DNSNames:     []string{"localhost"},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)

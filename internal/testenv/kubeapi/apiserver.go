@@ -33,6 +33,13 @@ import (
 // admin (group system:masters, which RBAC never restricts).
 const AdminUser = "coil-test-admin"
 
+// ServiceCIDR is the servers' Service network; the `kubernetes` Service
+// gets its first address, KubernetesServiceIP.
+const (
+	ServiceCIDR         = "10.96.0.0/16"
+	KubernetesServiceIP = "10.96.0.1"
+)
+
 // ErrNotReady means the server did not answer /readyz with 200 in time;
 // the error carries the end of its log.
 var ErrNotReady = errors.New("kube-apiserver did not become ready")
@@ -71,6 +78,13 @@ type Options struct {
 	// BindAddress is the address the server listens on and advertises;
 	// default 127.0.0.1. With NetNS it is an address inside that namespace.
 	BindAddress string
+	// Detached servers outlive the process that started them (a demo
+	// cluster left running); without it the server dies with its parent.
+	Detached bool
+	// ServiceAccounts enables the ServiceAccount admission plugin, which
+	// gives pods their tokens; it needs a controller manager that creates
+	// the "default" service accounts (the real-node clusters of mtest).
+	ServiceAccounts bool
 	// Dial, when set, opens the connections to the server, both for the
 	// readiness probe and in Server.Config: a server inside NetNS is only
 	// reachable through a dialer that enters the namespace.
@@ -112,8 +126,9 @@ var startSeq atomic.Int64
 // The server uses RBAC and Node authorization, a static token file for
 // authentication, a self-signed serving certificate generated into
 // Dir/pki, and a service-account signing key generated into Dir. The
-// ServiceAccount admission plugin is off, because no controller manager
-// creates the "default" service accounts that pods would otherwise need.
+// ServiceAccount admission plugin is off unless Options.ServiceAccounts,
+// because without a controller manager no "default" service accounts exist
+// for pods to use.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.EtcdEndpoint == "" || opts.Dir == "" {
 		return nil, fmt.Errorf("kubeapitest.Start: EtcdEndpoint and Dir are required")
@@ -173,12 +188,14 @@ func (s *Server) start(ctx context.Context, bin string, opts Options) error {
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + filepath.Join(s.dir, "sa.pub"),
 		"--service-account-signing-key-file=" + filepath.Join(s.dir, "sa.key"),
-		"--service-cluster-ip-range=10.96.0.0/16",
-		"--disable-admission-plugins=ServiceAccount",
+		"--service-cluster-ip-range=" + ServiceCIDR,
 		// The server is alone: no peer endpoints to keep in step.
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
 		"--v=1",
+	}
+	if !opts.ServiceAccounts {
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
 	}
 	args = append(args, opts.ExtraArgs...)
 
@@ -199,6 +216,9 @@ func (s *Server) start(ctx context.Context, bin string, opts Options) error {
 	// Kill the server if the test process dies without calling Stop
 	// (panic, timeout, SIGKILL): no stray apiserver outlives its test.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if opts.Detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -312,6 +332,10 @@ func (s *Server) PID() int {
 	}
 	return s.proc.cmd.Process.Pid
 }
+
+// ServiceAccountKeyFile is the private key that signs service-account
+// tokens, which a controller manager needs too.
+func (s *Server) ServiceAccountKeyFile() string { return filepath.Join(s.dir, "sa.key") }
 
 // Token returns the bearer token of AdminUser or of one of Options.Users.
 func (s *Server) Token(user string) string { return s.tokens[user] }

@@ -83,11 +83,37 @@ func CacheDir() (string, error) {
 // Ensure returns the path of the kube-apiserver binary, building it first
 // if the cache does not hold it yet. The first build takes minutes (it
 // compiles Kubernetes); later calls return at once.
+func Ensure(ctx context.Context) (string, error) {
+	return EnsureComponent(ctx, "kube-apiserver")
+}
+
+// Components are the Kubernetes programs EnsureComponent builds: the API
+// server, and what the real-node clusters of mtest run beside it.
+var Components = []string{"kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager", "kubectl"}
+
+// EnsureComponent returns the path of one of Components at the version the
+// mtest/kube-apiserver module pins, building it into the cache first if
+// it is not there. kube-apiserver is the module's own main package (with
+// the JSON log format registered); the others are the stock commands of
+// k8s.io/kubernetes, named as tools in that module's go.mod so that its
+// go.sum covers them.
 //
 // Parallel callers (test binaries of several packages run at the same
 // time) serialise on a lock file, and the binary appears under its final
 // name only once it is complete, so nobody runs a half-written file.
-func Ensure(ctx context.Context) (string, error) {
+func EnsureComponent(ctx context.Context, name string) (string, error) {
+	pkg := ""
+	for _, c := range Components {
+		if c == name {
+			pkg = "k8s.io/kubernetes/cmd/" + name
+		}
+	}
+	if pkg == "" {
+		return "", fmt.Errorf("unknown Kubernetes component %q (known: %s)", name, strings.Join(Components, ", "))
+	}
+	if name == "kube-apiserver" {
+		pkg = "."
+	}
 	src, err := SourceDir()
 	if err != nil {
 		return "", err
@@ -100,14 +126,14 @@ func Ensure(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(cache, "kube-apiserver-"+version)
+	bin := filepath.Join(cache, name+"-"+version)
 	if isExecutable(bin) {
 		return bin, nil
 	}
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return "", fmt.Errorf("create cache directory: %w", err)
 	}
-	unlock, err := lockFile(ctx, bin+".lock")
+	unlock, err := LockFile(ctx, bin+".lock")
 	if err != nil {
 		return "", err
 	}
@@ -123,7 +149,7 @@ func Ensure(ctx context.Context) (string, error) {
 			os.Remove(f)
 		}
 	}
-	if err := build(ctx, src, bin); err != nil {
+	if err := build(ctx, src, pkg, name, bin); err != nil {
 		return "", err
 	}
 	return bin, nil
@@ -134,9 +160,9 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
-// build compiles the module in src into a temporary file beside dst and
-// renames it into place.
-func build(ctx context.Context, src, dst string) error {
+// build compiles pkg of the module in src into a temporary file beside dst
+// and renames it into place.
+func build(ctx context.Context, src, pkg, name, dst string) error {
 	tmp := fmt.Sprintf("%s.tmp-%d", dst, os.Getpid())
 	defer os.Remove(tmp)
 	goCmd, err := exec.LookPath("go")
@@ -146,7 +172,7 @@ func build(ctx context.Context, src, dst string) error {
 	}
 	// -buildvcs=false: the binary needs no VCS stamp, and stamping fails
 	// where git is missing or the checkout belongs to another user.
-	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-buildvcs=false", "-o", tmp, ".")
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-buildvcs=false", "-o", tmp, pkg)
 	cmd.Dir = src
 	// A go.work above the checkout must not pull this module into it.
 	cmd.Env = append(os.Environ(), "GOWORK=off")
@@ -155,19 +181,19 @@ func build(ctx context.Context, src, dst string) error {
 	cmd.Stderr = &out
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build kube-apiserver in %s: %w\n%s", src, err, tail(out.String(), 4000))
+		return fmt.Errorf("build %s in %s: %w\n%s", name, src, err, tail(out.String(), 4000))
 	}
 	if err := os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("install kube-apiserver binary: %w", err)
+		return fmt.Errorf("install %s binary: %w", name, err)
 	}
 	fmt.Fprintf(os.Stderr, "built %s in %s\n", dst, time.Since(start).Round(time.Second))
 	return nil
 }
 
-// lockFile takes an exclusive flock on path, polling so that ctx can
+// LockFile takes an exclusive flock on path, polling so that ctx can
 // cancel the wait (a blocking flock cannot be interrupted). The lock dies
 // with the process, so a crashed build never leaves it stuck.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+func LockFile(ctx context.Context, path string) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open build lock: %w", err)
@@ -187,7 +213,7 @@ func lockFile(ctx context.Context, path string) (unlock func(), err error) {
 		select {
 		case <-ctx.Done():
 			f.Close()
-			return nil, fmt.Errorf("wait for another kube-apiserver build: %w", ctx.Err())
+			return nil, fmt.Errorf("wait for the lock %s: %w", path, ctx.Err())
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

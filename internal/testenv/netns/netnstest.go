@@ -205,3 +205,55 @@ func AddRoute(dst, via string) error {
 	}
 	return nil
 }
+
+// PeerEchoServer listens on addr inside n and answers every line a client
+// sends with the client's address as the server sees it. Connections are
+// served at once and stay open until the client closes them: a long-lived
+// connection can ask, at any time, which address it arrives from.
+func PeerEchoServer(t testing.TB, n ns.NetNS, addr netip.Addr) netip.AddrPort {
+	t.Helper()
+	var ln net.Listener
+	Do(t, n, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		// Ends when the cleanup above closes the listener.
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				peer := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap()
+				r := bufio.NewReader(c)
+				for {
+					if _, err := r.ReadString('\n'); err != nil {
+						return
+					}
+					if _, err := fmt.Fprintln(c, peer); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// AskPeer sends a line on a connection to a PeerEchoServer and returns the
+// address the server answers it saw, within timeout.
+func AskPeer(c net.Conn, r *bufio.Reader, timeout time.Duration) (netip.Addr, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintln(c, "?"); err != nil {
+		return netip.Addr{}, err
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return netip.ParseAddr(strings.TrimSpace(line))
+}

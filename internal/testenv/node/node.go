@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/coil-project/coil/coild/egress"
 	"io"
 	"log/slog"
 	"net"
@@ -295,8 +296,11 @@ func (n *Node) Config() daemon.Config {
 		GCMinAge:          n.gcMinAge,
 		LinkRemovalDelay:  n.linkDelay,
 		KubeClient:        n.Kube,
-		HostNS:            n.NS,
-		Logger:            slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// As deployed: the egress tests see the probes at work.
+		EgressProbeInterval: egress.DefaultProbeInterval,
+		EgressProbeMisses:   egress.DefaultProbeMisses,
+		HostNS:              n.NS,
+		Logger:              slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 }
 

@@ -1,6 +1,9 @@
-// Command ensure builds the test kube-apiserver into the cache unless it is
-// there, and prints its path. `make kube-apiserver` runs it before the
-// tests, so that no test binary spends its timeout on the first build.
+// Command ensure builds Kubernetes programs into the cache unless they are
+// there, and prints their paths: `ensure` alone builds the test
+// kube-apiserver, `ensure kubelet kubectl ...` the named components, and
+// `ensure all` every one the suite uses. `make kube-apiserver` and `make
+// kube-node` run it before the tests, so that no test binary spends its
+// timeout on the first build.
 package main
 
 import (
@@ -14,12 +17,21 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	path, err := kubeapitest.Ensure(ctx)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ensure kube-apiserver:", err)
-		os.Exit(1)
+	names := os.Args[1:]
+	switch {
+	case len(names) == 0:
+		names = []string{"kube-apiserver"}
+	case len(names) == 1 && names[0] == "all":
+		names = kubeapitest.Components
 	}
-	fmt.Println(path)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, name := range names {
+		path, err := kubeapitest.EnsureComponent(ctx, name)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ensure %s: %v\n", name, err)
+			os.Exit(1)
+		}
+		fmt.Println(path)
+	}
 }
