@@ -86,9 +86,10 @@ type PodLinks interface {
 	// host link they went through (zero when there was none).
 	Detach(addr model.Address) (HostLink, error)
 	// RemoveLater deletes the pod's links (its veth, found from addr's
-	// network namespace, and link) in the background, then calls done,
-	// also when the deletion failed (house-keeping deletes veths of pods
-	// without an address).
+	// network namespace, and link) in the background, and calls done once
+	// they are gone. A deletion that keeps failing never calls it: the
+	// address stays held until coild restarts (whose start-up deletes the
+	// veths of pods without an address before it serves).
 	RemoveLater(addr model.Address, link HostLink, done func())
 }
 
