@@ -243,6 +243,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		if err := r.run(ctx, "del", net, warm); err != nil {
 			return err
 		}
+		// coild deletes the veth after DEL answered; the next plugin
+		// uses the same namespace.
+		if err := waitVethsGone(ctx, nodeNS); err != nil {
+			return err
+		}
 	}
 
 	cr := &cniResults{pods: o.pods, parallel: []int{1, o.cniPar}, add: map[string][]phaseResult{}, del: map[string][]phaseResult{}}
