@@ -456,8 +456,8 @@ func (r *results) tables() []table {
 			{"etcd keys left after both GC runs", fmtCount(s.etcdAfterGC.keys), ""},
 		}
 		if s.gcAltNodes > 0 {
-			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes listing blocks per node", s.gcAltNodes),
-				fmtSeconds(s.gcAltTime) + " (listing " + fmtSeconds(s.gcAltScan) + ")", "before the controller batched"})
+			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes reading each node's blocks (its index)", s.gcAltNodes),
+				fmtSeconds(s.gcAltTime) + " (reading " + fmtSeconds(s.gcAltScan) + ")", "per node, as before the controller batched"})
 		}
 		t.note = "As coil-controller's node worker releases a batch of queued deletions (the bench makes the same model calls): one listing " +
 			"of all blocks, then per node ForceReleaseBlock for each block (guarded by the block's creation revision) and DeleteNode. " +
