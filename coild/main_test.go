@@ -34,19 +34,21 @@ func TestParseFlags(t *testing.T) {
 					c.TableID == 119 && c.ProtocolID == 30 && c.Kubeconfig == "" && c.MetricsAddr == "" &&
 					c.ScanInterval == time.Minute && c.BlockReleaseGrace == 5*time.Minute && !c.FlatL2 &&
 					c.NodeAddresses == nil && c.EgressBypass == nil && c.Etcd.Prefix == "/coil/" && c.Validate() == nil &&
-					c.EgressProbeInterval == 200*time.Millisecond && c.EgressProbeMisses == 3
+					c.EgressProbeInterval == 200*time.Millisecond && c.EgressProbeMisses == 3 &&
+					c.KubeQPS == 50 && c.KubeBurst == 100
 			},
 		},
 		{
 			name: "flags",
 			args: []string{"--node-name=n2", "--node-address=192.0.2.1,2001:db8::1", "--egress-bypass=10.96.0.5/12",
 				"--egress-bypass=fd00::/64", "--table-id=120", "--protocol-id=31", "--flat-l2", "--socket=",
-				"--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379"},
+				"--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379", "--kube-api-qps=20.5", "--kube-api-burst=40"},
 			check: func(c daemon.Config) bool {
 				return c.NodeName == "n2" &&
 					slices.Equal(c.NodeAddresses, []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}) &&
 					slices.Equal(c.EgressBypass, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00::/64")}) &&
-					c.TableID == 120 && c.ProtocolID == 31 && c.FlatL2 && c.SocketPath == "" && len(c.Etcd.Endpoints) == 2
+					c.TableID == 120 && c.ProtocolID == 31 && c.FlatL2 && c.SocketPath == "" && len(c.Etcd.Endpoints) == 2 &&
+					c.KubeQPS == 20.5 && c.KubeBurst == 40
 			},
 		},
 		{
@@ -129,6 +131,8 @@ func TestValidateFlags(t *testing.T) {
 		{name: "reserved table", args: []string{"--node-name=n", "--table-id=254"}, wantErr: "--table-id"},
 		{name: "protocol out of range", args: []string{"--node-name=n", "--protocol-id=256"}, wantErr: "--protocol-id"},
 		{name: "zero scan interval", args: []string{"--node-name=n", "--scan-interval=0s"}, wantErr: "--scan-interval"},
+		{name: "negative API QPS", args: []string{"--node-name=n", "--kube-api-qps=-1"}, wantErr: "--kube-api-qps"},
+		{name: "negative API burst", args: []string{"--node-name=n", "--kube-api-burst=-5"}, wantErr: "--kube-api-burst"},
 		{name: "bad etcd prefix", args: []string{"--node-name=n", "--etcd-prefix=coil"}, wantErr: "prefix"},
 	}
 	for _, tc := range tests {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -116,18 +117,40 @@ func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner 
 	return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), ErrAddressInUse)
 }
 
-// ReleaseAddress deletes the record a, provided it is the very record that
-// was allocated (same creation revision). An address already gone is not an
-// error; an address re-allocated to someone else fails with ErrNotOwner and
-// is left alone.
+// ReleaseAddress deletes the record a on behalf of someone other than its
+// node (coil-controller's leak reclaim, `coilctl address free`), provided
+// it is the very record that was allocated (same creation revision). In
+// the same transaction it tells the node, through its index (the block's
+// "released" key, which the node's WatchNodeReleases follows), so that
+// the node's allocator frees the address too. An address already gone is
+// not an error; an address re-allocated to someone else fails with
+// ErrNotOwner and is left alone.
 func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
+	ikey := s.nodeBlockKey(a.Node, a.Pool, a.Subnet, a.Block)
+	rec := encode(releasedRecord{Revision: a.Revision, Address: json.RawMessage(encode(a))})
+	return s.releaseAddress(ctx, a, clientv3.OpTxn(
+		// Only a block the index holds: no entry is made up for a block
+		// that is gone, or of a node not indexed yet (whose coild, older
+		// than the index, watches the address keys themselves).
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ikey), ">", 0)},
+		[]clientv3.Op{clientv3.OpPut(ikey+releasedSuffix, rec)}, nil))
+}
+
+// ReleaseOwnAddress is ReleaseAddress for the node that allocated a: the
+// node knows of its own release, so nothing else is written. It is one
+// transaction, like the allocation.
+func (s *Store) ReleaseOwnAddress(ctx context.Context, a Address) error {
+	return s.releaseAddress(ctx, a)
+}
+
+func (s *Store) releaseAddress(ctx context.Context, a Address, also ...clientv3.Op) error {
 	akey := s.addressKey(a.Pool, a.Subnet, a.Block, a.Offset)
 	// Asked again after a lost answer, the delete finds the record gone
 	// (or someone else's): the same answer as a late release.
 	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
 		return s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(akey), "=", a.Revision)).
-			Then(append([]clientv3.Op{clientv3.OpDelete(akey)}, s.noteOps("")...)...).
+			Then(append(append([]clientv3.Op{clientv3.OpDelete(akey)}, also...), s.noteOps("")...)...).
 			Else(clientv3.OpGet(akey, clientv3.WithCountOnly()))
 	})
 	if err != nil {

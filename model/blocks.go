@@ -83,6 +83,9 @@ func (b Block) AddressAt(offset int) (v4, v6 netip.Addr) {
 // transaction tried to create: the node may own them, and ClaimBlock
 // settles it.
 func (s *Store) AcquireBlock(ctx context.Context, pool string, owner Owner) (Block, Address, error) {
+	if err := validNodeName(owner.Node); err != nil {
+		return Block{}, Address{}, fmt.Errorf("acquire block in pool %q: %w", pool, err)
+	}
 	var b Block
 	var a Address
 	err := retryConflicts(ctx, maxConflictAttempts, func() (err error) {
@@ -148,7 +151,10 @@ func (s *Store) createBlock(ctx context.Context, poolRev int64, b Block, a Addre
 				// Addresses of a block are deleted with it; a leftover would be a bug
 				// elsewhere, and must not be silently overwritten.
 				clientv3.Compare(clientv3.CreateRevision(s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index)), "=", 0).WithPrefix()).
-			Then(clientv3.OpPut(bkey, bval), clientv3.OpPut(akey, encode(a))).
+			Then(clientv3.OpPut(bkey, bval), clientv3.OpPut(akey, encode(a)),
+				// The node's index entry, created with the block: its
+				// creation revision is the block's.
+				clientv3.OpPut(s.nodeBlockKey(b.Node, b.Pool, b.Subnet, b.Index), "{}")).
 			Else(clientv3.OpGet(bkey))
 	})
 	if err != nil {
@@ -288,7 +294,7 @@ func (s *Store) ReleaseBlock(ctx context.Context, b Block) error {
 		return s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
 				clientv3.Compare(clientv3.CreateRevision(addrs), "=", 0).WithPrefix()).
-			Then(clientv3.OpDelete(bkey)).
+			Then(append([]clientv3.Op{clientv3.OpDelete(bkey)}, s.indexDeleteOps(b)...)...).
 			Else(clientv3.OpGet(bkey), clientv3.OpGet(addrs, clientv3.WithPrefix(), clientv3.WithCountOnly()))
 	})
 	if err != nil {
@@ -316,9 +322,9 @@ func (s *Store) ForceReleaseBlock(ctx context.Context, b Block) (addresses int64
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision)).
-		Then(append([]clientv3.Op{clientv3.OpDelete(bkey),
+		Then(append(append([]clientv3.Op{clientv3.OpDelete(bkey),
 			clientv3.OpDelete(s.blockAddressesPrefix(b.Pool, b.Subnet, b.Index), clientv3.WithPrefix())},
-			s.noteOps(b.ID())...)...).
+			s.noteOps(b.ID())...), s.indexDeleteOps(b)...)...).
 		Commit()
 	if err != nil {
 		return 0, fmt.Errorf("force release block %s: %w", b.ID(), etcdErr("commit", err))
@@ -352,20 +358,4 @@ func (s *Store) ListBlocks(ctx context.Context, pool string) ([]Block, error) {
 		blocks = append(blocks, b)
 	}
 	return blocks, nil
-}
-
-// NodeBlocks returns the blocks owned by node. It scans every block: it is
-// for start-up and inspection, never for the allocation path.
-func (s *Store) NodeBlocks(ctx context.Context, node string) ([]Block, error) {
-	all, err := s.ListBlocks(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	var mine []Block
-	for _, b := range all {
-		if b.Node == node {
-			mine = append(mine, b)
-		}
-	}
-	return mine, nil
 }

@@ -76,9 +76,10 @@ func TestNodeLiveness(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "the liveness key to expire", func() bool { return !alive() })
 }
 
-// TestWatchNodeReleases: deletions of the node's records made after the
-// revision are delivered with the record as it was; puts and other
-// nodes' records are not; a compacted revision breaks the watch.
+// TestWatchNodeReleases: releases of the node's addresses by others and
+// of its blocks made after the revision are delivered with the record as
+// it was; allocations, the node's own releases and other nodes' records
+// are not; a compacted revision breaks the watch.
 func TestWatchNodeReleases(t *testing.T) {
 	st, cli := newStore(t)
 	ctx := context.Background()
@@ -90,6 +91,10 @@ func TestWatchNodeReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 	second, err := st.AllocateAddress(ctx, mine, 1, model.Owner{ContainerID: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := st.AllocateAddress(ctx, mine, 3, model.Owner{ContainerID: "e"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +115,9 @@ func TestWatchNodeReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := st.ReleaseAddress(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ReleaseOwnAddress(ctx, own); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.ForceReleaseBlock(ctx, mine); err != nil {
@@ -137,8 +145,8 @@ func TestWatchNodeReleases(t *testing.T) {
 		cancel()
 		t.Fatal("the block release was not delivered")
 	}
-	// second, then the block's remaining addresses (first and d) with the
-	// block itself, in key order within that transaction.
+	// second, then the block (whose remaining addresses, first and d, go
+	// with it: the block's release stands for them).
 	var addrs []model.Address
 	var blocks []model.Block
 	for _, r := range got {
@@ -149,7 +157,7 @@ func TestWatchNodeReleases(t *testing.T) {
 			blocks = append(blocks, *r.Block)
 		}
 	}
-	if len(addrs) != 3 || addrs[0].Offset != second.Offset || addrs[0].Revision != second.Revision {
+	if len(addrs) != 1 || addrs[0].Offset != second.Offset || addrs[0].Revision != second.Revision {
 		t.Fatalf("addresses delivered %+v; want %d first, then the block's", addrs, second.Offset)
 	}
 	if len(blocks) != 1 || blocks[0].ID() != mine.ID() || blocks[0].Revision != mine.Revision || blocks[0].Node != "n1" {

@@ -59,9 +59,15 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 	return nodes, nil
 }
 
-// DeleteNode removes a node record; absent is not an error.
+// DeleteNode removes a node record, and what is left of its block index
+// (the completion mark; the entries go with the blocks); absent is not an
+// error. Should the node come back, its coild rebuilds the index.
 func (s *Store) DeleteNode(ctx context.Context, name string) error {
-	if _, err := s.kv.Delete(ctx, s.nodeKey(name)); err != nil {
+	ops := []clientv3.Op{clientv3.OpDelete(s.nodeKey(name))}
+	if validNodeName(name) == nil {
+		ops = append(ops, clientv3.OpDelete(s.nodeBlocksPrefix(name), clientv3.WithPrefix()))
+	}
+	if _, err := s.kv.Txn(ctx).Then(ops...).Commit(); err != nil {
 		return fmt.Errorf("delete node %q: %w", name, etcdErr("delete", err))
 	}
 	return nil

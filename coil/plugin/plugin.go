@@ -260,10 +260,15 @@ func startPodCommand(args *skel.CmdArgs) (*call, podRef, context.Context, contex
 	return c, pod, ctx, cancel, nil
 }
 
-// CmdDel removes the pod's veth and releases its addresses. It succeeds
-// when there is nothing left to remove, as the spec asks of DEL. The
-// addresses are released only after the links are gone, so an address is
-// never handed out again while a veth still routes it.
+// CmdDel releases the pod's addresses and has its veth removed. It
+// succeeds when there is nothing left to remove, as the spec asks of DEL.
+// coild removes the pod's host routes (which stops traffic to it),
+// releases the addresses and answers; it deletes the veth afterwards,
+// because the kernel takes tens of milliseconds to delete one, and hands
+// the addresses out again only once the veth is gone. A pod that coild
+// holds no address for has nothing of Coil's left but, possibly, its
+// links (an ADD that failed half-way): coild says so in its answer, and
+// the plugin removes them itself.
 func CmdDel(args *skel.CmdArgs) error {
 	c, pod, ctx, cancel, err := startPodCommand(args)
 	if err != nil {
@@ -271,14 +276,18 @@ func CmdDel(args *skel.CmdArgs) error {
 	}
 	defer cancel()
 
-	if err := nodenet.TeardownPod(args.Netns, args.IfName, hostVethName(pod, args)); err != nil {
-		return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
-	}
 	att := attachment(args)
-	err = c.client.Release(ctx, pod.Namespace, pod.Name, att)
+	resp, err := c.client.ReleaseLinks(ctx, pod.Namespace, pod.Name, att)
 	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		return coildError(fmt.Sprintf("release address of pod %s (container %s, %s) at coild %s",
 			pod, att.ContainerID, att.Interface, c.conf.Coild), err)
+	}
+	if !resp.RemovesLinks {
+		// No address was held (nothing to protect), or an older coild:
+		// the links are the plugin's to remove.
+		if err := nodenet.TeardownPod(args.Netns, args.IfName, hostVethName(pod, args)); err != nil {
+			return internalError(fmt.Sprintf("tear down network of pod %s", pod), err)
+		}
 	}
 	return nil
 }

@@ -215,6 +215,15 @@ func ValidateNetwork(name string) error {
 	return nil
 }
 
+// ReleaseResponse answers DELETE /ip/...: RemovesLinks is set when coild
+// released an address and deletes the pod's links itself, after
+// answering; otherwise the caller removes them (nothing was held, or an
+// older coild).
+type ReleaseResponse struct {
+	Status       int  `json:"status"`
+	RemovesLinks bool `json:"removesLinks,omitempty"`
+}
+
 // GCResponse says how many addresses a GC released.
 type GCResponse struct {
 	Status   int `json:"status"`

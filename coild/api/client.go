@@ -112,7 +112,16 @@ func (c *Client) Get(ctx context.Context, namespace, pod string, att Attachment)
 // Release frees the addresses of attachment att of a pod. coild answers
 // success when there is nothing to free.
 func (c *Client) Release(ctx context.Context, namespace, pod string, att Attachment) error {
-	return c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, att), nil, nil)
+	_, err := c.ReleaseLinks(ctx, namespace, pod, att)
+	return err
+}
+
+// ReleaseLinks is Release, returning coild's answer: whether coild
+// deletes the pod's links itself.
+func (c *Client) ReleaseLinks(ctx context.Context, namespace, pod string, att Attachment) (ReleaseResponse, error) {
+	var resp ReleaseResponse
+	err := c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, att), nil, &resp)
+	return resp, err
 }
 
 // Status returns what coild holds on its node.

@@ -46,10 +46,15 @@ type Config struct {
 	// HTTPAddr must be a loopback address; empty disables TCP.
 	HTTPAddr string
 	// SocketPath is a unix socket (mode 0600); empty disables it.
-	SocketPath  string
-	TableID     int
-	ProtocolID  int
-	Kubeconfig  string
+	SocketPath string
+	TableID    int
+	ProtocolID int
+	Kubeconfig string
+	// KubeQPS and KubeBurst limit the rate of coild's requests to the
+	// API server (client-side), like the kubelet's --kube-api-qps and
+	// --kube-api-burst. Zero means kubeclient.DefaultQPS and DefaultBurst.
+	KubeQPS     float32
+	KubeBurst   int
 	MetricsAddr string
 	// ScanInterval paces house-keeping: empty blocks, route re-sync.
 	ScanInterval time.Duration
@@ -81,6 +86,10 @@ type Config struct {
 	// may be in flight while the runtime lists its attachments); zero
 	// means one minute. Tests shorten it.
 	GCMinAge time.Duration
+	// LinkRemovalDelay holds back the deletion of a released pod's veth,
+	// which runs after DEL answered; tests widen that window with it to
+	// see that the address is not handed out meanwhile. Zero in coild.
+	LinkRemovalDelay time.Duration
 	// KubeClient overrides Kubeconfig (tests pass a fake clientset).
 	KubeClient kubernetes.Interface
 	// HostNS, when set, is the network namespace all kernel work is done
@@ -110,6 +119,9 @@ func (c *Config) Validate() error {
 	if c.ScanInterval <= 0 {
 		return errors.New("--scan-interval must be positive")
 	}
+	if c.KubeQPS < 0 || c.KubeBurst < 0 {
+		return fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: must not be negative (0 means the default)", c.KubeQPS, c.KubeBurst)
+	}
 	if c.EgressProbeInterval < 0 || c.EgressProbeInterval > 0 && c.EgressProbeInterval < 10*time.Millisecond {
 		return fmt.Errorf("--egress-probe-interval %s: must be at least 10ms, or 0 to turn probing off", c.EgressProbeInterval)
 	}
@@ -136,6 +148,9 @@ type daemon struct {
 	ready    chan struct{}
 	// nodeAddrs are the node record's addresses, found before restore.
 	nodeAddrs []netip.Addr
+	// hostNS is the node's own network namespace, which no pod's is.
+	hostNS nodenet.NetNSID
+	links  *podLinks
 }
 
 // Run starts coild and blocks until ctx ends or a component fails.
@@ -155,7 +170,14 @@ func Run(ctx context.Context, cfg Config) error {
 	kube := cfg.KubeClient
 	if kube == nil {
 		var err error
-		if kube, err = kubeclient.New(cfg.Kubeconfig, ""); err != nil {
+		qps, burst := cfg.KubeQPS, cfg.KubeBurst
+		if qps == 0 {
+			qps = kubeclient.DefaultQPS
+		}
+		if burst == 0 {
+			burst = kubeclient.DefaultBurst
+		}
+		if kube, err = kubeclient.NewWithLimits(cfg.Kubeconfig, "coild", qps, burst); err != nil {
 			return fmt.Errorf("kubernetes client configuration: %w", err)
 		}
 	}
@@ -220,6 +242,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("identify the node's network namespace: %w", err)
 	}
+	d.hostNS = hostNS
+	d.links = newPodLinks(d)
 	gcMinAge := cfg.GCMinAge
 	if gcMinAge == 0 {
 		gcMinAge = time.Minute
@@ -228,6 +252,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Allocator:      d.alloc,
 		Selector:       selector,
 		Egress:         serverEgress{egresses},
+		PodLinks:       d.links,
 		NetNS:          podNetNS{host: hostNS},
 		RequestTimeout: cfg.Etcd.Timeout * 2,
 		GCMinAge:       gcMinAge,
@@ -299,6 +324,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	})
 	env.Go(d.houseKeeping)
+	env.Go(d.links.run)
 	env.Go(d.keepAlive)
 	env.Go(d.followReleases)
 	env.Go(func(ctx context.Context) error {

@@ -212,9 +212,11 @@ func TestDel(t *testing.T) {
 	}
 
 	n.Del(p)
-	if n.LinkExists(p.HostVeth()) {
-		t.Errorf("host veth %s still exists after DEL", p.HostVeth())
+	// DEL removes the routes at once and the veth right after it answers.
+	if left := n.RoutesTo(first); len(left) > 0 {
+		t.Errorf("node still routes %v after DEL", left)
 	}
+	testenv.Eventually(t, 10*time.Second, "the host veth to go after DEL", func() bool { return !n.LinkExists(p.HostVeth()) })
 	if left := n.RoutesTo(first); len(left) > 0 {
 		t.Errorf("node still routes %v after DEL", left)
 	}
@@ -459,9 +461,7 @@ func TestConcurrentAdds(t *testing.T) {
 	if got := n.StatusAddresses(); len(got) != 0 {
 		t.Errorf("/status still lists %v", got)
 	}
-	if veths := n.HostVeths(); len(veths) != 0 {
-		t.Errorf("host veths left after DEL of every pod: %v", veths)
-	}
+	testenv.Eventually(t, 20*time.Second, "the host veths to go after DEL of every pod", func() bool { return len(n.HostVeths()) == 0 })
 	if left := n.RoutesTo(addrs); len(left) > 0 {
 		t.Errorf("node still routes %v", left)
 	}
@@ -594,9 +594,7 @@ func TestCnitool(t *testing.T) {
 	}
 
 	run("del")
-	if n.LinkExists(p.HostVeth()) {
-		t.Errorf("host veth left after cnitool del")
-	}
+	testenv.Eventually(t, 10*time.Second, "the host veth to go after cnitool del", func() bool { return !n.LinkExists(p.HostVeth()) })
 	if left := n.RoutesTo(got); len(left) > 0 {
 		t.Errorf("node still routes %v after cnitool del", left)
 	}

@@ -309,9 +309,13 @@ func TestEgress(t *testing.T) {
 			t.Fatal(err)
 		}
 		n.Del(gone)
-		if s := summary(t, gone); s != (nodenet.EgressSummary{}) {
-			t.Errorf("DEL left egress settings %+v in the pod", s)
-		}
+		// Removed with the pod's veth, right after DEL answered.
+		testenv.Eventually(t, 5*time.Second, "DEL to remove the egress settings in the pod", func() error {
+			if s := summary(t, gone); s != (nodenet.EgressSummary{}) {
+				return fmt.Errorf("DEL left egress settings %+v in the pod", s)
+			}
+			return nil
+		})
 		testenv.Eventually(t, 5*time.Second, "gateway drops the deleted client", func() error {
 			if got := summary(t, chosen); got.FDB != before.FDB-1 || got.GatewayRoutes != before.GatewayRoutes-2 {
 				return fmt.Errorf("gateway holds %+v, before %+v", got, before)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/coil-project/coil/coild/egress"
+	"github.com/coil-project/coil/internal/kubeclient"
 	"github.com/coil-project/coil/model/etcdconfig"
 	"github.com/spf13/pflag"
 )
@@ -42,6 +43,8 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.TableID, "table-id", 119, "routing table to export address blocks to")
 	fs.IntVar(&c.ProtocolID, "protocol-id", 30, "route protocol id marking Coil's routes")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration when empty)")
+	fs.Float32Var(&c.KubeQPS, "kube-api-qps", kubeclient.DefaultQPS, "requests per second coild may send to the API server (client-side limit; the kubelet's default)")
+	fs.IntVar(&c.KubeBurst, "kube-api-burst", kubeclient.DefaultBurst, "burst of requests coild may send to the API server above --kube-api-qps")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "address serving Prometheus metrics (e.g. :9384); empty disables it")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", time.Minute, "interval of house-keeping: empty blocks, route re-sync")
 	fs.DurationVar(&c.BlockReleaseGrace, "block-release-grace", 5*time.Minute, "how long a block stays empty before it returns to its pool")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/coil-project/coil/internal/testenv"
 	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	nodetest "github.com/coil-project/coil/internal/testenv/node"
 	"github.com/coil-project/coil/model"
@@ -75,9 +76,7 @@ func TestSecondInterface(t *testing.T) {
 	}
 
 	n.DelOn(p, second, "net1")
-	if n.LinkExists(p.HostVethOf("net1")) {
-		t.Errorf("host veth of net1 still exists after its DEL")
-	}
+	testenv.Eventually(t, 10*time.Second, "the host veth of net1 to go after its DEL", func() bool { return !n.LinkExists(p.HostVethOf("net1")) })
 	if !n.LinkExists(p.HostVeth()) {
 		t.Fatalf("DEL of net1 removed eth0's host veth %s", p.HostVeth())
 	}

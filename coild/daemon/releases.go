@@ -124,7 +124,7 @@ func (d *daemon) blockReleasedElsewhere(b model.Block, lost []model.Address) {
 		pods = append(pods, a.Namespace+"/"+a.Pod)
 	}
 	d.log.Error("a block of this node was released in etcd by someone else: no longer allocating from it, route withdrawn",
-		"block", b.String(), "pool", b.Pool, "pods-still-using-it", pods)
+		"block", b.ID(), "pods-still-using-it", pods)
 }
 
 func (d *daemon) addressReleasedElsewhere(a model.Address) {

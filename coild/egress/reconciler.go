@@ -126,6 +126,9 @@ type Reconciler struct {
 	pools        []netip.Prefix
 	poolsSeen    bool
 
+	// prefetch holds the Pod GETs started at an ADD's allocation.
+	prefetch prefetcher
+
 	// stateMu guards applied; it is never held across kernel work.
 	stateMu sync.Mutex
 	applied map[string]podState
@@ -231,6 +234,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
+	stopPrefetch := r.runPrefetch(ctx)
+	defer stopPrefetch()
 	defer cancel()
 	wg.Go(func() {
 		if err := r.cfg.Store.WatchEgresses(ctx, 2*time.Second, r.setEgresses); err != nil && ctx.Err() == nil {
@@ -308,6 +313,13 @@ func (r *Reconciler) ready() bool {
 	loaded := r.egressesSeen && r.poolsSeen
 	r.mu.Unlock()
 	return loaded && r.pods.synced()
+}
+
+// noEgresses reports whether the egresses are known and there are none.
+func (r *Reconciler) noEgresses() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.egressesSeen && len(r.egresses) == 0
 }
 
 // snapshot is every input of one reconciliation.
@@ -655,6 +667,13 @@ func (r *Reconciler) teardownLeftovers(key, netns string) {
 // the informer's cache.
 func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup, error) {
 	var resp PodSetup
+	if r.noEgresses() && r.pods.localPod(net.Namespace, net.Pod) == nil {
+		// Nothing a pod could be a client or gateway of: the API
+		// round trip for a pod the cache does not hold yet (a static
+		// pod before its mirror, a watch lagging behind) would only
+		// slow the ADD down.
+		return resp, nil
+	}
 	p, err := r.pod(ctx, net.Namespace, net.Pod)
 	if err != nil || p == nil {
 		return resp, err
@@ -743,11 +762,28 @@ func splitKey(k string) (namespace, name string) {
 }
 
 // pod returns the Pod object from the informer's cache, or from the API
-// when the cache does not hold it yet; nil when it does not exist.
+// when the cache does not hold it yet (through the fetch PrefetchPod
+// started, if any); nil when it does not exist.
 func (r *Reconciler) pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	if p := r.pods.localPod(namespace, name); p != nil {
 		return p, nil
 	}
+	if f := r.takePrefetched(namespace, name); f != nil {
+		select {
+		case <-f.done:
+			if f.err == nil {
+				return f.pod, nil
+			}
+			// Failed: ask again below.
+		case <-ctx.Done():
+			return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, ctx.Err())
+		}
+	}
+	return r.getPod(ctx, namespace, name)
+}
+
+// getPod asks the API server for a Pod; nil when it does not exist.
+func (r *Reconciler) getPod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	p, err := r.cfg.Kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil

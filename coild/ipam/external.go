@@ -92,7 +92,7 @@ func (a *Allocator) Resync(ctx context.Context) (rev int64, blocks []model.Block
 	if rev, err = a.store.Revision(ctx); err != nil {
 		return 0, nil, nil, fmt.Errorf("resync node %q: %w", a.node, err)
 	}
-	inEtcd, err := a.store.NodeBlocks(ctx, a.node)
+	inEtcd, err := a.store.OwnBlocks(ctx, a.node)
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("resync blocks of node %q: %w", a.node, err)
 	}

@@ -117,6 +117,10 @@ func (f *fakeStore) NodeBlocks(_ context.Context, node string) ([]model.Block, e
 	return out, nil
 }
 
+func (f *fakeStore) OwnBlocks(ctx context.Context, node string) ([]model.Block, error) {
+	return f.NodeBlocks(ctx, node)
+}
+
 func (f *fakeStore) BlockAddresses(_ context.Context, b model.Block) ([]model.Address, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -208,7 +212,7 @@ func (f *fakeStore) ClaimBlock(_ context.Context, b model.Block, a model.Address
 	return model.Block{}, model.Address{}, fmt.Errorf("claim block %s: %w", b.ID(), model.ErrBlockLost)
 }
 
-func (f *fakeStore) ReleaseAddress(_ context.Context, a model.Address) error {
+func (f *fakeStore) ReleaseOwnAddress(_ context.Context, a model.Address) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	cur, ok := f.addrs[addrKey(a.Block, a.Offset)]

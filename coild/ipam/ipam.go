@@ -23,12 +23,14 @@ import (
 // ErrOutcomeUnknown too: AllocateAddress repeated with the same arguments
 // and ClaimBlock settle it.
 type Store interface {
-	NodeBlocks(ctx context.Context, node string) ([]model.Block, error)
+	// OwnBlocks returns the node's blocks from its index in etcd (and
+	// keeps the index in repair).
+	OwnBlocks(ctx context.Context, node string) ([]model.Block, error)
 	BlockAddresses(ctx context.Context, b model.Block) ([]model.Address, error)
 	AcquireBlock(ctx context.Context, pool string, owner model.Owner) (model.Block, model.Address, error)
 	AllocateAddress(ctx context.Context, b model.Block, offset int, owner model.Owner) (model.Address, error)
 	ClaimBlock(ctx context.Context, b model.Block, a model.Address) (model.Block, model.Address, error)
-	ReleaseAddress(ctx context.Context, a model.Address) error
+	ReleaseOwnAddress(ctx context.Context, a model.Address) error
 	ReleaseBlock(ctx context.Context, b model.Block) error
 	// Revision is etcd's current revision: changes after it are not yet
 	// seen by reads made after this call.
@@ -183,7 +185,7 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore node %q: %w", a.node, err)
 	}
-	blocks, err := a.store.NodeBlocks(ctx, a.node)
+	blocks, err := a.store.OwnBlocks(ctx, a.node)
 	if err != nil {
 		return fmt.Errorf("restore blocks of node %q: %w", a.node, err)
 	}
@@ -564,10 +566,44 @@ func (a *Allocator) Lookup(att api.Attachment) (model.Address, bool) {
 // holds nothing succeeds. The etcd delete is guarded by the record's
 // revision, so a late release never frees an address re-allocated since.
 func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Address, bool, error) {
+	addr, ok, free, err := a.ReleaseHeld(ctx, att)
+	free()
+	return addr, ok, err
+}
+
+// ReleaseHeld is Release, except that the address is not handed out again
+// until free is called: the record is deleted in etcd and the attachment
+// forgotten, but the offset stays taken in memory. coild holds the address
+// this way while the links of its previous owner are being deleted, so
+// that no pod gets an address whose old veth still exists on the node.
+// free is never nil, and calling it more than once does nothing more.
+func (a *Allocator) ReleaseHeld(ctx context.Context, att api.Attachment) (addr model.Address, released bool, free func(), err error) {
+	free = func() {}
+	addr, released, held, err := a.release(ctx, att)
+	if held != nil {
+		var once sync.Once
+		free = func() {
+			once.Do(func() {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				// Unless the block went meanwhile (it is then
+				// forgotten with everything in it).
+				if a.blocks[held.ID()] == held {
+					a.freeLocked(held, addr.Offset)
+				}
+			})
+		}
+	}
+	return addr, released, free, err
+}
+
+// release deletes the attachment's record and forgets the attachment; it
+// returns the block whose offset the caller must free, if any.
+func (a *Allocator) release(ctx context.Context, att api.Attachment) (model.Address, bool, *block, error) {
 	a.mu.Lock()
 	if !a.restored {
 		a.mu.Unlock()
-		return model.Address{}, false, ErrNotRestored
+		return model.Address{}, false, nil, ErrNotRestored
 	}
 	addr, ok := a.owners[att]
 	_, pending := a.pending[att]
@@ -577,7 +613,7 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		// its record (if any) is found and deleted, not orphaned.
 		settled, done, err := a.settle(ctx, att)
 		if err != nil {
-			return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
+			return model.Address{}, false, nil, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
 		}
 		if done {
 			a.mu.Lock()
@@ -587,12 +623,12 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 		}
 	}
 	if !ok {
-		return model.Address{}, false, nil
+		return model.Address{}, false, nil, nil
 	}
-	err := a.store.ReleaseAddress(ctx, addr)
+	err := a.store.ReleaseOwnAddress(ctx, addr)
 	notOwner := errors.Is(err, model.ErrNotOwner)
 	if err != nil && !notOwner {
-		return model.Address{}, false, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
+		return model.Address{}, false, nil, fmt.Errorf("release address of container %s: %w", att.ContainerID, err)
 	}
 
 	a.mu.Lock()
@@ -602,13 +638,13 @@ func (a *Allocator) Release(ctx context.Context, att api.Attachment) (model.Addr
 	// it already, and the offset may be someone else's by now.
 	cur, ok := a.owners[att]
 	if !ok || cur.Revision != addr.Revision {
-		return addr, true, nil
+		return addr, true, nil, nil
 	}
 	delete(a.owners, att)
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
-		a.freeLocked(b, addr.Offset)
+		return addr, true, b, nil
 	}
-	return addr, true, nil
+	return addr, true, nil, nil
 }
 
 // Attachments lists every attachment holding an address.

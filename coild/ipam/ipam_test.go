@@ -131,7 +131,7 @@ func TestEightNodesExhaustPool(t *testing.T) {
 	for _, kv := range resp.Kvs {
 		k := strings.TrimPrefix(string(kv.Key), st.Prefix())
 		switch {
-		case k == "schema", strings.HasPrefix(k, "pools/"), strings.HasPrefix(k, "blocks/"):
+		case k == "schema", strings.HasPrefix(k, "pools/"), strings.HasPrefix(k, "blocks/"), strings.HasPrefix(k, "nodeblocks/"):
 		case strings.HasPrefix(k, "addresses/"):
 			addrKeys++
 		default:

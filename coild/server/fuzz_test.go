@@ -24,6 +24,9 @@ func (notReady) Lookup(api.Attachment) (model.Address, bool) { return model.Addr
 func (notReady) Release(context.Context, api.Attachment) (model.Address, bool, error) {
 	panic("release on a server that is not ready")
 }
+func (notReady) ReleaseHeld(context.Context, api.Attachment) (model.Address, bool, func(), error) {
+	panic("release on a server that is not ready")
+}
 func (notReady) Attachments() map[api.Attachment]model.Address { return nil }
 func (notReady) Blocks() map[string][]model.Block              { return nil }
 func (notReady) Usage() (int, int)                             { return 0, 0 }

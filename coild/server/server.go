@@ -33,6 +33,9 @@ type Allocator interface {
 	Lookup(att api.Attachment) (model.Address, bool)
 	// Release frees the address of an attachment, reporting what it freed.
 	Release(ctx context.Context, att api.Attachment) (model.Address, bool, error)
+	// ReleaseHeld is Release, but the address is handed out again only
+	// once free is called (never nil).
+	ReleaseHeld(ctx context.Context, att api.Attachment) (addr model.Address, released bool, free func(), err error)
 	// Attachments lists every attachment holding an address.
 	Attachments() map[api.Attachment]model.Address
 	// Blocks returns the node's blocks by pool.
@@ -56,6 +59,12 @@ type Egress interface {
 	PodReleased(addr model.Address)
 }
 
+// podPrefetcher is an Egress that can start fetching what SetupPod of a
+// pod will need while its ADD is still allocating (coild/egress).
+type podPrefetcher interface {
+	PrefetchPod(namespace, name string)
+}
+
 // PodNetNS checks the network namespace paths that requests carry
 // (nodenet): a path from a request is not trusted.
 type PodNetNS interface {
@@ -65,6 +74,29 @@ type PodNetNS interface {
 	// CheckAddresses refuses a namespace whose interface ifName does not
 	// hold addrs.
 	CheckAddresses(path, ifName string, addrs []netip.Addr) error
+}
+
+// PodLinks takes the links of a released pod off the node (coild/daemon
+// over nodenet). DEL removes what stops traffic, the host routes, at once
+// and answers; the veth, whose deletion takes the kernel tens of
+// milliseconds, goes afterwards, and its address is handed out again only
+// then.
+type PodLinks interface {
+	// Detach removes the host routes to addr's addresses and returns the
+	// host link they went through (zero when there was none).
+	Detach(addr model.Address) (HostLink, error)
+	// RemoveLater deletes the pod's links (its veth, found from addr's
+	// network namespace, and link) in the background, and calls done once
+	// they are gone. A deletion that keeps failing never calls it: the
+	// address stays held until coild restarts (whose start-up deletes the
+	// veths of pods without an address before it serves).
+	RemoveLater(addr model.Address, link HostLink, done func())
+}
+
+// HostLink is a host link found by its routes.
+type HostLink struct {
+	Index int
+	Name  string
 }
 
 // EgressSetup is what Egress.SetupPod did for a pod; POST /egress reports
@@ -96,6 +128,9 @@ type Config struct {
 	NetNS PodNetNS
 	// Egress may be nil: POST /egress then sets nothing up.
 	Egress Egress
+	// PodLinks may be nil: DEL then releases the address and leaves the
+	// links to the caller, who must remove them before.
+	PodLinks PodLinks
 	// RequestTimeout bounds the etcd work of one request.
 	RequestTimeout time.Duration
 	// GCMinAge protects allocations younger than this from CNI GC: an ADD
@@ -211,6 +246,11 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	// pool is now.
 	addr, ok := s.cfg.Allocator.Lookup(att)
 	if !ok {
+		if pf, ok := s.cfg.Egress.(podPrefetcher); ok {
+			// POST /egress follows once the plugin has set up the veth;
+			// a Pod it will need from the API server is fetched meanwhile.
+			pf.PrefetchPod(req.PodNamespace, req.PodName)
+		}
 		pool, err := s.cfg.Selector.PoolFor(ctx, req.PodNamespace)
 		if err != nil {
 			s.fail(w, fmt.Errorf("choose pool for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -340,18 +380,50 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	addr, released, err := s.cfg.Allocator.Release(ctx, att)
+	if s.cfg.PodLinks == nil {
+		addr, released, err := s.cfg.Allocator.Release(ctx, att)
+		if err != nil {
+			s.fail(w, fmt.Errorf("release address of container %s: %w", att.ContainerID, err))
+			return
+		}
+		if released {
+			s.metrics.releases.Inc()
+			if s.cfg.Egress != nil {
+				s.cfg.Egress.PodReleased(addr)
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+		return
+	}
+	// Traffic to the pod stops with its host routes; the address is
+	// released, and held until the pod's links are gone.
+	var link HostLink
+	if addr, ok := s.cfg.Allocator.Lookup(att); ok {
+		var err error
+		if link, err = s.cfg.PodLinks.Detach(addr); err != nil {
+			s.fail(w, fmt.Errorf("remove host routes of container %s: %w", att.ContainerID, err))
+			return
+		}
+	}
+	addr, released, free, err := s.cfg.Allocator.ReleaseHeld(ctx, att)
 	if err != nil {
+		free()
 		s.fail(w, fmt.Errorf("release address of container %s: %w", att.ContainerID, err))
 		return
 	}
-	if released {
-		s.metrics.releases.Inc()
+	if !released {
+		free()
+		writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK})
+		return
+	}
+	s.metrics.releases.Inc()
+	writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK, RemovesLinks: true})
+	s.cfg.PodLinks.RemoveLater(addr, link, func() {
 		if s.cfg.Egress != nil {
 			s.cfg.Egress.PodReleased(addr)
 		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+		free()
+	})
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {

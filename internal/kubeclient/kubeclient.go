@@ -39,9 +39,30 @@ func Config(path, userAgent string) (*rest.Config, error) {
 
 // New returns a clientset for Config(path, userAgent).
 func New(path, userAgent string) (kubernetes.Interface, error) {
+	return NewWithLimits(path, userAgent, 0, 0)
+}
+
+// Default client-side rate limits of coild's API client: the kubelet's
+// (--kube-api-qps 50, --kube-api-burst 100), since coild asks the API
+// server on a node's behalf at the pace pods start on it. client-go's own
+// defaults (5 and 10) make a burst of pod starts queue behind each other.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
+
+// NewWithLimits is New with the client's rate limit set to qps requests
+// per second with bursts of burst; zero keeps client-go's defaults.
+func NewWithLimits(path, userAgent string, qps float32, burst int) (kubernetes.Interface, error) {
 	cfg, err := Config(path, userAgent)
 	if err != nil {
 		return nil, err
+	}
+	if qps > 0 {
+		cfg.QPS = qps
+	}
+	if burst > 0 {
+		cfg.Burst = burst
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

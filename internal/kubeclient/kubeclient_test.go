@@ -71,3 +71,22 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("error %v does not wrap rest.ErrNotInCluster", err)
 	}
 }
+
+func TestRateLimits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		qps  float32
+		want float32
+	}{{DefaultQPS, DefaultQPS}, {7.5, 7.5}, {0, rest.DefaultQPS}} {
+		c, err := NewWithLimits(path, "", tc.qps, DefaultBurst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.CoreV1().RESTClient().GetRateLimiter().QPS(); got != tc.want {
+			t.Errorf("NewWithLimits(qps %g): client limited to %g/s, want %g", tc.qps, got, tc.want)
+		}
+	}
+}

@@ -290,7 +290,7 @@ func rawCreatePhase(ctx context.Context, cli *clientv3.Client, clients, phase in
 }
 
 // rawDeletePhase deletes every key created, each worker its own, guarded
-// by the creation revision like model.ReleaseAddress.
+// by the creation revision like model.ReleaseOwnAddress.
 func rawDeletePhase(ctx context.Context, cli *clientv3.Client, created [][]rawItem) (phaseResult, error) {
 	return countedPhase(ctx, len(created), func(w int) int { return len(created[w]) }, func(w, i int) error {
 		it := created[w][i]

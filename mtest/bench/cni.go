@@ -30,6 +30,7 @@ import (
 	"github.com/coil-project/coil/coild/daemon"
 	"github.com/coil-project/coil/model"
 	"github.com/coil-project/coil/model/etcdconfig"
+	"github.com/coil-project/coil/nodenet"
 )
 
 // cniResults is part 2: CNI ADD and DEL of coil against ptp + host-local.
@@ -40,6 +41,8 @@ type cniResults struct {
 	add, del map[string][]phaseResult
 	// traces are per-process timelines of single ADDs and DELs (-cni-trace).
 	traces []string
+	// real are the runs with the coild binary and a real kube-apiserver.
+	real []realPhase
 }
 
 const (
@@ -198,7 +201,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	// interrupted run leaves there for these two networks.
 	cl.add("remove cached CNI results", func() error {
 		var errs []error
-		for _, net := range []string{coilNet, ptpNet} {
+		for _, net := range []string{coilNet, ptpNet, realNet} {
 			files, _ := filepath.Glob(filepath.Join("/var/lib/cni/results", net+"-*"))
 			for _, f := range files {
 				errs = append(errs, os.Remove(f))
@@ -240,6 +243,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		if err := r.run(ctx, "del", net, warm); err != nil {
 			return err
 		}
+		// coild deletes the veth after DEL answered; the next plugin
+		// uses the same namespace.
+		if err := waitVethsGone(ctx, nodeNS); err != nil {
+			return err
+		}
 	}
 
 	cr := &cniResults{pods: o.pods, parallel: []int{1, o.cniPar}, add: map[string][]phaseResult{}, del: map[string][]phaseResult{}}
@@ -277,12 +285,22 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 				if err := expectPods(ctx, client, 0); err != nil {
 					return err
 				}
+				// coild deletes the veths after DEL answered; the pod
+				// namespaces are used again by the next phase.
+				if err := waitVethsGone(ctx, nodeNS); err != nil {
+					return err
+				}
 			}
 			key := pluginKey(net)
 			cr.add[key] = append(cr.add[key], add)
 			cr.del[key] = append(cr.del[key], del)
 			logf("  %-14s %d concurrent: ADD p50 %s p99 %s (%s); DEL p50 %s p99 %s (%s)", key, par,
 				fmtDur(add.p50), fmtDur(add.p99), fmtRate(add.rate()), fmtDur(del.p50), fmtDur(del.p99), fmtRate(del.rate()))
+		}
+	}
+	if o.realCoild {
+		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, cl, cr); err != nil {
+			return fmt.Errorf("real coild: %w", err)
 		}
 	}
 	if _, err := exec.LookPath("strace"); o.cniTrace && err != nil {
@@ -341,6 +359,38 @@ func (r *cniRunner) run(ctx context.Context, cmd, net string, p *benchPod) error
 		}
 		return nil
 	})
+}
+
+// waitVethsGone waits until the node has no Coil host veth left.
+func waitVethsGone(ctx context.Context, node ns.NetNS) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var left int
+		err := node.Do(func(ns.NetNS) error {
+			links, err := netlink.LinkList()
+			for _, l := range links {
+				if nodenet.IsCoilVeth(l.Attrs().Name) {
+					left++
+				}
+			}
+			return err
+		})
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			// Links changed during the dump (coild deleting them): ask again.
+			continue
+		}
+		if err != nil || left == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d coil veths still on the node a minute after DEL", left)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func expectPods(ctx context.Context, client *api.Client, n int) error {

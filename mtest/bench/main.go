@@ -41,6 +41,11 @@ type options struct {
 	cpuProfile string
 	rounds     int
 	cniTrace   bool
+	realCoild  bool
+
+	startupNodes  []int
+	startupPods   int
+	startupSample int
 }
 
 func parseFlags() *options {
@@ -48,19 +53,23 @@ func parseFlags() *options {
 	flag.BoolVar(&o.quick, "quick", false, "sanity run with small counts; prints results, writes docs only if -write-docs is given")
 	flag.BoolVar(&o.writeDocs, "write-docs", true, "write docs/benchmarks.md and docs/benchmarks-throughput.svg")
 	flag.StringVar(&o.docsDir, "docs", "", "directory of the docs to write (default: docs/ of the module root)")
-	flag.StringVar(&o.parts, "parts", "alloc,cni,scale", "comma-separated parts to run: alloc, cni, scale")
+	flag.StringVar(&o.parts, "parts", "alloc,cni,scale,startup", "comma-separated parts to run: alloc, cni, scale, startup")
 	flag.DurationVar(&o.phase, "phase", 3*time.Second, "duration of each allocation throughput phase")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds per concurrency level, alternating raw etcd and coild")
 	clients := flag.String("clients", "1,2,4,8,16", "concurrency levels of the allocation benchmark")
 	flag.IntVar(&o.pods, "pods", 200, "pods (network namespaces) of the CNI benchmark")
 	flag.IntVar(&o.cniPar, "cni-parallel", 8, "concurrent CNI commands in the concurrent CNI run")
 	flag.BoolVar(&o.cniTrace, "cni-trace", true, "after the CNI benchmark, trace single ADDs and DELs with strace (if installed) and show where the time goes")
+	flag.BoolVar(&o.realCoild, "real-coild", true, "after the CNI benchmark, run ADD and DEL with the coild binary and a real kube-apiserver (built once into the cache), pods present in and absent from the API")
 	flag.IntVar(&o.nodes, "nodes", 1000, "simulated nodes of the scale benchmark")
 	flag.IntVar(&o.podsNode, "pods-per-node", 110, "pods each simulated node fills")
 	flag.IntVar(&o.scalePar, "scale-parallel", 16, "simulated nodes allocating at once")
 	flag.IntVar(&o.podPar, "pod-parallel", 2, "concurrent allocations within one simulated node")
 	flag.IntVar(&o.gcNodes, "gc-nodes", 500, "deleted nodes whose blocks are reclaimed in the GC benchmark")
 	flag.IntVar(&o.blockBits, "block-bits", 5, "block size of the benchmark pools in bits (5: 32 addresses, the documented default)")
+	startupNodes := flag.String("startup-nodes", "1000,5000", "cluster sizes of the node start-up benchmark")
+	flag.IntVar(&o.startupPods, "startup-pods", 110, "pods of every node in the start-up benchmark")
+	flag.IntVar(&o.startupSample, "startup-sample", 200, "nodes started, one after the other, per cluster size")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
 	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1)")
 	flag.BoolVar(&o.verbose, "v", false, "log progress details")
@@ -79,6 +88,13 @@ func parseFlags() *options {
 		}
 		o.clients = append(o.clients, n)
 	}
+	for _, s := range strings.Split(*startupNodes, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
+			fatalf("-startup-nodes: bad size %q", s)
+		}
+		o.startupNodes = append(o.startupNodes, n)
+	}
 	if o.quick {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -94,6 +110,8 @@ func parseFlags() *options {
 		def("nodes", func() { o.nodes = 40 })
 		def("gc-nodes", func() { o.gcNodes = 20 })
 		def("scale-parallel", func() { o.scalePar = 8 })
+		def("startup-nodes", func() { o.startupNodes = []int{100, 500} })
+		def("startup-sample", func() { o.startupSample = 20 })
 		if !o.docsForced {
 			o.writeDocs = false
 		}
@@ -198,6 +216,11 @@ func run(ctx context.Context, o *options) (err error) {
 	if o.has("scale") {
 		if err := runScaleBench(ctx, o, tmp, cl, res); err != nil {
 			return fmt.Errorf("scale benchmark: %w", err)
+		}
+	}
+	if o.has("startup") {
+		if err := runStartupBench(ctx, o, tmp, cl, res); err != nil {
+			return fmt.Errorf("start-up benchmark: %w", err)
 		}
 	}
 	res.finished = time.Now()

@@ -20,6 +20,7 @@ type results struct {
 	alloc             *allocResults
 	cni               *cniResults
 	scale             *scaleResults
+	startup           *startupResults
 	load              *machineLoad
 }
 
@@ -236,14 +237,20 @@ func (r *results) verdicts() []verdict {
 				coil, ptp := m["coil"][mi], m["ptp"][mi]
 				r50 := float64(coil.p50) / float64(ptp.p50)
 				r99 := float64(coil.p99) / float64(ptp.p99)
+				// DEL answers before the veth is deleted (issue 15): its
+				// goal is half the reference's.
+				limit50 := 0.8
+				if op == "DEL" {
+					limit50 = 0.5
+				}
 				v := verdict{target: fmt.Sprintf("CNI %s %s vs ptp+host-local", op, mode),
 					measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(coil.p50), fmtDur(ptp.p50), fmtRatio(r99), fmtDur(coil.p99), fmtDur(ptp.p99)),
-					goal:     "p50 <= 0.80x, p99 <= 1.00x"}
-				v.met = r50 <= 0.8 && r99 <= 1.0
+					goal:     fmt.Sprintf("p50 <= %.2fx, p99 <= 1.00x", limit50)}
+				v.met = r50 <= limit50 && r99 <= 1.0
 				if !v.met {
 					var parts []string
-					if r50 > 0.8 {
-						parts = append(parts, "p50 "+missBy(r50, 0.8, false))
+					if r50 > limit50 {
+						parts = append(parts, "p50 "+missBy(r50, limit50, false))
 					}
 					if r99 > 1.0 {
 						parts = append(parts, "p99 "+missBy(r99, 1.0, false))
@@ -252,6 +259,21 @@ func (r *results) verdicts() []verdict {
 				}
 				vs = append(vs, v)
 			}
+		}
+	}
+	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
+		ptp := c.add["ptp"][0]
+		for _, ph := range c.real {
+			r50 := float64(ph.add.p50) / float64(ptp.p50)
+			r99 := float64(ph.add.p99) / float64(ptp.p99)
+			v := verdict{target: "CNI ADD sequential, coild binary + kube-apiserver, " + ph.name + ", vs ptp+host-local",
+				measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(ph.add.p50), fmtDur(ptp.p50), fmtRatio(r99), fmtDur(ph.add.p99), fmtDur(ptp.p99)),
+				goal:     "p50 <= 0.80x"}
+			v.met = r50 <= 0.8
+			if !v.met {
+				v.outcome = "p50 " + missBy(r50, 0.8, false)
+			}
+			vs = append(vs, v)
 		}
 	}
 	if s := r.scale; s != nil {
@@ -271,6 +293,20 @@ func (r *results) verdicts() []verdict {
 		}
 		if s.gcNodes != 500 {
 			v.goal = fmt.Sprintf("< %s (10 s per 500 nodes)", fmtSeconds(limit))
+		}
+		vs = append(vs, v)
+	}
+	if st := r.startup; st != nil && len(st.sizes) >= 2 {
+		a, b := st.sizes[0], st.sizes[len(st.sizes)-1]
+		r50 := float64(b.indexed.percentile(50)) / float64(a.indexed.percentile(50))
+		r99 := float64(b.indexed.percentile(99)) / float64(a.indexed.percentile(99))
+		v := verdict{target: fmt.Sprintf("node start-up at %s vs %s nodes", fmtCount(int64(b.nodes)), fmtCount(int64(a.nodes))),
+			measured: fmt.Sprintf("p50 %s (%s vs %s), p99 %s (%s vs %s)", fmtRatio(r50), fmtDur(b.indexed.percentile(50)), fmtDur(a.indexed.percentile(50)),
+				fmtRatio(r99), fmtDur(b.indexed.percentile(99)), fmtDur(a.indexed.percentile(99))),
+			goal: "within noise: p50 <= 1.25x"}
+		v.met = r50 <= 1.25
+		if !v.met {
+			v.outcome = "p50 " + missBy(r50, 1.25, false)
 		}
 		vs = append(vs, v)
 	}
@@ -317,7 +353,7 @@ func (r *results) tables() []table {
 				fmtRate(c.rate()), fmtDur(c.p50), fmtDur(c.p99), fmtRatio(c.rate() / raw.rate()), fmtRatio(c.rate() / g.rate()),
 				fmt.Sprintf("%.3f", float64(k.requests)/float64(max(c.ops, 1))), raw.cpu.perOp(raw.ops), c.cpu.perOp(c.ops)})
 		}
-		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseAddress does."
+		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseOwnAddress does."
 		ts = append(ts, t)
 
 		var owned, allocs, acq, lost int64
@@ -368,6 +404,22 @@ func (r *results) tables() []table {
 		}
 		ts = append(ts, t)
 	}
+	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
+		ptpAdd, ptpDel := c.add["ptp"][0], c.del["ptp"][0]
+		t := table{id: "cni-real", title: "2b. CNI ADD/DEL with the coild binary and a real kube-apiserver, sequential",
+			header: []string{"case", "ADD p50", "ADD p99", "ADD p50 vs ptp", "DEL p50", "DEL p99", "DEL p50 vs ptp"}}
+		for _, ph := range c.real {
+			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtRatio(float64(ph.add.p50) / float64(ptpAdd.p50)),
+				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtRatio(float64(ph.del.p50) / float64(ptpDel.p50))})
+		}
+		t.note = fmt.Sprintf("The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node "+
+			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes "+
+			"on the same etcd (both reached through forwarders on the node's loopback). \"in the API\": the Pod objects exist with "+
+			"spec.nodeName set, seconds before the ADDs, so coild's informer holds them; \"not in the API yet\": no Pod object (a static pod "+
+			"before its mirror, a watch behind), once with no egress in etcd and once with one, when coild must ask the API server whether the "+
+			"pod is an egress client. Reference: the sequential ptp+host-local run above (ADD p50 %s, DEL p50 %s).", fmtDur(ptpAdd.p50), fmtDur(ptpDel.p50))
+		ts = append(ts, t)
+	}
 	if s := r.scale; s != nil {
 		rate := float64(s.allocs) / s.fill.Seconds()
 		t := table{id: "scale", title: fmt.Sprintf("3. Scale: %s nodes x %d pods from one pool", fmtCount(int64(s.nodes)), s.podsPerNode),
@@ -404,12 +456,26 @@ func (r *results) tables() []table {
 			{"etcd keys left after both GC runs", fmtCount(s.etcdAfterGC.keys), ""},
 		}
 		if s.gcAltNodes > 0 {
-			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes listing blocks per node", s.gcAltNodes),
-				fmtSeconds(s.gcAltTime) + " (listing " + fmtSeconds(s.gcAltScan) + ")", "before the controller batched"})
+			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes reading each node's blocks (its index)", s.gcAltNodes),
+				fmtSeconds(s.gcAltTime) + " (reading " + fmtSeconds(s.gcAltScan) + ")", "per node, as before the controller batched"})
 		}
 		t.note = "As coil-controller's node worker releases a batch of queued deletions (the bench makes the same model calls): one listing " +
 			"of all blocks, then per node ForceReleaseBlock for each block (guarded by the block's creation revision) and DeleteNode. " +
 			"The controller's one API GET per node confirming the deletion is not included."
+		ts = append(ts, t)
+	}
+	if st := r.startup; st != nil && len(st.sizes) > 0 {
+		t := table{id: "startup", title: fmt.Sprintf("3c. Node start-up by cluster size (%d pods per node)", st.podsPerNode),
+			header: []string{"nodes", "etcd keys", "start-up p50", "start-up p99", "etcd req/start-up", "before the index: p50", "p99", "etcd req/start-up"}}
+		for _, z := range st.sizes {
+			t.rows = append(t.rows, []string{fmtCount(int64(z.nodes)), fmtCount(z.keys),
+				fmtDur(z.indexed.percentile(50)), fmtDur(z.indexed.percentile(99)), fmt.Sprintf("%.1f", z.reqIndexed),
+				fmtDur(z.scanned.percentile(50)), fmtDur(z.scanned.percentile(99)), fmt.Sprintf("%.1f", z.reqScanned)})
+		}
+		t.note = fmt.Sprintf("One fresh etcd per size, filled with every node's blocks, addresses and index as coild leaves them. Then %d nodes "+
+			"spread over the cluster start one after the other as coild does (node record, then ipam.Allocator.Restore: revision, the node's "+
+			"index and its block keys, the addresses of each block). Before the index: the same nodes finding their blocks as the restore "+
+			"did before (node record, revision, every block of the cluster listed, then the addresses of the node's blocks).", st.sample)
 		ts = append(ts, t)
 	}
 	if vs := r.verdicts(); len(vs) > 0 {

@@ -229,7 +229,7 @@ func runScaleBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 			sr.gcAltBlocks += n
 		}
 		sr.gcAltTime = time.Since(start)
-		logf("  GC of %d more nodes listing blocks per node: %s", alt, fmtSeconds(sr.gcAltTime))
+		logf("  GC of %d more nodes reading blocks per node: %s", alt, fmtSeconds(sr.gcAltTime))
 	}
 	if sr.etcdAfterGC, err = etcd.status(ctx, cli); err != nil {
 		return err

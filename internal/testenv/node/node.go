@@ -111,6 +111,7 @@ type Node struct {
 	log                      *logBuffer
 	blockGrace, scanInterval time.Duration
 	gcMinAge                 time.Duration
+	linkDelay                time.Duration
 	// cniCache is libcni's cache directory (/var/lib/cni on a node).
 	cniCache string
 	// nodeAddresses is coild's --node-address (nil: coild finds them).
@@ -153,6 +154,8 @@ type Options struct {
 	// EndpointSlices exist in the fake API server before coild starts
 	// (an etcd Service for EtcdEndpoint "@NAMESPACE/NAME").
 	EndpointSlices []*discoveryv1.EndpointSlice
+	// LinkRemovalDelay is coild's LinkRemovalDelay.
+	LinkRemovalDelay time.Duration
 }
 
 // NewNode creates a node namespace with its addresses on lo and fresh etcd
@@ -187,6 +190,7 @@ func (e *Env) NewNode(t *testing.T, opts Options) *Node {
 		blockGrace:   opts.BlockGrace,
 		scanInterval: opts.ScanInterval,
 		gcMinAge:     opts.GCMinAge,
+		linkDelay:    opts.LinkRemovalDelay,
 		cniCache:     t.TempDir(),
 	}
 	if !opts.FindNodeAddress {
@@ -299,6 +303,7 @@ func (n *Node) Config() daemon.Config {
 		LivenessTTL:       daemon.DefaultLivenessTTL,
 		NodeWait:          time.Second,
 		GCMinAge:          n.gcMinAge,
+		LinkRemovalDelay:  n.linkDelay,
 		KubeClient:        n.Kube,
 		// As deployed: the egress tests see the probes at work.
 		EgressProbeInterval: egress.DefaultProbeInterval,

@@ -1,0 +1,70 @@
+package egress
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/coil-project/coil/model"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// TestSetupPodAsksTheAPIOnlyWhenItMatters: the ADD of a pod the cache does
+// not hold yet asks the API server for it only while an egress exists that
+// the pod could use; with none, there is nothing to program, and no round
+// trip (nor the client's rate limit) delays the ADD.
+func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
+	ctx := context.Background()
+	kube := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web",
+		Annotations: map[string]string{"egress.coil.cybozu.com/internet": "nat"}}})
+	r := New(Config{Node: "n1", Kube: kube})
+	addr := model.Address{IPv4: netip.MustParseAddr("10.1.0.5"), Owner: model.Owner{Namespace: "app", Pod: "web", NetNS: "/nonexistent"}}
+	gets := func() int {
+		n := 0
+		for _, a := range kube.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "pods" {
+				n++
+			}
+		}
+		return n
+	}
+
+	r.setEgresses(nil)
+	if _, err := r.SetupPod(ctx, addr); err != nil {
+		t.Fatalf("SetupPod with no egress = %v", err)
+	}
+	if n := gets(); n != 0 {
+		t.Errorf("SetupPod with no egress sent %d GETs of the pod", n)
+	}
+
+	r.setEgresses([]model.Egress{{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, VNI: 5}})
+	// The pod is a client; coild is not ready (no pools, no informers),
+	// so the ADD fails closed, after asking the API for the pod.
+	if _, err := r.SetupPod(ctx, addr); err == nil {
+		t.Error("SetupPod of a client before coild is ready succeeded")
+	}
+	if n := gets(); n != 1 {
+		t.Errorf("SetupPod with an egress sent %d GETs of the pod, want 1", n)
+	}
+
+	// PrefetchPod, called at the ADD's allocation, starts the one GET
+	// that SetupPod then uses.
+	ctx2, cancel := context.WithCancel(ctx)
+	stop := r.runPrefetch(ctx2)
+	r.PrefetchPod("app", "web")
+	r.PrefetchPod("app", "web") // a retried allocation: still one GET
+	if _, err := r.SetupPod(ctx, addr); err == nil {
+		t.Error("SetupPod of a client before coild is ready succeeded")
+	}
+	if n := gets(); n != 2 {
+		t.Errorf("prefetch and SetupPod sent %d GETs of the pod in all, want 1 more", n)
+	}
+	cancel()
+	stop()
+	r.PrefetchPod("app", "web") // not running: nothing started
+	if n := gets(); n != 2 {
+		t.Errorf("PrefetchPod of a stopped reconciler sent a GET")
+	}
+}

@@ -1,0 +1,100 @@
+package egress
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// An ADD asks coild twice: for the address (POST /ip), then, once the
+// plugin has set up the pod's veth, for its egress (POST /egress, SetupPod).
+// When the informer does not hold the pod yet and an egress exists, the
+// second needs the Pod from the API server; PrefetchPod starts that GET at
+// the first request, so that its round trip overlaps the plugin's veth work
+// instead of adding to the ADD.
+
+// prefetchTTL bounds how long a fetched Pod waits for its SetupPod; one
+// that never came (the ADD failed before) is dropped after it.
+const prefetchTTL = 30 * time.Second
+
+// podFetch is one GET of a Pod; pod and err are set before done closes.
+type podFetch struct {
+	done    chan struct{}
+	pod     *corev1.Pod
+	err     error
+	started time.Time
+}
+
+type prefetcher struct {
+	mu      sync.Mutex
+	ctx     context.Context // the reconciler's run; nil while not running
+	wg      sync.WaitGroup
+	fetches map[string]*podFetch
+}
+
+// PrefetchPod starts fetching the Pod namespace/name from the API server if
+// SetupPod will need it: an egress exists and the informer does not hold
+// the pod. It does not wait.
+func (r *Reconciler) PrefetchPod(namespace, name string) {
+	if r.noEgresses() || r.pods.localPod(namespace, name) != nil {
+		return
+	}
+	key := namespace + "/" + name
+	p := &r.prefetch
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil || p.ctx.Err() != nil {
+		return
+	}
+	now := time.Now()
+	for k, f := range p.fetches {
+		if now.Sub(f.started) > prefetchTTL {
+			delete(p.fetches, k)
+		}
+	}
+	if _, ok := p.fetches[key]; ok {
+		return
+	}
+	f := &podFetch{done: make(chan struct{}), started: now}
+	if p.fetches == nil {
+		p.fetches = map[string]*podFetch{}
+	}
+	p.fetches[key] = f
+	ctx := p.ctx
+	p.wg.Go(func() {
+		defer close(f.done)
+		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		f.pod, f.err = r.getPod(gctx, namespace, name)
+	})
+}
+
+// takePrefetched returns the fetch of namespace/name started by
+// PrefetchPod, if any, removing it: each serves one SetupPod.
+func (r *Reconciler) takePrefetched(namespace, name string) *podFetch {
+	p := &r.prefetch
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := namespace + "/" + name
+	f := p.fetches[key]
+	delete(p.fetches, key)
+	return f
+}
+
+// runPrefetch lets PrefetchPod start fetches under ctx until it ends, and
+// waits for those in flight.
+func (r *Reconciler) runPrefetch(ctx context.Context) func() {
+	p := &r.prefetch
+	p.mu.Lock()
+	p.ctx = ctx
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		p.ctx = nil
+		p.fetches = nil
+		p.mu.Unlock()
+		p.wg.Wait()
+	}
+}
