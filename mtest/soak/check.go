@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coil-project/coil/mtest"
 	"github.com/coil-project/coil/nodenet"
@@ -273,6 +274,24 @@ func (ck *Checker) CheckLive(stable func() map[string]Stable, read func(netns st
 		}
 	}
 	sortViolations(vs)
+	return vs, nil
+}
+
+// CheckGone checks that no address record names a container that has
+// been gone for longer than age (by gone, container id to when its pod
+// was deleted): the continuous form of the leak check, with a bound far
+// beyond the leak sweep's grace.
+func (ck *Checker) CheckGone(gone func(cid string) (time.Time, bool), age time.Duration) ([]Violation, error) {
+	recs, err := ck.Records()
+	if err != nil {
+		return nil, err
+	}
+	var vs []Violation
+	for _, r := range recs {
+		if t, ok := gone(r.ContainerID); ok && time.Since(t) > age {
+			vs = append(vs, Violation{VOrphanRecord, fmt.Sprintf("%s %v for %s, whose pod went %s ago", r.Key, r.addrs(), describe(r, true), time.Since(t).Round(time.Second))})
+		}
+	}
 	return vs, nil
 }
 

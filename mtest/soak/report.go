@@ -66,6 +66,18 @@ func (r *Result) Markdown(command string) string {
 			w("| %s | %d |\n", k, pair.m[k])
 		}
 	}
+	if len(r.FailureSamples) > 0 {
+		w("\n<details><summary>A message of each cause</summary>\n\n")
+		keys := make([]string, 0, len(r.FailureSamples))
+		for k := range r.FailureSamples {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			w("- %s: `%s`\n", k, strings.ReplaceAll(r.FailureSamples[k], "`", "'"))
+		}
+		w("\n</details>\n")
+	}
 	w("\n### Latency of successful attempts\n\n")
 	w("ADD is the suite's kubelet step: `cnitool add` of the chain coil, tuning,\nportmap, then the Pod's status update; DEL is `cnitool del`. \"During\nfaults\" means a fault was in progress at some time during the attempt.\n\n")
 	w("| | without faults: n | p50 | p99 | during faults: n | p50 | p99 |\n| --- | --- | --- | --- | --- | --- | --- |\n")

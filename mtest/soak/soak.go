@@ -70,6 +70,8 @@ type Result struct {
 	Violations []Violation
 	// AddFailures and DelFailures count failed attempts by cause.
 	AddFailures, DelFailures map[string]int
+	// FailureSamples holds one message of each cause.
+	FailureSamples map[string]string
 	// Add and Del are the durations of successful attempts, split by
 	// whether a fault was in progress.
 	Add, Del        Latencies
@@ -135,6 +137,11 @@ type soak struct {
 	podFaults chan podFault
 
 	etcd etcdCounter
+	// gone holds when each deleted pod's container went, and reported
+	// the containers whose records outlived them already reported.
+	goneMu   sync.Mutex
+	gone     map[string]time.Time
+	reported map[string]bool
 	// controllerFault is set while the soak kills a controller replica.
 	controllerFault atomic.Bool
 }
@@ -250,11 +257,13 @@ func RunOn(ctx context.Context, c *mtest.Cluster, cfg Config) (*Result, error) {
 		nodeMu:    make([]sync.Mutex, len(c.Nodes)),
 		expected:  make([]bool, len(c.Nodes)),
 		podFaults: make(chan podFault),
+		gone:      map[string]time.Time{},
+		reported:  map[string]bool{},
 	}
 	s.log = func(format string, args ...any) {
 		fmt.Fprintf(cfg.Log, "%s "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, args...)...)
 	}
-	s.res = Result{Config: cfg, Faults: map[string]int{}, AddFailures: map[string]int{}, DelFailures: map[string]int{}}
+	s.res = Result{Config: cfg, Faults: map[string]int{}, AddFailures: map[string]int{}, DelFailures: map[string]int{}, FailureSamples: map[string]string{}}
 	s.mandatory.Store(int32(len(AllFaults)))
 	s.log("soak seed %d: %d lifecycles, %d workers (%d on the small pool)", cfg.Seed, cfg.Lifecycles, cfg.Workers, cfg.SmallWorkers)
 	if err := s.setup(ctx); err != nil {
@@ -386,6 +395,14 @@ func (s *soak) observe(op string, from time.Time, err error) {
 	defer s.mu.Unlock()
 	if err != nil {
 		cause, _ := classify(err)
+		if _, ok := s.res.FailureSamples[op+" "+cause]; !ok {
+			// The cause is at the end of the message.
+			msg := pluginText(err.Error())
+			if len(msg) > 240 {
+				msg = "..." + msg[len(msg)-240:]
+			}
+			s.res.FailureSamples[op+" "+cause] = msg
+		}
 		if op == "ADD" {
 			s.res.AddFailures[cause]++
 		} else {
@@ -452,8 +469,8 @@ func (s *soak) lifecycle(ctx context.Context, i int, ns string, node int) error 
 		if err == nil {
 			return nil
 		}
-		if _, ok := classify(err); !ok && nonRetryable == nil {
-			nonRetryable = err
+		if cause, ok := classify(err); !ok && nonRetryable == nil {
+			nonRetryable = errors.New(cause)
 		}
 		// A kubelet tears a failed sandbox down before the next try.
 		_ = p.Del()
@@ -464,10 +481,10 @@ func (s *soak) lifecycle(ctx context.Context, i int, ns string, node int) error 
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			s.violate(Violation{VNeverAdded, fmt.Sprintf("%s/%s on %s: %v", ns, name, n.Name, err)})
+			s.violate(Violation{VNeverAdded, fmt.Sprintf("%s/%s on %s: %s", ns, name, n.Name, pluginMessage(err.Error()))})
 		}
 		_ = p.Del()
-		_ = p.Forget(context.Background())
+		_ = s.forget(p)
 		return err
 	}
 	added = true
@@ -500,10 +517,10 @@ func (s *soak) lifecycle(ctx context.Context, i int, ns string, node int) error 
 			s.observe("DEL", t0, err)
 			return err
 		}); err != nil {
-			s.violate(Violation{VNeverDeleted, fmt.Sprintf("%s/%s on %s: %v", ns, name, n.Name, err)})
+			s.violate(Violation{VNeverDeleted, fmt.Sprintf("%s/%s on %s: %s", ns, name, n.Name, pluginMessage(err.Error()))})
 		}
 	}
-	return retry(context.Background(), 30*time.Second, func() error { return p.Forget(context.Background()) })
+	return s.forget(p)
 }
 
 // retry calls f until it succeeds, ctx ends or d passes, backing off up
@@ -530,34 +547,71 @@ func retry(ctx context.Context, d time.Duration, f func() error) error {
 
 // classify names the cause of a failed ADD or DEL and says whether the
 // plugin reported it as retryable: CNI code 11 ("try again later") or
-// Coil's 100 (pool exhausted: the small pool refills as pods go).
+// Coil's 100 (pool exhausted: the small pool refills as pods go). cnitool
+// prints the plugin's message but not its code, so the code is read off
+// the message, which coil/plugin words differently for each code:
+// "try again later" only with 11, "pool exhausted:" only with 100.
 func classify(err error) (string, bool) {
 	var ce *mtest.CNIError
 	if errors.As(err, &ce) {
 		switch ce.Code {
 		case 11:
-			return "CNI 11: " + shorten(ce.Msg), true
+			return "CNI 11: " + reason(ce.Msg), true
 		case 100:
 			return "CNI 100: pool exhausted", true
 		default:
-			return fmt.Sprintf("CNI %d: %s", ce.Code, shorten(ce.Msg)), false
+			return fmt.Sprintf("CNI %d: %s", ce.Code, cut(ce.Msg)), false
 		}
 	}
-	return "not a CNI error: " + shorten(err.Error()), false
+	full := pluginText(err.Error())
+	switch {
+	case strings.HasPrefix(full, "pool exhausted:"):
+		return "CNI 100: pool exhausted", true
+	case strings.Contains(full, "try again later"):
+		return "CNI 11: " + reason(full), true
+	}
+	return "not retryable: " + cut(full), false
 }
 
-// shorten keeps the part of a message that names the cause, not the
-// addresses or names that differ each time.
-func shorten(msg string) string {
-	for _, k := range []string{"coild is unreachable", "etcd", "context deadline exceeded", "connection refused", "try again later", "report pod"} {
-		if strings.Contains(msg, k) {
-			return k
+// pluginMessage is the message of the plugin that failed, out of
+// cnitool's output, cut short.
+func pluginMessage(out string) string { return cut(pluginText(out)) }
+
+// pluginText is the message of the plugin that failed, out of cnitool's
+// output.
+func pluginText(out string) string {
+	msg := out
+	for _, mark := range []string{"failed (add): ", "failed (del): ", "failed (delete): "} {
+		if i := strings.LastIndex(msg, mark); i >= 0 {
+			msg = msg[i+len(mark):]
 		}
 	}
-	if len(msg) > 60 {
-		return msg[:60]
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	return strings.TrimSpace(msg)
+}
+
+func cut(msg string) string {
+	if len(msg) > 200 {
+		return msg[:200] + "..."
 	}
 	return msg
+}
+
+// reason names why coild asked to try again later.
+func reason(msg string) string {
+	for _, r := range []struct{ in, out string }{
+		{"coild is unreachable", "coild unreachable"},
+		{"not ready", "coild restoring its state"},
+		{"outcome of the write unknown", "etcd write outcome unknown"},
+		{"etcd", "etcd unavailable"},
+	} {
+		if strings.Contains(msg, r.in) {
+			return r.out
+		}
+	}
+	return "other"
 }
 
 // checkLoop runs the continuous checks until ctx ends.
@@ -608,7 +662,39 @@ func (s *soak) checkOnce(ctx context.Context) {
 	s.res.ChecksRun++
 	s.mu.Unlock()
 	s.violate(vs...)
+	if vs, err := s.ck.CheckGone(s.goneSince, leakBound); err == nil {
+		s.goneMu.Lock()
+		for _, v := range vs {
+			if !s.reported[v.Detail[:strings.Index(v.Detail, " ")]] {
+				s.reported[v.Detail[:strings.Index(v.Detail, " ")]] = true
+				s.violate(v)
+			}
+		}
+		s.goneMu.Unlock()
+	}
 	_ = s.etcd.sample(ctx, s.c)
+}
+
+// leakBound is how long a deleted pod's record may outlive it while the
+// soak runs: leak grace and sweep period, a new controller leader that
+// counts afresh after a Lease expiry, and a wide margin.
+const leakBound = 2 * time.Minute
+
+func (s *soak) goneSince(cid string) (time.Time, bool) {
+	s.goneMu.Lock()
+	defer s.goneMu.Unlock()
+	t, ok := s.gone[cid]
+	return t, ok
+}
+
+// forget deletes a pod's namespace and Pod object (after DEL, or instead
+// of it) and notes when it went.
+func (s *soak) forget(p *mtest.Pod) error {
+	err := retry(context.Background(), 30*time.Second, func() error { return p.Forget(context.Background()) })
+	s.goneMu.Lock()
+	s.gone[p.ContainerID] = time.Now()
+	s.goneMu.Unlock()
+	return err
 }
 
 // inject runs faults one after another, every kind once first (in an
@@ -738,7 +824,7 @@ func (s *soak) fault(ctx context.Context, rng *rand.Rand, kind string) (string, 
 		var leaked string
 		what, err := s.podFault(ctx, kind, func(p *mtest.Pod) error {
 			leaked = p.ContainerID
-			return p.Forget(bg)
+			return s.forget(p)
 		})
 		if err != nil {
 			return what, err

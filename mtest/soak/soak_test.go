@@ -249,11 +249,18 @@ func TestClassify(t *testing.T) {
 		cause     string
 		retryable bool
 	}{
-		{&mtest.CNIError{Code: 11, Msg: "coil: allocate: coild is unreachable, try again later"}, "CNI 11: coild is unreachable", true},
-		{&mtest.CNIError{Code: 11, Msg: "coil: allocate: try again later: etcd: context deadline exceeded"}, "CNI 11: etcd", true},
+		{&mtest.CNIError{Code: 11, Msg: "coil: allocate: coild is unreachable, try again later"}, "CNI 11: coild unreachable", true},
 		{&mtest.CNIError{Code: 100, Msg: "pool exhausted: allocate: soak-small"}, "CNI 100: pool exhausted", true},
 		{&mtest.CNIError{Code: 999, Msg: "coil: allocate: boom"}, "CNI 999: coil: allocate: boom", false},
-		{errors.New("exit status 1"), "not a CNI error: exit status 1", false},
+		// cnitool's output, which has the message but not the code.
+		{errors.New("cnitool add exited 1: Error: plugin type=\"coil\" failed (add): coil: allocate address for pod a/b from coild at unix:///x: try again later: coild is restoring its state and not ready yet\nUsage:"), "CNI 11: coild restoring its state", true},
+		{errors.New("Error: plugin type=\"coil\" failed (add): coil: allocate ...: try again later: allocate ...: commit: outcome of the write unknown: etcd unavailable: rpc error"), "CNI 11: etcd write outcome unknown", true},
+		{errors.New("Error: plugin type=\"coil\" failed (del): coil: release ...: try again later: etcd unavailable"), "CNI 11: etcd unavailable", true},
+		{errors.New("Error: plugin type=\"coil\" failed (add): pool exhausted: allocate address for pod a/b: all 4 blocks of pool \"s\" are owned"), "CNI 100: pool exhausted", true},
+		{errors.New("Error: plugin type=\"tuning\" failed (add): sysctl: no such file"), "not retryable: sysctl: no such file", false},
+		{errors.New("exit status 1"), "not retryable: exit status 1", false},
+		// A long message: the cause is at its end.
+		{errors.New("Error: plugin type=\"coil\" failed (add): coil: allocate address for pod soak-default/l00142 (container cnitool-2b855cfe943d1add961e, eth0) from coild at unix:///tmp/coil-mtest-4115861489/node1/coild.sock: coild is unreachable, try again later; coild unreachable: POST /ip"), "CNI 11: coild unreachable", true},
 	} {
 		cause, ok := classify(tc.err)
 		if cause != tc.cause || ok != tc.retryable {
