@@ -378,10 +378,12 @@ func (s *soak) faulted(from, to time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, w := range s.faults {
-		if w.end.IsZero() || (!w.start.After(to) && !w.end.Before(from)) {
-			if w.end.IsZero() && w.start.After(to) {
-				continue
-			}
+		end := w.end
+		if end.IsZero() {
+			// In progress.
+			end = to
+		}
+		if !w.start.After(to) && !end.Before(from) {
 			return true
 		}
 	}
