@@ -606,6 +606,7 @@ func reason(msg string) string {
 	for _, r := range []struct{ in, out string }{
 		{"coild is unreachable", "coild unreachable"},
 		{"not ready", "coild restoring its state"},
+		{"not restored", "coild restoring its state"},
 		{"outcome of the write unknown", "etcd write outcome unknown"},
 		{"etcd", "etcd unavailable"},
 	} {

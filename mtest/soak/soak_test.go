@@ -256,6 +256,7 @@ func TestClassify(t *testing.T) {
 		{errors.New("cnitool add exited 1: Error: plugin type=\"coil\" failed (add): coil: allocate address for pod a/b from coild at unix:///x: try again later: coild is restoring its state and not ready yet\nUsage:"), "CNI 11: coild restoring its state", true},
 		{errors.New("Error: plugin type=\"coil\" failed (add): coil: allocate ...: try again later: allocate ...: commit: outcome of the write unknown: etcd unavailable: rpc error"), "CNI 11: etcd write outcome unknown", true},
 		{errors.New("Error: plugin type=\"coil\" failed (del): coil: release ...: try again later: etcd unavailable"), "CNI 11: etcd unavailable", true},
+		{errors.New("Error: plugin type=\"coil\" failed (delete): coil: release ...: try again later: release address of container x: allocator state not restored from etcd yet"), "CNI 11: coild restoring its state", true},
 		{errors.New("Error: plugin type=\"coil\" failed (add): pool exhausted: allocate address for pod a/b: all 4 blocks of pool \"s\" are owned"), "CNI 100: pool exhausted", true},
 		{errors.New("Error: plugin type=\"tuning\" failed (add): sysctl: no such file"), "not retryable: sysctl: no such file", false},
 		{errors.New("exit status 1"), "not retryable: exit status 1", false},
