@@ -29,7 +29,8 @@ func (r *Result) Markdown(command string) string {
 		etcdTotal += v
 	}
 	w("| figure | value |\n| --- | --- |\n")
-	w("| pod lifecycles | %d |\n", r.Lifecycles)
+	w("| pod lifecycles completed | %d |\n", r.Lifecycles)
+	w("| lifecycles not completed | %d |\n", r.Incomplete)
 	w("| workers (on the small pool) | %d (%d) |\n", r.Config.Workers, r.Config.SmallWorkers)
 	w("| duration | %s |\n", r.Duration.Round(time.Second))
 	w("| faults injected | %d |\n", faults)

@@ -60,11 +60,13 @@ type Config struct {
 
 // Result is what a soak measured.
 type Result struct {
-	Config     Config
-	Started    time.Time
-	Duration   time.Duration
-	Lifecycles int
-	Faults     map[string]int
+	Config   Config
+	Started  time.Time
+	Duration time.Duration
+	// Lifecycles counts the completed lifecycles, Incomplete those that
+	// failed (each also a violation, or an API error logged).
+	Lifecycles, Incomplete int
+	Faults                 map[string]int
 	// FaultLog is one line per injected fault.
 	FaultLog   []string
 	Violations []Violation
@@ -142,8 +144,9 @@ type soak struct {
 	goneMu   sync.Mutex
 	gone     map[string]time.Time
 	reported map[string]bool
-	// controllerFault is set while the soak kills a controller replica.
-	controllerFault atomic.Bool
+	// ctlMu is held while the soak kills and restarts a controller
+	// replica, so that the watch on the replicas sees neither half.
+	ctlMu sync.Mutex
 }
 
 type window struct{ start, end time.Time }
@@ -442,6 +445,10 @@ func (s *soak) work(ctx context.Context, w int) {
 				return
 			}
 			s.log("lifecycle %d: %v", i, err)
+			s.mu.Lock()
+			s.res.Incomplete++
+			s.mu.Unlock()
+			continue
 		}
 		if d := s.done.Add(1); d%500 == 0 {
 			s.log("%d lifecycles", d)
@@ -645,17 +652,18 @@ func (s *soak) checkOnce(ctx context.Context) {
 		}
 		s.nodeMu[i].Unlock()
 	}
-	if !s.controllerFault.Load() {
-		for i := range s.c.ControllerReplicas() {
-			if !s.c.ControllerReplicaRunning(i) {
-				s.log("coil-controller replica %d exited on its own:\n%s", i, s.c.ControllerReplicaLog(i))
-				s.mu.Lock()
-				s.res.ControllerExits++
-				s.mu.Unlock()
-				_ = s.c.StartControllerReplica(i)
-			}
+	s.ctlMu.Lock()
+	for i := range s.c.ControllerReplicas() {
+		if !s.c.ControllerReplicaRunning(i) {
+			s.log("coil-controller replica %d exited on its own:\n%s", i, s.c.ControllerReplicaLog(i))
+			s.mu.Lock()
+			s.res.ControllerExits++
+			s.mu.Unlock()
+			// Restart it, as its Deployment would.
+			_ = s.c.StartControllerReplica(i)
 		}
 	}
+	s.ctlMu.Unlock()
 	vs, err := s.ck.CheckLive(s.reg.stable, s.reg.read)
 	if err != nil {
 		// etcd may be restarting: the next check reads again.
@@ -796,11 +804,11 @@ func (s *soak) fault(ctx context.Context, rng *rand.Rand, kind string) (string, 
 				return "", err
 			}
 		}
-		s.controllerFault.Store(true)
+		s.ctlMu.Lock()
 		s.c.KillControllerReplica(leader)
 		time.Sleep(time.Second)
 		err = s.c.StartControllerReplica(leader)
-		s.controllerFault.Store(false)
+		s.ctlMu.Unlock()
 		if err != nil {
 			return "", err
 		}

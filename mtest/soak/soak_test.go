@@ -66,6 +66,9 @@ func TestSoak(t *testing.T) {
 			t.Errorf("fault %q was never injected", k)
 		}
 	}
+	if res.Incomplete > 0 {
+		t.Errorf("%d lifecycles did not complete", res.Incomplete)
+	}
 	if res.Lifecycles < cfg.Lifecycles {
 		t.Errorf("%d lifecycles, want %d", res.Lifecycles, cfg.Lifecycles)
 	}
