@@ -30,7 +30,7 @@ export CNI_BIN_DIR := $(CNI_BIN)
 export ETCD_BIN_DIR := $(ETCD_BIN)
 export COIL_CACHE_DIR := $(CACHE_DIR)
 
-.PHONY: all build image test vet fuzz mtest demo demo-cnitool demo-down kube-apiserver kube-node bench deps apt-deps cni-tools etcd-tools clean
+.PHONY: all build image test vet fuzz mtest soak demo demo-cnitool demo-down kube-apiserver kube-node bench deps apt-deps cni-tools etcd-tools clean
 
 all: build
 
@@ -45,7 +45,7 @@ vet:
 # Unit and integration tests: real etcd (embedded), real network namespaces
 # (needs root), the reference CNI client. The end-to-end suite is `make mtest`.
 test: deps vet kube-apiserver
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/mtest$$' | grep -v /mtest/demo)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/mtest$$' | grep -v /mtest/demo | grep -v /mtest/soak)
 
 # Fuzz every decoder of untrusted input (etcd records, REST bodies, CNI
 # netconf) for FUZZTIME each. `make test` runs their checked-in seed
@@ -68,8 +68,16 @@ fuzz: deps
 # kube-apiserver (built once into the cache), coild, coil-controller, BIRD;
 # and real nodes (kubelet, containerd, runc; Coil installed from deploy/
 # with the image of `make image`).
+# The short chaos soak (mtest/soak, a few minutes) runs after the scenarios,
+# one package at a time (-p 1): both build clusters.
 mtest: deps build image kube-apiserver kube-node
-	$(GO) test -count=1 -timeout 25m -v ./mtest/
+	$(GO) test -count=1 -timeout 40m -p 1 -v ./mtest/ ./mtest/soak/
+
+# The full chaos soak: 10,000 pod lifecycles under faults, its report
+# written into docs/reliability.md. SOAK_ARGS replays a run (-seed N ...).
+SOAK_ARGS ?=
+soak: deps build kube-apiserver
+	$(GO) run ./mtest/soak/run $(SOAK_ARGS)
 
 # A local 3-node cluster of kubelet nodes with Coil installed from deploy/,
 # left running; `make demo-down` removes it.

@@ -51,6 +51,10 @@ type Options struct {
 	Controller bool
 	// ControllerArgs are extra coil-controller flags.
 	ControllerArgs []string
+	// ControllerReplicas, when 2 or more, runs that many coil-controller
+	// replicas with leader election (a Lease in kube-system), as deploy/
+	// does; otherwise one runs with --leader-elect=false.
+	ControllerReplicas int
 	// CoildArgs are extra coild flags.
 	CoildArgs []string
 	// Detached daemons outlive the process that started the cluster (the
@@ -95,6 +99,9 @@ type Cluster struct {
 	// programs and the controllers running in the ctl namespace.
 	kubeBins  *realNodeBinaries
 	kubeProcs []*process
+	// replicas are the coil-controller replicas of
+	// Options.ControllerReplicas (controller is then nil).
+	replicas []*process
 
 	mu      sync.Mutex
 	pids    []int
@@ -168,7 +175,14 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 			return nil, fmt.Errorf("create Node %s: %w", n.Name, err)
 		}
 	}
-	if opts.Controller {
+	if opts.Controller && opts.ControllerReplicas >= 2 {
+		c.replicas = make([]*process, opts.ControllerReplicas)
+		for i := range c.replicas {
+			if err := c.StartControllerReplica(i); err != nil {
+				return nil, err
+			}
+		}
+	} else if opts.Controller {
 		if err := c.StartController(); err != nil {
 			return nil, err
 		}
@@ -692,6 +706,11 @@ func (c *Cluster) Close() {
 	}
 	if c.controller != nil {
 		procs = append(procs, c.controller)
+	}
+	for _, p := range c.replicas {
+		if p != nil {
+			procs = append(procs, p)
+		}
 	}
 	if c.rr != nil {
 		procs = append(procs, c.rr)
