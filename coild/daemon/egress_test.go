@@ -127,6 +127,16 @@ func TestEgress(t *testing.T) {
 		}
 		return nil
 	})
+	// And to program them: a gateway that answers the probes unstamped
+	// is not chosen, so a client added before that would find none.
+	testenv.Eventually(t, 10*time.Second, "coild to program the gateways", func() error {
+		for _, p := range gws {
+			if s, err := nodenet.SummarizeEgress(p.NS.Path()); err != nil || !s.NFTTable {
+				return fmt.Errorf("gateway %s not programmed yet (%+v, %v)", p.Name, s, err)
+			}
+		}
+		return nil
+	})
 
 	// Pods that outlive a subtest belong to the whole test.
 	top := t
