@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -153,7 +155,8 @@ func TestEgress(t *testing.T) {
 			for _, target := range []netip.AddrPort{ext.server4, ext.server6} {
 				seen, err := netnstest.SeenAs(c.NS, target, 5*time.Second)
 				if err != nil {
-					t.Fatalf("client %s cannot reach %s right after ADD: %v", c.Name, target, err)
+					dbg, _ := exec.Command("sh", "-c", "ip -n "+filepath.Base(c.NS.Path())+" rule; ip -n "+filepath.Base(c.NS.Path())+" route show table all; ip -n "+filepath.Base(c.NS.Path())+" -d link; ip -n "+filepath.Base(c.NS.Path())+" neigh; bridge -n "+filepath.Base(c.NS.Path())+" fdb").CombinedOutput()
+					t.Fatalf("client %s cannot reach %s right after ADD: %v\n%s", c.Name, target, err, dbg)
 				}
 				gw, ok := gws[seen]
 				if !ok {

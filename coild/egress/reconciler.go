@@ -129,6 +129,9 @@ type Reconciler struct {
 	// prefetch holds the Pod GETs started at an ADD's allocation.
 	prefetch prefetcher
 
+	// snapshots numbers the snapshots (podState.seq).
+	snapshots atomic.Uint64
+
 	// stateMu guards applied; it is never held across kernel work.
 	stateMu sync.Mutex
 	applied map[string]podState
@@ -157,6 +160,13 @@ type podState struct {
 	// lost lists the egresses whose gateway went away since the last
 	// programming: those moves are failovers.
 	lost []string
+	// seq is the sequence number of the snapshot the state was computed
+	// from. A reconcile pass and an ADD compute outside the pod's lock, so
+	// a pass that read the probes' verdicts before an ADD waited for
+	// newer ones could otherwise program its older choice over the ADD's
+	// (a client left without a gateway right after its ADD): apply never
+	// replaces a state by one computed from an older snapshot.
+	seq uint64
 }
 
 func (s podState) empty() bool { return s.client == nil && s.gateway == nil }
@@ -324,6 +334,8 @@ func (r *Reconciler) noEgresses() bool {
 
 // snapshot is every input of one reconciliation.
 type snapshot struct {
+	// seq orders snapshots: see podState.seq.
+	seq      uint64
 	egresses map[string]model.Egress
 	bypass   []netip.Prefix
 	// gateways are the eligible gateway pods of each egress, by key.
@@ -340,7 +352,7 @@ type snapshot struct {
 
 func (r *Reconciler) snapshot() *snapshot {
 	r.mu.Lock()
-	s := &snapshot{egresses: r.egresses, bypass: sortPrefixes(append(slices.Clone(r.pools), r.cfg.Bypass...))}
+	s := &snapshot{seq: r.snapshots.Add(1), egresses: r.egresses, bypass: sortPrefixes(append(slices.Clone(r.pools), r.cfg.Bypass...))}
 	r.mu.Unlock()
 	s.gateways = map[string][]gateway{}
 	s.alive = map[string][]gateway{}
@@ -374,7 +386,7 @@ func podKey(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
 // is unknown.
 func (r *Reconciler) desired(s *snapshot, p *corev1.Pod, net model.Address, prev podState) podState {
 	key := podKey(p)
-	d := podState{netns: net.NetNS, chosen: map[string]string{}}
+	d := podState{netns: net.NetNS, chosen: map[string]string{}, seq: s.seq}
 	self := gatewayOf(p)
 	var tunnels []nodenet.EgressTunnel
 	for _, e := range clientEgresses(p) {
@@ -514,7 +526,7 @@ func (r *Reconciler) reconcile(full, waitProbes bool) {
 		}
 		// No longer a client nor a gateway: programming the empty
 		// state removes what is there.
-		want[k] = podState{netns: st.netns}
+		want[k] = podState{netns: st.netns, seq: s.seq}
 	}
 	r.stateMu.Unlock()
 
@@ -586,6 +598,10 @@ func (r *Reconciler) lockPod(key string) *sync.Mutex {
 func (r *Reconciler) apply(key string, d podState, force bool) error {
 	defer r.lockPod(key).Unlock()
 	prev := r.appliedState(key)
+	if d.seq < prev.seq {
+		// Computed from an older view than what is programmed.
+		return nil
+	}
 	if !force && prev.netns == d.netns && reflect.DeepEqual(prev.client, d.client) && reflect.DeepEqual(prev.gateway, d.gateway) {
 		return nil
 	}
@@ -621,7 +637,7 @@ func (r *Reconciler) apply(key string, d podState, force bool) error {
 	if err != nil {
 		r.metrics.syncFailures.Inc()
 		// Forget what is there: the next pass programs it all again.
-		r.applied[key] = podState{netns: d.netns, client: &nodenet.EgressClient{}, gateway: &nodenet.EgressGateway{}}
+		r.applied[key] = podState{netns: d.netns, client: &nodenet.EgressClient{}, gateway: &nodenet.EgressGateway{}, seq: d.seq}
 		return err
 	}
 	for _, e := range d.lost {
@@ -696,6 +712,10 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup,
 		r.addTargets(targets, s, p, addressAddrs(net))
 		if !r.probe.want(targets, time.Now()) {
 			r.probe.wait(ctx, slices.Collect(maps.Keys(targets)), time.Duration(r.cfg.ProbeMisses+2)*r.cfg.ProbeInterval)
+			// What the wait learnt makes this state newer than any pass
+			// that began before: see podState.seq.
+			s = r.snapshot()
+			s.networks[key] = net
 		}
 	}
 	d := r.desired(s, p, net, r.appliedState(key))
