@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
-# Coil's image: hypercoil, the one executable that is coil, coild, coilctl,
+# Coil's image: hypercoil, the one executable that is coild, coilctl,
 # coil-controller, coil-installer and coil-egress (the process of managed
-# egress gateway pods), each a link to it in /usr/local/bin, plus the
+# egress gateway pods), each a link to it in /usr/local/bin; the CNI plugin
+# coil on its own (small: the runtime executes it for every ADD and DEL,
+# and hypercoil's start-up would add to each); plus the
 # reference CNI plugins the default configuration list chains
 # (installed on a node only where it has none). Build it with
 # `docker build -t ghcr.io/coil-project/coil:dev .` where a Docker engine
@@ -20,9 +22,9 @@ RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 
 COPY . .
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags="-s -w" -o /out/bin/ ./hypercoil
+    go build -ldflags="-s -w" -o /out/bin/ ./hypercoil ./coil
 # One link per command: hypercoil runs the command it is called as.
-RUN ln -s hypercoil /out/bin/coil && ln -s hypercoil /out/bin/coild && \
+RUN ln -s hypercoil /out/bin/coild && \
     ln -s hypercoil /out/bin/coilctl && ln -s hypercoil /out/bin/coil-controller && \
     ln -s hypercoil /out/bin/coil-installer && ln -s hypercoil /out/bin/coil-egress
 

@@ -24,12 +24,14 @@ const PausePackage = "./internal/image/pause"
 var buildFlags = []string{"-trimpath", "-ldflags=-s -w"}
 
 // Coil writes the runtime image's binaries under out, where Files says:
-// hypercoil (every Coil command) into out/bin, the reference plugins into
-// out/plugins.
+// hypercoil (every Coil command) and the CNI plugin coil into out/bin, the
+// reference plugins into out/plugins.
 func (c Compiler) Coil(ctx context.Context, out string) error {
-	bin := filepath.Join(out, filepath.FromSlash(Files()[0].Src))
-	if err := c.run(ctx, nil, append(append([]string{"build"}, buildFlags...), "-o", bin, "./"+Hypercoil)...); err != nil {
-		return err
+	for _, f := range Files()[:2] {
+		bin := filepath.Join(out, filepath.FromSlash(f.Src))
+		if err := c.run(ctx, nil, append(append([]string{"build"}, buildFlags...), "-o", bin, "./"+path.Base(f.Src))...); err != nil {
+			return err
+		}
 	}
 	return c.plugins(ctx, filepath.Join(out, "plugins"))
 }
