@@ -231,9 +231,15 @@ type Conversation struct {
 
 // Converse opens a connection from the pod to target (Echo4 or Echo6).
 func (p *Pod) Converse(target netip.AddrPort, timeout time.Duration) (*Conversation, error) {
+	return ConverseFrom("/var/run/netns/"+p.NetNS, target, timeout)
+}
+
+// ConverseFrom opens a connection to target from the network namespace at
+// nsPath.
+func ConverseFrom(nsPath string, target netip.AddrPort, timeout time.Duration) (*Conversation, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := dialIn("/var/run/netns/"+p.NetNS, ctx, "tcp", target.String())
+	conn, err := dialIn(nsPath, ctx, "tcp", target.String())
 	if err != nil {
 		return nil, err
 	}

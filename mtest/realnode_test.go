@@ -395,7 +395,7 @@ func TestRealNodes(t *testing.T) {
 		checkUnique(ctx, t, c)
 	})
 
-	t.Run("egress through gateway pods run by the kubelet", func(t *testing.T) {
+	t.Run("egress through gateway pods run by the kubelet; a rolling restart of them keeps open connections", func(t *testing.T) {
 		ext := c.External
 		// As the example's comment says, with the external host's
 		// networks for destinations.
@@ -423,7 +423,68 @@ func TestRealNodes(t *testing.T) {
 		for _, g := range gws {
 			gwIPs[g.Status.PodIP] = true
 		}
-		egressClientSeesGateway(ctx, t, c, "client", "nat", gwIPs)
+		ns := egressClientSeesGateway(ctx, t, c, "client", "nat", gwIPs)
+
+		// A rolling restart of the gateway Deployment: the example's
+		// preStop sleep keeps each old gateway draining; the open
+		// connection stays with its gateway, new ones go to new pods.
+		conv, err := ConverseFrom(ns, ext.Echo4, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conv.Close()
+		via, err := conv.SeenAs(3 * time.Second)
+		if err != nil || !gwIPs[via.String()] {
+			t.Fatalf("the open connection is seen as %s (%v), want a gateway", via, err)
+		}
+		if out, err := c.Kubectl(ctx, c.Dir, "-n", "internet-egress", "rollout", "restart", "deployment/nat"); err != nil {
+			t.Fatal(out, err)
+		}
+		var fresh map[string]bool
+		var talks, lost int
+		if err := Eventually(3*time.Minute, func() error {
+			talks++
+			if seen, err := conv.SeenAs(3 * time.Second); err != nil || seen != via {
+				lost++
+				t.Errorf("during the rollout the open connection is seen as %s (%v), want %s", seen, err, via)
+			}
+			pods, err := c.Kube.CoreV1().Pods("internet-egress").List(ctx, metav1.ListOptions{LabelSelector: "coil.cybozu.com/egress=nat"})
+			if err != nil {
+				return err
+			}
+			fresh = map[string]bool{}
+			draining := 0
+			for _, p := range pods.Items {
+				switch {
+				case gwIPs[p.Status.PodIP] && p.DeletionTimestamp != nil:
+					draining++
+				case !gwIPs[p.Status.PodIP] && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "":
+					fresh[p.Status.PodIP] = true
+				}
+			}
+			if draining != len(gwIPs) || len(fresh) != 2 {
+				return fmt.Errorf("%d of %d old gateways draining, %d new running", draining, len(gwIPs), len(fresh))
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ext.RouteBlocks("internet"); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(30*time.Second, func() error {
+			seen, err := SeenFrom(ns, ext.Server4, 3*time.Second)
+			if err != nil || !fresh[seen.String()] {
+				return fmt.Errorf("a new connection during the drain is seen as %s (%v), want a new gateway %v", seen, err, fresh)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if seen, err := conv.SeenAs(3 * time.Second); err != nil || seen != via {
+			t.Errorf("after new gateways took new connections, the open one is seen as %s (%v), want %s", seen, err, via)
+		}
+		t.Logf("rolling restart of the gateways: the open connection answered %d times through draining %s (%d lost)", talks, via, lost)
 	})
 
 	t.Run("egress gateways run by coil-controller (--replicas) on the kubelet nodes", func(t *testing.T) {
@@ -489,8 +550,9 @@ func TestRealNodes(t *testing.T) {
 
 // egressClientSeesGateway runs a Deployment of one client pod annotated for
 // the egress internet-egress/egress and checks that the external host sees
-// its connections come from one of the gateway addresses gwIPs.
-func egressClientSeesGateway(ctx context.Context, t *testing.T, c *Cluster, name, egress string, gwIPs map[string]bool) {
+// its connections come from one of the gateway addresses gwIPs. It returns
+// the host path of the client's network namespace.
+func egressClientSeesGateway(ctx context.Context, t *testing.T, c *Cluster, name, egress string, gwIPs map[string]bool) string {
 	t.Helper()
 	client := workload("default", name, 1)
 	client.Spec.Template.Annotations = map[string]string{"egress.coil.cybozu.com/internet-egress": egress}
@@ -518,6 +580,7 @@ func egressClientSeesGateway(ctx context.Context, t *testing.T, c *Cluster, name
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return ns
 }
 
 // hostSysctls reads the machine-wide sysctls the kubelet writes.
