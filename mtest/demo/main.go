@@ -48,6 +48,29 @@ func main() {
 	}
 }
 
+// startCluster starts a detached cluster, saves what `demo down` needs,
+// and returns it with show, which runs coilctl and prints the command and
+// its output.
+func startCluster(ctx context.Context, statePath string, opts mtest.Options) (*mtest.Cluster, func(...string) error, error) {
+	c, err := mtest.NewCluster(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.SaveState(statePath); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	show := func(args ...string) error {
+		out, err := c.Coilctl(args...)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("$ coilctl %s\n%s", strings.Join(args, " "), out)
+		return nil
+	}
+	return c, show, nil
+}
+
 func step(format string, args ...any) {
 	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", args...)
 }
@@ -70,23 +93,11 @@ func up(statePath string) error {
 	defer cancel()
 
 	step("starting etcd, kube-apiserver, coil-controller and coild on 3 node namespaces")
-	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true, External: true,
+	c, show, err := startCluster(ctx, statePath, mtest.Options{Nodes: 3, FlatL2: true, Controller: true, Detached: true, External: true,
 		// Frequent sweeps, so the capacity figures show within seconds.
 		ControllerArgs: []string{"--scan-interval", "3s"}})
 	if err != nil {
 		return err
-	}
-	if err := c.SaveState(statePath); err != nil {
-		c.Close()
-		return err
-	}
-	show := func(args ...string) error {
-		out, err := c.Coilctl(args...)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("$ coilctl %s\n%s", strings.Join(args, " "), out)
-		return nil
 	}
 
 	step("creating pools")

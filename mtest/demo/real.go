@@ -21,21 +21,9 @@ import (
 // started by the kubelet.
 func upReal(ctx context.Context, statePath string) error {
 	step("starting etcd (TLS), kube-apiserver, kube-scheduler, kube-controller-manager, and kubelet + containerd on 3 node namespaces")
-	c, err := mtest.NewCluster(ctx, mtest.Options{Nodes: 3, RealNodes: true, Detached: true, External: true})
+	c, show, err := startCluster(ctx, statePath, mtest.Options{Nodes: 3, RealNodes: true, Detached: true, External: true})
 	if err != nil {
 		return err
-	}
-	if err := c.SaveState(statePath); err != nil {
-		c.Close()
-		return err
-	}
-	show := func(args ...string) error {
-		out, err := c.Coilctl(args...)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("$ coilctl %s\n%s", strings.Join(args, " "), out)
-		return nil
 	}
 	kubectl := func(args ...string) error {
 		out, err := c.Kubectl(ctx, c.Dir, args...)
