@@ -232,7 +232,7 @@ func cacheDir() string {
 func (c *Cluster) cniBinDir() (string, error) {
 	ref := os.Getenv("CNI_BIN_DIR")
 	if ref == "" {
-		ref = filepath.Join(cacheDir(), "cni-v1.3.1-plugins-v1.9.1")
+		ref = filepath.Join(cacheDir(), "cni-v1.3.1-plugins-v1.9.1-static")
 	}
 	dir := filepath.Join(c.Dir, "cni-bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

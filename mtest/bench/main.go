@@ -71,7 +71,7 @@ func parseFlags() *options {
 	flag.IntVar(&o.startupPods, "startup-pods", 110, "pods of every node in the start-up benchmark")
 	flag.IntVar(&o.startupSample, "startup-sample", 200, "nodes started, one after the other, per cluster size")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
-	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1)")
+	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1-static)")
 	flag.BoolVar(&o.verbose, "v", false, "log progress details")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (clients, coild, allocators) to the file")
 	flag.Parse()
@@ -164,7 +164,7 @@ func run(ctx context.Context, o *options) (err error) {
 		o.etcdBin = filepath.Join(envOr("ETCD_BIN_DIR", filepath.Join(cacheDir(), "etcd-v3.6.16")), "etcd")
 	}
 	if o.cniBin == "" {
-		o.cniBin = envOr("CNI_BIN_DIR", filepath.Join(cacheDir(), "cni-v1.3.1-plugins-v1.9.1"))
+		o.cniBin = envOr("CNI_BIN_DIR", filepath.Join(cacheDir(), "cni-v1.3.1-plugins-v1.9.1-static"))
 	}
 	if _, err := os.Stat(o.etcdBin); err != nil {
 		return fmt.Errorf("etcd binary %s: %w (run `make deps` or set ETCD_BIN_DIR)", o.etcdBin, err)

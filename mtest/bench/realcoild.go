@@ -105,10 +105,8 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 
 	logf("  building coild")
 	coildBin := filepath.Join(binDir, "coild")
-	build := exec.CommandContext(ctx, goTool(), "build", "-o", coildBin, "./coild")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./coild: %v\n%s", err, out)
+	if err := buildCommand(ctx, root, "./coild", coildBin); err != nil {
+		return err
 	}
 	sock := filepath.Join(tmp, "coild-real.sock")
 	logPath := filepath.Join(tmp, "coild-real.log")

@@ -111,7 +111,7 @@ func prepareBinDir(dir string) error {
 		if err != nil {
 			return fmt.Errorf("CNI_BIN_DIR is not set and there is no home directory: %w", err)
 		}
-		cniBin = filepath.Join(home, ".cache", "coil", "cni-v1.3.1-plugins-v1.9.1")
+		cniBin = filepath.Join(home, ".cache", "coil", "cni-v1.3.1-plugins-v1.9.1-static")
 	}
 	for _, tool := range ReferenceTools {
 		src := filepath.Join(cniBin, tool)
