@@ -622,7 +622,7 @@ func (r *results) clusterTable() (table, bool) {
 		"Both sides use one etcd client of all three endpoints, as coild is configured in a real cluster; its balancer sends each request "+
 		"to the next member round robin, and a follower forwards a write to the leader. Leader: %s. Share of the Txn requests each member "+
 		"answered: %s. Each level runs %d rounds of %v per side, raw (If CreateRevision(key)==0 Then Put) and coild (POST /ip, the node owning "+
-		"its blocks) alternating; \"vs 1 member\" divides by part 1's figure at the same level in this run. etcd CPU/op: CPU time of the "+
+		"its blocks) alternating; \"vs 1 member\" divides by part 1's figure at the same level in this run (measured in the minutes before, so the machine's load may differ between the two). etcd CPU/op: CPU time of the "+
 		"three members summed, per operation (the Raft cost: the leader's and the followers' appends, fsyncs and applies), beside part 1's "+
 		"single member; member CPU over the whole part: %s. All members and the clients share the machine's %d cores.",
 		cr.version, delay, cr.leader, strings.Join(shares, ", "), r.opts.rounds, r.opts.clusterPhase, strings.Join(cpus, ", "), r.machine.cpus)
