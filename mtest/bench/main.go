@@ -43,6 +43,11 @@ type options struct {
 	cniTrace   bool
 	realCoild  bool
 
+	etcdCluster    bool
+	clusterClients []int
+	clusterDelay   time.Duration
+	clusterPhase   time.Duration
+
 	startupNodes  []int
 	startupPods   int
 	startupSample int
@@ -61,6 +66,10 @@ func parseFlags() *options {
 	flag.IntVar(&o.cniPar, "cni-parallel", 8, "concurrent CNI commands in the concurrent CNI run")
 	flag.BoolVar(&o.cniTrace, "cni-trace", true, "after the CNI benchmark, trace single ADDs and DELs with strace (if installed) and show where the time goes")
 	flag.BoolVar(&o.realCoild, "real-coild", true, "after the CNI benchmark, run ADD and DEL with the coild binary and a real kube-apiserver (built once into the cache), pods present in and absent from the API")
+	flag.BoolVar(&o.etcdCluster, "etcd-cluster", true, "after the allocation benchmark, run its raw etcd and coild phases against a 3-member etcd cluster (network namespaces, fsync on); off in -quick unless given")
+	clusterClients := flag.String("etcd-cluster-clients", "1,4,16", "concurrency levels of the 3-member cluster allocation benchmark")
+	flag.DurationVar(&o.clusterPhase, "etcd-cluster-phase", 2*time.Second, "duration of each phase on the 3-member etcd cluster (shorter than -phase: the part's budget is 1.5 minutes)")
+	flag.DurationVar(&o.clusterDelay, "etcd-cluster-delay", 0, "latency tc netem adds to every packet an etcd cluster member sends (0: none; ignored without tc)")
 	flag.IntVar(&o.nodes, "nodes", 1000, "simulated nodes of the scale benchmark")
 	flag.IntVar(&o.podsNode, "pods-per-node", 110, "pods each simulated node fills")
 	flag.IntVar(&o.scalePar, "scale-parallel", 16, "simulated nodes allocating at once")
@@ -88,6 +97,13 @@ func parseFlags() *options {
 		}
 		o.clients = append(o.clients, n)
 	}
+	for _, s := range strings.Split(*clusterClients, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
+			fatalf("-etcd-cluster-clients: bad level %q", s)
+		}
+		o.clusterClients = append(o.clusterClients, n)
+	}
 	for _, s := range strings.Split(*startupNodes, ",") {
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
@@ -105,6 +121,8 @@ func parseFlags() *options {
 		}
 		def("phase", func() { o.phase = 300 * time.Millisecond })
 		def("rounds", func() { o.rounds = 1 })
+		def("etcd-cluster", func() { o.etcdCluster = false })
+		def("etcd-cluster-phase", func() { o.clusterPhase = 300 * time.Millisecond })
 		def("pods", func() { o.pods = 16 })
 		def("cni-parallel", func() { o.cniPar = 4 })
 		def("nodes", func() { o.nodes = 40 })
@@ -206,6 +224,11 @@ func run(ctx context.Context, o *options) (err error) {
 	if o.has("alloc") {
 		if err := runAllocBench(ctx, o, tmp, cl, res); err != nil {
 			return fmt.Errorf("allocation benchmark: %w", err)
+		}
+		if o.etcdCluster {
+			if err := runAllocClusterBench(ctx, o, tmp, cl, res); err != nil {
+				return fmt.Errorf("allocation benchmark on a 3-member etcd cluster: %w", err)
+			}
 		}
 	}
 	if o.has("cni") {

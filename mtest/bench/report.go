@@ -18,6 +18,7 @@ type results struct {
 	opts              *options
 	machine           machine
 	alloc             *allocResults
+	allocCluster      *clusterResults
 	cni               *cniResults
 	scale             *scaleResults
 	startup           *startupResults
@@ -376,6 +377,9 @@ func (r *results) tables() []table {
 			"takes the block and its first address).", acq, lost)
 		ts = append(ts, t)
 	}
+	if t, ok := r.clusterTable(); ok {
+		ts = append(ts, t)
+	}
 	if c := r.cni; c != nil {
 		t := table{id: "cni", title: fmt.Sprintf("2. CNI ADD/DEL of %d pods through cnitool: coil vs ptp+host-local", c.pods),
 			header: []string{"run", "op", "coil p50", "coil p99", "ptp+host-local p50", "ptp+host-local p99", "p50 ratio", "p99 ratio", "coil ops/s", "ptp ops/s", "coil CPU/op", "ptp CPU/op"}}
@@ -509,7 +513,11 @@ func writeDocs(dir string, r *results, tables []table) error {
 	fmt.Fprintf(&gen, "| memory | %s |\n", fmtBytes(r.machine.memory))
 	fmt.Fprintf(&gen, "| kernel | %s |\n", r.machine.kernel)
 	fmt.Fprintf(&gen, "| Go | %s %s |\n", r.machine.goVer, r.machine.arch)
-	fmt.Fprintf(&gen, "| etcd | %s (binary built from the etcd module, single member, fsync on) |\n", r.etcdVersion())
+	members := "single member"
+	if r.allocCluster != nil {
+		members = "single member; part 1d also as a 3-member cluster"
+	}
+	fmt.Fprintf(&gen, "| etcd | %s (binary built from the etcd module, %s, fsync on) |\n", r.etcdVersion(), members)
 	fmt.Fprintf(&gen, "| date | %s |\n", r.machine.date.Format("2006-01-02"))
 	if r.load != nil && r.load.measuredFinish {
 		fmt.Fprintf(&gen, "| other load | %s |\n", r.load)
