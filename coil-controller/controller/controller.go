@@ -225,7 +225,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		// A sweep must not hang on a stuck etcd or API server until the
 		// process is restarted: it is cut off when the next one is due.
 		sctx, cancel := context.WithTimeout(ctx, max(c.opts.ScanInterval, minOperationTimeout))
+		start := time.Now()
 		err := c.sweep(sctx)
+		c.opts.Metrics.sweepDuration.Observe(time.Since(start).Seconds())
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("sweep did not complete", "err", err)
