@@ -283,12 +283,12 @@ type observedStore struct {
 	blocks     atomic.Int64
 	addresses  atomic.Int64
 
-	gcTarget         int64
-	onGCStart        func()
-	gcStart, gcEnd   time.Time // written before done is closed
-	kv0              kvCounts
-	sent0            int64
-	done             chan struct{}
+	gcTarget           int64
+	onGCStart          func()
+	gcStart, gcEnd     time.Time // written before done is closed
+	kv0                kvCounts
+	sent0              int64
+	done               chan struct{}
 	startOnce, endOnce sync.Once
 }
 
