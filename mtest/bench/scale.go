@@ -108,10 +108,6 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	}
 	restoreLat := make(latencies, z.nodes)
 	allocators := make([]*ipam.Allocator, z.nodes)
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	heapBefore := int64(ms.HeapAlloc)
 
 	before := kv.snapshot()
 	var next atomic.Int64
@@ -150,10 +146,6 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	}
 	r.kv = kv.snapshot().sub(before)
 
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	r.heapDelta = int64(ms.HeapAlloc) - heapBefore
-	r.perNode = r.heapDelta / int64(z.nodes)
 
 	var all latencies
 	for _, l := range allocLat {
@@ -173,10 +165,21 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	if r.addressKeys, err = countKeys(ctx, cli); err != nil {
 		return nil, err
 	}
+	// Allocator memory: the live heap with the allocators, less the live
+	// heap once they are dropped; garbage left by an earlier size or by
+	// the fill is in neither.
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	with := int64(ms.HeapAlloc)
 	runtime.KeepAlive(allocators)
+	allocators = nil
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	r.heapDelta = with - int64(ms.HeapAlloc)
+	r.perNode = r.heapDelta / int64(z.nodes)
 	logf("  filled %d nodes in %s: %s allocations/s, %d blocks (%d minimum), %d lost block races, %s per node",
 		z.nodes, fmtSeconds(r.fill), fmtRate(float64(r.allocs)/r.fill.Seconds()), r.blocks, r.minBlocks, r.kv.blockAcquireLost, fmtBytes(r.perNode))
-	allocators = nil
 
 	if err := compact(ctx, cli); err != nil {
 		return nil, err

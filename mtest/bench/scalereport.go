@@ -57,7 +57,7 @@ func (s *scaleResults) tables() []table {
 		row("etcd database size (in use)", "etcd's default quota: 2 GiB", func(r *scaleRun) string {
 			return fmtBytes(r.etcdAfter.dbSize) + " (" + fmtBytes(r.etcdAfter.dbSizeInUse) + ")"
 		}),
-		row("allocator memory per node (heap delta after GC / nodes)", "well under 1 MiB", func(r *scaleRun) string { return fmtBytes(r.perNode) }),
+		row("allocator memory per node (live heap with the allocators less without, / nodes)", "well under 1 MiB", func(r *scaleRun) string { return fmtBytes(r.perNode) }),
 		row("  per pod", "", func(r *scaleRun) string { return fmtBytes(r.perNode / int64(r.podsPerNode)) }),
 	}
 	t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process, all sharing one model.Store and one etcd client; %d nodes start "+
