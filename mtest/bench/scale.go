@@ -146,7 +146,6 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	}
 	r.kv = kv.snapshot().sub(before)
 
-
 	var all latencies
 	for _, l := range allocLat {
 		all = append(all, l...)
