@@ -118,7 +118,15 @@ func runController(ctx context.Context, etcd *etcdServer, cli *clientv3.Client, 
 		}
 	}
 	gs := &observedStore{Store: st, gcTarget: int64(gcNodes), done: make(chan struct{})}
-	gs.onGCStart = func() { gs.kv0 = kv.snapshot(); gs.sent0, _ = etcd.sentBytes(ctx) }
+	// The first block listing is the sweep's snapshot, the next are the
+	// node worker's batches.
+	gs.onListBlocks = func(n int64) {
+		if n == 2 {
+			gs.kv0 = kv.snapshot()
+			gs.sent0, _ = etcd.sentBytes(ctx)
+			gs.gcStart = time.Now()
+		}
+	}
 	if err := runGC(ctx, gs, api); err != nil {
 		return nil, err
 	}
@@ -162,45 +170,61 @@ func runSweeps(ctx context.Context, obs *observedStore, api *fakeAPI, etcd *etcd
 	if reg.hist == nil {
 		return nil, errors.New("the controller registers no sweep duration histogram")
 	}
+	// Every block listing starts a sweep (nothing else lists blocks
+	// here): what etcd did between two starts is one sweep's work, exact
+	// whatever the scheduling of the loop below. The read of etcd's
+	// metrics adds a few ms to the sweep it starts.
+	type mark struct {
+		kv        kvCounts
+		sent      int64
+		reclaimed int64
+	}
+	marks := make(chan mark, 64)
+	obs.onListBlocks = func(int64) {
+		sent, _ := etcd.sentBytes(ctx)
+		select {
+		case marks <- mark{kv.snapshot(), sent, obs.releases.Load()}:
+		default: // the loop below has stopped reading
+		}
+	}
 	stop := runOwned(ctx, c.Run)
 	defer stop()
 
-	var sweeps []sweepCost
+	var starts []mark
+	var times []time.Duration
 	var count uint64
 	var sum float64
-	kv0, rel0 := kv.snapshot(), obs.releases.Load()
-	sent0, err := etcd.sentBytes(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var sweeps []sweepCost
 	reclaimedAt := -1
 	deadline := time.Now().Add(5 * time.Minute)
 	for reclaimedAt < 0 || len(sweeps) < reclaimedAt+2 {
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("after %d sweeps, %d of %d leaked addresses reclaimed", len(sweeps), obs.releases.Load(), leaks)
 		}
-		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
-			return nil, err
+		select {
+		case m := <-marks:
+			starts = append(starts, m)
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 		var m dto.Metric
 		if err := reg.hist.Write(&m); err != nil {
 			return nil, err
 		}
-		n, s := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
-		if n == count {
-			continue
+		// Sweeps are seconds apart: one observation per change.
+		if n, s := m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(); n != count {
+			times = append(times, seconds(s-sum))
+			count, sum = n, s
 		}
-		kv1, rel1 := kv.snapshot(), obs.releases.Load()
-		sent1, err := etcd.sentBytes(ctx)
-		if err != nil {
-			return nil, err
+		// A sweep's work is known once the next one has started.
+		for i := len(sweeps); i+1 < len(starts) && i < len(times); i++ {
+			a, b := starts[i], starts[i+1]
+			sweeps = append(sweeps, sweepCost{time: times[i], kv: b.kv.sub(a.kv), sent: b.sent - a.sent, reclaimed: b.reclaimed - a.reclaimed})
+			if sweeps[i].reclaimed > 0 && reclaimedAt < 0 {
+				reclaimedAt = i
+			}
 		}
-		// Polled every 5 ms, seconds apart: one sweep per change.
-		sweeps = append(sweeps, sweepCost{time: seconds(s - sum), kv: kv1.sub(kv0), sent: sent1 - sent0, reclaimed: rel1 - rel0})
-		if rel1 > rel0 && reclaimedAt < 0 {
-			reclaimedAt = len(sweeps) - 1
-		}
-		count, sum, kv0, rel0, sent0 = n, s, kv1, rel1, sent1
 	}
 	return sweeps, stop()
 }
@@ -283,23 +307,22 @@ type observedStore struct {
 	blocks     atomic.Int64
 	addresses  atomic.Int64
 
-	gcTarget           int64
-	onGCStart          func()
-	gcStart, gcEnd     time.Time // written before done is closed
-	kv0                kvCounts
-	sent0              int64
-	done               chan struct{}
-	startOnce, endOnce sync.Once
+	// onListBlocks, if set, is called with the count before each block
+	// listing; set before the controller runs.
+	onListBlocks func(n int64)
+
+	gcTarget       int64
+	gcStart, gcEnd time.Time // written before done is closed
+	kv0            kvCounts
+	sent0          int64
+	done           chan struct{}
+	endOnce        sync.Once
 }
 
-// ListBlocks marks the start of the node GC at the second call: the first
-// is the sweep's snapshot, the next are the node worker's batches.
 func (s *observedStore) ListBlocks(ctx context.Context, pool string) ([]model.Block, error) {
-	if s.listBlocks.Add(1) == 2 && s.done != nil {
-		s.startOnce.Do(func() {
-			s.onGCStart()
-			s.gcStart = time.Now()
-		})
+	n := s.listBlocks.Add(1)
+	if s.onListBlocks != nil {
+		s.onListBlocks(n)
 	}
 	return s.Store.ListBlocks(ctx, pool)
 }
