@@ -20,6 +20,7 @@ import (
 //	nodeblocks/<node>/<pool>/<subnet>/<index>           {} or {"blockRevision":N}
 //	nodeblocks/<node>/<pool>/<subnet>/<index>/released  {"revision":N,"address":{...}}
 //	nodeblocks/<node>/.complete                         {"since":"..."}
+//	nodeblocks/.indexed                                 {"since":"..."}
 
 func (s *Store) nodeIndexPrefix() string { return s.prefix + "nodeblocks/" }
 func (s *Store) nodeBlocksPrefix(node string) string {
@@ -38,6 +39,17 @@ const releasedSuffix = "/released"
 const completeKey = ".complete"
 
 func (s *Store) nodeCompleteKey(node string) string { return s.nodeBlocksPrefix(node) + completeKey }
+
+// indexedKey marks a cluster created by a Coil that keeps the index: Init
+// writes it with the schema key, so every block of the cluster was taken
+// with its index entry, and a node without .complete (one that never
+// started before) has no block its index lacks: it need not scan every
+// block of the cluster to find none. It sits under nodeblocks/ but in no
+// node's part (it has no trailing slash), so deleting nodeblocks/ (see
+// docs/schema.md, downgrading coild) removes it too and makes nodes scan.
+const indexedKey = ".indexed"
+
+func (s *Store) clusterIndexedKey() string { return s.nodeIndexPrefix() + indexedKey }
 
 // indexEntry is the value of a node's block index key. BlockRevision is
 // the block record's creation revision when the entry was written after
@@ -77,7 +89,8 @@ func validNodeName(node string) error {
 // NodeBlocks returns the blocks owned by node, reading the node's index and
 // the block records it names: two requests, whatever the size of the
 // cluster. A node whose index is not marked complete (its blocks were
-// taken by a coild older than the index) is found by scanning every block.
+// taken by a coild older than the index) is found by scanning every block,
+// unless the cluster was created with the index (indexedKey).
 // It writes nothing; see OwnBlocks.
 func (s *Store) NodeBlocks(ctx context.Context, node string) ([]Block, error) {
 	return s.nodeBlocks(ctx, node, false)
@@ -137,7 +150,21 @@ func (s *Store) nodeBlocks(ctx context.Context, node string, repair bool) ([]Blo
 		entries = append(entries, entry{key: key, bkey: s.blockKey(pool, sub, idx), rev: rev, modRev: kv.ModRevision})
 	}
 	if !complete {
-		return s.scanNode(ctx, node, repair)
+		indexed, err := s.kv.Get(ctx, s.clusterIndexedKey(), clientv3.WithCountOnly())
+		if err != nil {
+			return nil, fmt.Errorf("blocks of node %q: %w", node, etcdErr("read index mark", err))
+		}
+		if indexed.Count == 0 {
+			return s.scanNode(ctx, node, repair)
+		}
+		// A cluster indexed from its creation: the entries are all the
+		// node's blocks. The node's coild marks its index complete, so
+		// that its next start reads one key less.
+		if repair {
+			if _, err := s.kv.Put(ctx, s.nodeCompleteKey(node), encode(indexComplete{Since: time.Now().UTC()})); err != nil {
+				return nil, fmt.Errorf("blocks of node %q: %w", node, etcdErr("mark index complete", err))
+			}
+		}
 	}
 	if len(entries) == 0 {
 		return nil, nil

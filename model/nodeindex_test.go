@@ -251,6 +251,67 @@ func TestNodeIndexMigration(t *testing.T) {
 	}
 }
 
+// TestNewNodeInIndexedCluster: in a cluster created with the index, a node
+// that never started has nothing to migrate, so its first start reads its
+// own keys and the cluster's mark, not every block of the cluster; a node
+// whose blocks are indexed but not marked complete finds them the same way.
+func TestNewNodeInIndexedCluster(t *testing.T) {
+	ctx := context.Background()
+	cli := server.Client(t)
+	prefix := etcdtest.Prefix(t)
+	rec := &readRecorder{KV: cli.KV}
+	st := model.NewWithKV(rec, prefix)
+	if err := st.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, "10.62.0.0/24", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	blocks := fillNodes(t, st, 8)
+
+	tests := []struct {
+		name, node string
+		own        bool // OwnBlocks (the node's coild) rather than NodeBlocks
+		want       []model.Block
+	}{
+		{name: "new node, its coild", node: "node-new", own: true},
+		{name: "new node, inspection", node: "node-other"},
+		{name: "node with blocks, not marked complete, inspection", node: "node-3", want: []model.Block{blocks["node-3"]}},
+		{name: "node with blocks, not marked complete, its coild", node: "node-5", own: true, want: []model.Block{blocks["node-5"]}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec.reset()
+			read := st.NodeBlocks
+			if tc.own {
+				read = st.OwnBlocks
+			}
+			got, err := read(ctx, tc.node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) || (len(got) == 1 && got[0].Revision != tc.want[0].Revision) {
+				t.Fatalf("blocks of %s = %+v, want %+v", tc.node, got, tc.want)
+			}
+			for _, r := range rec.reads {
+				switch {
+				case strings.HasPrefix(r.key, prefix+"nodeblocks/"+tc.node+"/"), r.key == prefix+"nodeblocks/.indexed" && r.end == "":
+				case r.end == "" && len(tc.want) == 1 && r.key == prefix+"blocks/"+tc.want[0].ID():
+				default:
+					t.Errorf("read %q..%q: not only the node's keys and the cluster's mark", r.key, r.end)
+				}
+			}
+			resp, err := cli.Get(ctx, prefix+"nodeblocks/"+tc.node+"/.complete", clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if marked := resp.Count == 1; marked != tc.own {
+				t.Errorf(".complete written: %v, want %v (only by the node's coild)", marked, tc.own)
+			}
+		})
+	}
+}
+
 // TestNodeIndexFollowsBlocks: taking and releasing blocks, by the node or
 // by coil-controller, keep the node's index in step in the same
 // transactions.

@@ -84,7 +84,9 @@ func (s *Store) Init(ctx context.Context) error {
 	key := s.schemaKey()
 	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val))).
+		// A cluster created now keeps the node index from its first
+		// block: new nodes need not scan for blocks (nodeindex.go).
+		Then(clientv3.OpPut(key, string(val)), clientv3.OpPut(s.clusterIndexedKey(), encode(indexComplete{Since: time.Now().UTC()}))).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {

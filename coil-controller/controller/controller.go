@@ -154,6 +154,7 @@ type Controller struct {
 	// Set by Run before any goroutine that reads them starts.
 	nodes       corelisters.NodeLister
 	pods        corelisters.PodLister
+	podsByNode  cache.Indexer // pods indexed by podNodeIndex
 	nodesSynced cache.InformerSynced
 	podsSynced  cache.InformerSynced
 	queue       workqueue.TypedRateLimitingInterface[string]
@@ -189,7 +190,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		informers.WithTransform(trimObject))
 	nodeInf := factory.Core().V1().Nodes()
 	podInf := factory.Core().V1().Pods()
+	// The clean-up of a deleted node asks for the pods bound to it: an
+	// index, not a scan of every pod of the cluster per node.
+	if err := podInf.Informer().AddIndexers(cache.Indexers{podNodeIndex: podNodeName}); err != nil {
+		return fmt.Errorf("index pods by node: %w", err)
+	}
 	c.nodes, c.pods = nodeInf.Lister(), podInf.Lister()
+	c.podsByNode = podInf.Informer().GetIndexer()
 	c.nodesSynced, c.podsSynced = nodeInf.Informer().HasSynced, podInf.Informer().HasSynced
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -225,7 +232,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		// A sweep must not hang on a stuck etcd or API server until the
 		// process is restarted: it is cut off when the next one is due.
 		sctx, cancel := context.WithTimeout(ctx, max(c.opts.ScanInterval, minOperationTimeout))
+		start := time.Now()
 		err := c.sweep(sctx)
+		c.opts.Metrics.sweepDuration.Observe(time.Since(start).Seconds())
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("sweep did not complete", "err", err)
@@ -448,12 +457,12 @@ const podListPage = 500
 // quorum list: a cache that lags must not free a running pod's address.
 func (c *Controller) boundPod(ctx context.Context, node string) (string, error) {
 	if c.podsSynced() {
-		cached, err := c.pods.List(labels.Everything())
+		cached, err := c.podsByNode.ByIndex(podNodeIndex, node)
 		if err != nil {
-			return "", fmt.Errorf("list cached pods: %w", err)
+			return "", fmt.Errorf("list cached pods of node %s: %w", node, err)
 		}
-		for _, p := range cached {
-			if holdsNode(p, node) {
+		for _, obj := range cached {
+			if p, ok := obj.(*corev1.Pod); ok && holdsNode(p, node) {
 				return p.Namespace + "/" + p.Name, nil
 			}
 		}
@@ -477,6 +486,17 @@ func (c *Controller) boundPod(ctx context.Context, node string) (string, error) 
 		}
 		opts.Continue = list.Continue
 	}
+}
+
+// podNodeIndex indexes the pod cache by spec.nodeName.
+const podNodeIndex = "spec.nodeName"
+
+func podNodeName(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Spec.NodeName == "" {
+		return nil, nil
+	}
+	return []string{p.Spec.NodeName}, nil
 }
 
 // holdsNode reports whether pod p may still run on node: bound to it and

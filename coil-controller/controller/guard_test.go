@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,4 +132,70 @@ func TestNodeGuard(t *testing.T) {
 			t.Fatal("the block of an existing node was released")
 		}
 	})
+}
+
+// TestCachedPodsOfDeletedNode: the pod cache, indexed by node, keeps the
+// blocks of a deleted node while a pod bound to it runs, without the
+// quorum list; pods of other nodes and finished pods do not keep them.
+func TestCachedPodsOfDeletedNode(t *testing.T) {
+	tests := []struct {
+		name     string
+		pods     []*corev1.Pod
+		wantKept bool
+	}{
+		{name: "running pod bound to it", pods: []*corev1.Pod{pod("ns", "p", "gone")}, wantKept: true},
+		{name: "pods of other nodes only", pods: []*corev1.Pod{pod("ns", "p", "n1"), pod("ns", "q", "")}},
+		{name: "finished pod bound to it", pods: []*corev1.Pod{func() *corev1.Pod {
+			p := pod("ns", "p", "gone")
+			p.Status.Phase = corev1.PodSucceeded
+			return p
+		}()}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStore(t)
+			al := newAllocator(st)
+			// A live node beside it, so the deleted one is not most
+			// nodes (the release cap).
+			al.alloc(t, "n1", "ns", "a", false)
+			al.alloc(t, "gone", "ns", "p", true)
+			objs := []runtime.Object{node("n1"), pod("ns", "a", "n1")}
+			for _, p := range tc.pods {
+				objs = append(objs, p)
+			}
+			client := fake.NewClientset(objs...)
+			// Only the cache may answer: the fake ignores field
+			// selectors, and a per-node list would see every pod.
+			var quorumLists atomic.Int64
+			client.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				if f := a.(k8stesting.ListAction).GetListRestrictions().Fields; f != nil && !f.Empty() {
+					quorumLists.Add(1)
+					if tc.wantKept {
+						return true, nil, errors.New("injected failure: the cache should have answered")
+					}
+					return true, &corev1.PodList{}, nil
+				}
+				return false, nil, nil
+			})
+			reg := prometheus.NewRegistry()
+			c := New(st, client, Options{ScanInterval: 100 * time.Millisecond, NodeRecheckInterval: 100 * time.Millisecond,
+				Metrics: NewMetrics(reg), Logger: testLogger(t, "c")})
+			stop := runInBackground(t, c.Run)
+			if tc.wantKept {
+				testenv.Eventually(t, 10*time.Second, "release deferred for the bound pod", func() bool {
+					return metricValue(t, reg, "coil_controller_node_release_deferred_total", map[string]string{"reason": deferPodsBound}) >= 1
+				})
+			} else {
+				testenv.Eventually(t, 10*time.Second, "release of the deleted node's block", func() bool {
+					return nodeBlocks(t, st, "gone") == 0
+				})
+			}
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if kept := nodeBlocks(t, st, "gone") == 1; kept != tc.wantKept {
+				t.Errorf("block kept: %v, want %v", kept, tc.wantKept)
+			}
+		})
+	}
 }

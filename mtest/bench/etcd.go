@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strconv"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -73,4 +76,34 @@ func compact(ctx context.Context, cli *clientv3.Client) error {
 		}
 	}
 	return nil
+}
+
+// sentBytes is what etcd has sent to its gRPC clients since it started,
+// read from its Prometheus metrics on the client URL.
+func (s *etcdServer) sentBytes(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.Endpoint+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("read etcd metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	const name = "etcd_network_client_grpc_sent_bytes_total"
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0, fmt.Errorf("etcd metric %s: %w", name, err)
+			}
+			return int64(f), nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read etcd metrics: %w", err)
+	}
+	return 0, fmt.Errorf("etcd metrics lack %s", name)
 }

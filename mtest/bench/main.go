@@ -28,9 +28,9 @@ type options struct {
 	clients    []int
 	pods       int
 	cniPar     int
-	nodes      int
-	podsNode   int
+	scaleSizes []scaleSize
 	scalePar   int
+	restartPar int
 	podPar     int
 	gcNodes    int
 	blockBits  int
@@ -70,11 +70,11 @@ func parseFlags() *options {
 	clusterClients := flag.String("etcd-cluster-clients", "1,4,16", "concurrency levels of the 3-member cluster allocation benchmark")
 	flag.DurationVar(&o.clusterPhase, "etcd-cluster-phase", 2*time.Second, "duration of each phase on the 3-member etcd cluster (shorter than -phase: the part's budget is 1.5 minutes)")
 	flag.DurationVar(&o.clusterDelay, "etcd-cluster-delay", 0, "latency tc netem adds to every packet an etcd cluster member sends (0: none; ignored without tc)")
-	flag.IntVar(&o.nodes, "nodes", 1000, "simulated nodes of the scale benchmark")
-	flag.IntVar(&o.podsNode, "pods-per-node", 110, "pods each simulated node fills")
+	scaleSizes := flag.String("scale-sizes", "1000x110,5000x30", "cluster sizes of the scale benchmark, NODESxPODS each, every one on a fresh etcd")
 	flag.IntVar(&o.scalePar, "scale-parallel", 16, "simulated nodes allocating at once")
+	flag.IntVar(&o.restartPar, "restart-parallel", 50, "coilds restarting at once in the scale benchmark's rolling restart")
 	flag.IntVar(&o.podPar, "pod-parallel", 2, "concurrent allocations within one simulated node")
-	flag.IntVar(&o.gcNodes, "gc-nodes", 500, "deleted nodes whose blocks are reclaimed in the GC benchmark")
+	flag.IntVar(&o.gcNodes, "gc-nodes", 500, "deleted nodes whose blocks coil-controller reclaims in the scale benchmark (at most half the nodes)")
 	flag.IntVar(&o.blockBits, "block-bits", 5, "block size of the benchmark pools in bits (5: 32 addresses, the documented default)")
 	startupNodes := flag.String("startup-nodes", "1000,5000", "cluster sizes of the node start-up benchmark")
 	flag.IntVar(&o.startupPods, "startup-pods", 110, "pods of every node in the start-up benchmark")
@@ -104,6 +104,7 @@ func parseFlags() *options {
 		}
 		o.clusterClients = append(o.clusterClients, n)
 	}
+	o.scaleSizes = parseScaleSizes(*scaleSizes)
 	for _, s := range strings.Split(*startupNodes, ",") {
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
@@ -125,7 +126,7 @@ func parseFlags() *options {
 		def("etcd-cluster-phase", func() { o.clusterPhase = 300 * time.Millisecond })
 		def("pods", func() { o.pods = 16 })
 		def("cni-parallel", func() { o.cniPar = 4 })
-		def("nodes", func() { o.nodes = 40 })
+		def("scale-sizes", func() { o.scaleSizes = parseScaleSizes("40x110,100x30") })
 		def("gc-nodes", func() { o.gcNodes = 20 })
 		def("scale-parallel", func() { o.scalePar = 8 })
 		def("startup-nodes", func() { o.startupNodes = []int{100, 500} })
@@ -134,10 +135,22 @@ func parseFlags() *options {
 			o.writeDocs = false
 		}
 	}
-	if o.gcNodes > o.nodes {
-		o.gcNodes = o.nodes
-	}
 	return o
+}
+
+// scaleSize is one cluster of the scale benchmark.
+type scaleSize struct{ nodes, pods int }
+
+func parseScaleSizes(arg string) []scaleSize {
+	var sizes []scaleSize
+	for _, s := range strings.Split(arg, ",") {
+		var z scaleSize
+		if _, err := fmt.Sscanf(strings.TrimSpace(s), "%dx%d", &z.nodes, &z.pods); err != nil || z.nodes < 2 || z.pods < 1 {
+			fatalf("-scale-sizes: bad size %q (want NODESxPODS)", s)
+		}
+		sizes = append(sizes, z)
+	}
+	return sizes
 }
 
 func fatalf(format string, args ...any) {

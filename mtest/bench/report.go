@@ -87,8 +87,8 @@ func (r *results) etcdVersion() string {
 	switch {
 	case r.alloc != nil:
 		return r.alloc.etcd.version
-	case r.scale != nil:
-		return r.scale.etcdAfter.version
+	case r.scale != nil && len(r.scale.runs) > 0:
+		return r.scale.runs[0].etcdAfter.version
 	}
 	return "(not run)"
 }
@@ -278,24 +278,7 @@ func (r *results) verdicts() []verdict {
 		}
 	}
 	if s := r.scale; s != nil {
-		v := verdict{target: fmt.Sprintf("allocator memory per node (%d pods)", s.podsPerNode), measured: fmtBytes(s.perNode), goal: "well under 1 MiB"}
-		v.met = s.perNode < 1<<20
-		if !v.met {
-			v.outcome = missBy(float64(s.perNode), 1<<20, false)
-		}
-		vs = append(vs, v)
-		v = verdict{target: fmt.Sprintf("GC of %d deleted nodes", s.gcNodes), measured: fmtSeconds(s.gcTime), goal: "< 10 s (500 nodes)"}
-		limit := 10 * time.Second * time.Duration(s.gcNodes) / 500
-		v.met = s.gcTime < limit && s.gcLeft == 0
-		if s.gcLeft > 0 {
-			v.outcome = fmt.Sprintf("FAILED: %d blocks left", s.gcLeft)
-		} else if !v.met {
-			v.outcome = missBy(s.gcTime.Seconds(), limit.Seconds(), false)
-		}
-		if s.gcNodes != 500 {
-			v.goal = fmt.Sprintf("< %s (10 s per 500 nodes)", fmtSeconds(limit))
-		}
-		vs = append(vs, v)
+		vs = append(vs, s.verdicts()...)
 	}
 	if st := r.startup; st != nil && len(st.sizes) >= 2 {
 		a, b := st.sizes[0], st.sizes[len(st.sizes)-1]
@@ -313,7 +296,9 @@ func (r *results) verdicts() []verdict {
 	}
 	for i := range vs {
 		if vs[i].outcome == "" {
-			if vs[i].met {
+			if vs[i].goal == "" {
+				vs[i].goal, vs[i].outcome = "none set: measured", "measured"
+			} else if vs[i].met {
 				vs[i].outcome = "met"
 			} else {
 				vs[i].outcome = "MISSED"
@@ -424,52 +409,11 @@ func (r *results) tables() []table {
 			"pod is an egress client. Reference: the sequential ptp+host-local run above (ADD p50 %s, DEL p50 %s).", fmtDur(ptpAdd.p50), fmtDur(ptpDel.p50))
 		ts = append(ts, t)
 	}
-	if s := r.scale; s != nil {
-		rate := float64(s.allocs) / s.fill.Seconds()
-		t := table{id: "scale", title: fmt.Sprintf("3. Scale: %s nodes x %d pods from one pool", fmtCount(int64(s.nodes)), s.podsPerNode),
-			header: []string{"metric", "value", "reference"}}
-		t.rows = [][]string{
-			{"total time to fill", fmtSeconds(s.fill), ""},
-			{"allocations", fmtCount(int64(s.allocs)), ""},
-			{"allocations/s", fmtRate(rate), fmt.Sprintf("coil v1: %s at 16 clients", fmtRate(refV1At16))},
-			{"allocation latency p50 / p99", fmtDur(s.allocP50) + " / " + fmtDur(s.allocP99), ""},
-			{"node start-up (node record + restore) p50 / p99", fmtDur(s.restoreP50) + " / " + fmtDur(s.restoreP99), ""},
-			{"etcd requests per allocation", fmt.Sprintf("%.3f", float64(s.kv.requests)/float64(max(s.allocs, 1))), fmt.Sprintf("1 + 2/%d with acquisitions", s.blockSize)},
-			{"block acquisitions", fmtCount(s.kv.blockAcquire), fmt.Sprintf("%s needed at the least", fmtCount(int64(s.minBlocks)))},
-			{"lost block races (acquisition transactions that failed)", fmtCount(s.kv.blockAcquireLost), "0 ideal"},
-			{"lost address races", fmtCount(s.kv.addrAllocLost), "0 ideal"},
-			{"blocks per node (max)", fmt.Sprint(s.maxPerNode), fmt.Sprint((s.podsPerNode + s.blockSize - 1) / s.blockSize)},
-			{"etcd keys (all)", fmtCount(s.etcdAfter.keys), ""},
-			{"address records", fmtCount(s.addressKeys), fmtCount(int64(s.allocs))},
-			{"etcd database size (in use)", fmtBytes(s.etcdAfter.dbSize) + " (" + fmtBytes(s.etcdAfter.dbSizeInUse) + ")", ""},
-			{"allocator memory per node (heap delta after GC / nodes)", fmtBytes(s.perNode), "well under 1 MiB"},
-		}
-		t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process, all sharing one model.Store and one etcd client; %d nodes start "+
-			"(node record, Restore from etcd) and fill at a time, %d allocations at a time within a node. Pool %s, blocks of %d addresses, "+
-			"one fresh etcd.", s.parallel, s.podParallel, s.poolSubnet, s.blockSize)
-		ts = append(ts, t)
-
-		t = table{id: "gc", title: fmt.Sprintf("3b. GC of %d deleted nodes", s.gcNodes), header: []string{"metric", "value", "target"}}
-		t.rows = [][]string{
-			{"time to release all their blocks and records", fmtSeconds(s.gcTime), "< 10 s for 500"},
-			{"  of which listing blocks (once for the batch)", fmtSeconds(s.gcScan), ""},
-			{"blocks released", fmtCount(int64(s.gcBlocks)), ""},
-			{"addresses released", fmtCount(s.gcAddresses), ""},
-			{"etcd requests", fmtCount(s.gcKV.requests), ""},
-			{"blocks of deleted nodes left", fmt.Sprint(s.gcLeft), "0"},
-			{"etcd keys left after both GC runs", fmtCount(s.etcdAfterGC.keys), ""},
-		}
-		if s.gcAltNodes > 0 {
-			t.rows = append(t.rows, []string{fmt.Sprintf("same for %d more nodes reading each node's blocks (its index)", s.gcAltNodes),
-				fmtSeconds(s.gcAltTime) + " (reading " + fmtSeconds(s.gcAltScan) + ")", "per node, as before the controller batched"})
-		}
-		t.note = "As coil-controller's node worker releases a batch of queued deletions (the bench makes the same model calls): one listing " +
-			"of all blocks, then per node ForceReleaseBlock for each block (guarded by the block's creation revision) and DeleteNode. " +
-			"The controller's one API GET per node confirming the deletion is not included."
-		ts = append(ts, t)
+	if s := r.scale; s != nil && len(s.runs) > 0 {
+		ts = append(ts, s.tables()...)
 	}
 	if st := r.startup; st != nil && len(st.sizes) > 0 {
-		t := table{id: "startup", title: fmt.Sprintf("3c. Node start-up by cluster size (%d pods per node)", st.podsPerNode),
+		t := table{id: "startup", title: fmt.Sprintf("4. Node start-up by cluster size (%d pods per node)", st.podsPerNode),
 			header: []string{"nodes", "etcd keys", "start-up p50", "start-up p99", "etcd req/start-up", "before the index: p50", "p99", "etcd req/start-up"}}
 		for _, z := range st.sizes {
 			t.rows = append(t.rows, []string{fmtCount(int64(z.nodes)), fmtCount(z.keys),

@@ -15,12 +15,19 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// scaleResults is part 3: many nodes filling one pool, then the clean-up of
-// deleted nodes.
+// scaleResults is part 3: clusters of many nodes filling one pool each,
+// every size on a fresh etcd, then a rolling restart of every coild and
+// coil-controller's sweep and clean-up of deleted nodes at that size.
 type scaleResults struct {
-	nodes, podsPerNode, parallel, podParallel int
-	poolSubnet                                string
-	blockSize                                 int
+	parallel, podParallel, restartPar int
+	blockSize                         int
+	runs                              []*scaleRun
+}
+
+// scaleRun is one cluster size of part 3.
+type scaleRun struct {
+	nodes, podsPerNode int
+	poolSubnet         string
 
 	fill        time.Duration
 	allocs      int
@@ -37,71 +44,70 @@ type scaleResults struct {
 	etcdAfter   etcdStatus
 	addressKeys int64
 
-	gcNodes       int
-	gcTime        time.Duration
-	gcScan        time.Duration
-	gcBlocks      int
-	gcAddresses   int64
-	gcKV          kvCounts
-	gcLeft        int
-	gcAltNodes    int
-	gcAltTime     time.Duration
-	gcAltScan     time.Duration
-	gcAltBlocks   int
-	etcdAfterGC   etcdStatus
-	addrKeysAfter int64
+	restart *restartResult
+	ctrl    *ctrlResult
 }
 
 const scalePrefix = "/coil/"
 
 func runScaleBench(ctx context.Context, o *options, tmp string, cl *cleanups, res *results) error {
-	logf("part 3: %d simulated nodes x %d pods, %d nodes at a time, %d allocations at a time per node", o.nodes, o.podsNode, o.scalePar, o.podPar)
-	etcd, err := startEtcd(ctx, o.etcdBin, tmp, "scale", cl)
+	sr := &scaleResults{parallel: o.scalePar, podParallel: o.podPar, restartPar: o.restartPar, blockSize: 1 << o.blockBits}
+	res.scale = sr
+	for _, z := range o.scaleSizes {
+		run, err := scaleAt(ctx, o, tmp, cl, sr, z)
+		if err != nil {
+			return fmt.Errorf("%d nodes x %d pods: %w", z.nodes, z.pods, err)
+		}
+		sr.runs = append(sr.runs, run)
+	}
+	return nil
+}
+
+// scaleAt fills one fresh etcd with z.nodes nodes of z.pods pods, restarts
+// every coild, and runs coil-controller over the result.
+func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scaleResults, z scaleSize) (*scaleRun, error) {
+	logf("part 3: %d simulated nodes x %d pods, %d nodes at a time, %d allocations at a time per node", z.nodes, z.pods, o.scalePar, o.podPar)
+	etcd, err := startEtcd(ctx, o.etcdBin, tmp, fmt.Sprintf("scale-%d", z.nodes), cl)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer etcd.Stop()
 	cli, err := etcd.Client()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer cli.Close()
 	kv := newCountingKV(cli.KV, scalePrefix)
 	st := model.NewWithKV(kv, scalePrefix)
 	if err := st.Init(ctx); err != nil {
-		return err
+		return nil, err
 	}
-	sr := &scaleResults{nodes: o.nodes, podsPerNode: o.podsNode, parallel: o.scalePar, podParallel: o.podPar, blockSize: 1 << o.blockBits}
-	res.scale = sr
-	perNodeBlocks := (o.podsNode + sr.blockSize - 1) / sr.blockSize
-	sr.minBlocks = perNodeBlocks * o.nodes
+	r := &scaleRun{nodes: z.nodes, podsPerNode: z.pods}
+	perNodeBlocks := (z.pods + sr.blockSize - 1) / sr.blockSize
+	r.minBlocks = perNodeBlocks * z.nodes
 	// Room for four times the blocks the pods need: a realistic fill
 	// level, where nodes starting at random spots rarely meet.
-	sr.poolSubnet = poolSubnetFor(sr.minBlocks*sr.blockSize*4, "10.64.0.0")
-	sub, err := model.ParseSubnet(sr.poolSubnet, "")
+	r.poolSubnet = poolSubnetFor(r.minBlocks*sr.blockSize*4, "10.64.0.0")
+	sub, err := model.ParseSubnet(r.poolSubnet, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}); err != nil {
-		return err
+		return nil, err
 	}
 
-	names := make([]string, o.nodes)
+	names := make([]string, z.nodes)
 	for i := range names {
-		names[i] = fmt.Sprintf("node-%04d", i)
+		names[i] = fmt.Sprintf("node-%05d", i)
 	}
 	// Preallocate what the measurement keeps, so it is not counted as
 	// allocator memory.
-	allocLat := make([]latencies, o.nodes)
+	allocLat := make([]latencies, z.nodes)
 	for i := range allocLat {
-		allocLat[i] = make(latencies, 0, o.podsNode)
+		allocLat[i] = make(latencies, 0, z.pods)
 	}
-	restoreLat := make(latencies, o.nodes)
-	allocators := make([]*ipam.Allocator, o.nodes)
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	heapBefore := int64(ms.HeapAlloc)
+	restoreLat := make(latencies, z.nodes)
+	allocators := make([]*ipam.Allocator, z.nodes)
 
 	before := kv.snapshot()
 	var next atomic.Int64
@@ -110,15 +116,13 @@ func runScaleBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range o.scalePar {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= o.nodes || failed.Load() != nil || ctx.Err() != nil {
+				if i >= z.nodes || failed.Load() != nil || ctx.Err() != nil {
 					return
 				}
-				a, rt, err := fillNode(ctx, st, names[i], o.podsNode, o.podPar, &allocLat[i])
+				a, rt, err := fillNode(ctx, st, names[i], z.pods, o.podPar, &allocLat[i])
 				if err != nil {
 					err = fmt.Errorf("node %s: %w", names[i], err)
 					failed.CompareAndSwap(nil, &err)
@@ -126,116 +130,66 @@ func runScaleBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 				}
 				allocators[i] = a
 				restoreLat[i] = rt
-				if n := progress.Add(1); n%200 == 0 {
+				if n := progress.Add(1); n%500 == 0 {
 					debugf("  %d nodes filled", n)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	sr.fill = time.Since(start)
+	r.fill = time.Since(start)
 	if p := failed.Load(); p != nil {
-		return *p
+		return nil, *p
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	sr.kv = kv.snapshot().sub(before)
-
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	sr.heapDelta = int64(ms.HeapAlloc) - heapBefore
-	sr.perNode = sr.heapDelta / int64(o.nodes)
+	r.kv = kv.snapshot().sub(before)
 
 	var all latencies
 	for _, l := range allocLat {
 		all = append(all, l...)
 	}
-	sr.allocs = len(all)
-	sr.allocP50, sr.allocP99 = all.percentile(50), all.percentile(99)
-	sr.restoreP50, sr.restoreP99 = restoreLat.percentile(50), restoreLat.percentile(99)
+	r.allocs = len(all)
+	r.allocP50, r.allocP99 = all.percentile(50), all.percentile(99)
+	r.restoreP50, r.restoreP99 = restoreLat.percentile(50), restoreLat.percentile(99)
 	for _, a := range allocators {
 		b, _ := a.Usage()
-		sr.blocks += b
-		sr.maxPerNode = max(sr.maxPerNode, b)
+		r.blocks += b
+		r.maxPerNode = max(r.maxPerNode, b)
 	}
-	if sr.etcdAfter, err = etcd.status(ctx, cli); err != nil {
-		return err
+	if r.etcdAfter, err = etcd.status(ctx, cli); err != nil {
+		return nil, err
 	}
-	if sr.addressKeys, err = countKeys(ctx, cli); err != nil {
-		return err
+	if r.addressKeys, err = countKeys(ctx, cli); err != nil {
+		return nil, err
 	}
+	// Allocator memory: the live heap with the allocators, less the live
+	// heap once they are dropped; garbage left by an earlier size or by
+	// the fill is in neither.
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	with := int64(ms.HeapAlloc)
 	runtime.KeepAlive(allocators)
+	allocators = nil
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	r.heapDelta = with - int64(ms.HeapAlloc)
+	r.perNode = r.heapDelta / int64(z.nodes)
 	logf("  filled %d nodes in %s: %s allocations/s, %d blocks (%d minimum), %d lost block races, %s per node",
-		o.nodes, fmtSeconds(sr.fill), fmtRate(float64(sr.allocs)/sr.fill.Seconds()), sr.blocks, sr.minBlocks, sr.kv.blockAcquireLost, fmtBytes(sr.perNode))
+		z.nodes, fmtSeconds(r.fill), fmtRate(float64(r.allocs)/r.fill.Seconds()), r.blocks, r.minBlocks, r.kv.blockAcquireLost, fmtBytes(r.perNode))
 
-	// GC: the blocks of deleted nodes are released as coil-controller's
-	// node worker does for a batch of queued deletions: one listing of all
-	// blocks, then per node each block force-released guarded by its
-	// creation revision, then the node record. (The controller also asks
-	// the API server once per node to confirm the deletion; that request
-	// is not part of this measurement.)
-	sr.gcNodes = o.gcNodes
-	before = kv.snapshot()
-	start = time.Now()
-	allBlocks, err := st.ListBlocks(ctx, "")
-	if err != nil {
-		return err
+	if err := compact(ctx, cli); err != nil {
+		return nil, err
 	}
-	sr.gcScan = time.Since(start)
-	byNode := map[string][]model.Block{}
-	for _, b := range allBlocks {
-		byNode[b.Node] = append(byNode[b.Node], b)
+	if r.restart, err = rollingRestart(ctx, etcd, st, kv, names, z.pods, o.restartPar); err != nil {
+		return nil, fmt.Errorf("rolling restart: %w", err)
 	}
-	for _, name := range names[:o.gcNodes] {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, addrs, err := releaseBlocks(ctx, st, name, byNode[name])
-		if err != nil {
-			return err
-		}
-		sr.gcBlocks += n
-		sr.gcAddresses += addrs
+	if r.ctrl, err = runController(ctx, etcd, cli, st, kv, names, z.pods, min(o.gcNodes, z.nodes/2)); err != nil {
+		return nil, fmt.Errorf("coil-controller: %w", err)
 	}
-	sr.gcTime = time.Since(start)
-	sr.gcKV = kv.snapshot().sub(before)
-	for _, name := range names[:o.gcNodes] {
-		left, err := st.NodeBlocks(ctx, name)
-		if err != nil {
-			return err
-		}
-		sr.gcLeft += len(left)
-	}
-	logf("  GC of %d deleted nodes: %s (%s listing blocks), %d blocks and %s addresses released",
-		o.gcNodes, fmtSeconds(sr.gcTime), fmtSeconds(sr.gcScan), sr.gcBlocks, fmtCount(sr.gcAddresses))
-
-	// For comparison, the same clean-up listing the blocks once per node,
-	// on the next nodes: what the controller did before it batched.
-	if alt := min(o.gcNodes, o.nodes-o.gcNodes); alt > 0 {
-		sr.gcAltNodes = alt
-		start = time.Now()
-		for _, name := range names[o.gcNodes : o.gcNodes+alt] {
-			t0 := time.Now()
-			blocks, err := st.NodeBlocks(ctx, name)
-			if err != nil {
-				return err
-			}
-			sr.gcAltScan += time.Since(t0)
-			n, _, err := releaseBlocks(ctx, st, name, blocks)
-			if err != nil {
-				return err
-			}
-			sr.gcAltBlocks += n
-		}
-		sr.gcAltTime = time.Since(start)
-		logf("  GC of %d more nodes reading blocks per node: %s", alt, fmtSeconds(sr.gcAltTime))
-	}
-	if sr.etcdAfterGC, err = etcd.status(ctx, cli); err != nil {
-		return err
-	}
-	sr.addrKeysAfter, err = countKeys(ctx, cli)
-	return err
+	return r, nil
 }
 
 // fillNode starts an allocator for node as coild does (node record, restore
@@ -260,7 +214,7 @@ func fillNode(ctx context.Context, st *model.Store, node string, pods, par int, 
 			for i := w; i < pods; i += par {
 				cid := fmt.Sprintf("%s-c%d", node, i)
 				t := time.Now()
-				_, err := a.Allocate(ctx, "default", model.Owner{Namespace: benchNS, Pod: fmt.Sprintf("pod-%d", i), ContainerID: cid, Interface: "eth0"})
+				_, err := a.Allocate(ctx, "default", model.Owner{Namespace: benchNS, Pod: podName(node, i), ContainerID: cid, Interface: "eth0"})
 				if err != nil {
 					errs[w] = err
 					return
@@ -276,24 +230,9 @@ func fillNode(ctx context.Context, st *model.Store, node string, pods, par int, 
 	return a, restore, errors.Join(errs...)
 }
 
-// releaseBlocks force-releases blocks of a deleted node and deletes its
-// record: the owner-checked calls coil-controller makes.
-func releaseBlocks(ctx context.Context, st *model.Store, node string, blocks []model.Block) (int, int64, error) {
-	released := 0
-	var addrs int64
-	for _, b := range blocks {
-		n, err := st.ForceReleaseBlock(ctx, b)
-		if errors.Is(err, model.ErrBlockLost) {
-			continue
-		}
-		if err != nil {
-			return released, addrs, err
-		}
-		released++
-		addrs += n
-	}
-	return released, addrs, st.DeleteNode(ctx, node)
-}
+// podName names the i-th pod of node, unique in the cluster as the
+// controller's comparison with the API needs.
+func podName(node string, i int) string { return fmt.Sprintf("%s-pod-%d", node, i) }
 
 // countKeys counts the address records under the store's prefix.
 func countKeys(ctx context.Context, cli *clientv3.Client) (int64, error) {
