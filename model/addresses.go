@@ -80,6 +80,12 @@ func newAddress(b Block, offset int, owner Owner, now time.Time) Address {
 // etcd's answer is lost and cannot be learnt, the error wraps
 // ErrOutcomeUnknown: the address may be recorded, and calling again with
 // the same block, offset and owner settles it.
+//
+// Called alone, it is one transaction. Allocations (and the node's own
+// releases) that arrive while another of the store's is in flight share
+// one transaction, each with its own compares; if any compare fails, each
+// goes again alone, so every caller gets the answer it would have had
+// alone (batch.go).
 func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner Owner) (Address, error) {
 	if offset < 0 || offset >= b.Size() {
 		return Address{}, fmt.Errorf("allocate offset %d of block %s: out of range", offset, b.ID())
@@ -87,11 +93,38 @@ func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner 
 	a := newAddress(b, offset, owner, time.Now().UTC())
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	akey := s.addressKey(b.Pool, b.Subnet, b.Index, offset)
+	val := encodeAddress(a)
+	var (
+		got Address
+		err error
+	)
+	op := &batchOp{
+		ctx:    ctx,
+		guards: []guard{{bkey, b.Revision}, {akey, 0}},
+		write:  clientv3.OpPut(akey, val),
+		key:    akey,
+		alone: func(ctx context.Context) {
+			got, err = s.allocateAddress(ctx, b, a, bkey, akey, val)
+		},
+	}
+	s.runBatched(op)
+	switch {
+	case op.err != nil:
+		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), op.err)
+	case op.rev != 0:
+		a.Revision = op.rev
+		return a, nil
+	}
+	return got, err
+}
+
+// allocateAddress is AllocateAddress as its own transaction.
+func (s *Store) allocateAddress(ctx context.Context, b Block, a Address, bkey, akey, val string) (Address, error) {
 	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
 		return s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
 				clientv3.Compare(clientv3.CreateRevision(akey), "=", 0)).
-			Then(clientv3.OpPut(akey, encode(a))).
+			Then(clientv3.OpPut(akey, val)).
 			// On failure, what is in the way answers why, in the same request.
 			Else(clientv3.OpGet(akey), clientv3.OpGet(bkey, clientv3.WithKeysOnly()))
 	})
@@ -139,8 +172,26 @@ func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
 // ReleaseOwnAddress is ReleaseAddress for the node that allocated a: the
 // node knows of its own release, so nothing else is written. It is one
 // transaction, like the allocation.
+//
+// Releases and allocations that arrive while another of the store's is in
+// flight go out together in one transaction (batch.go); the note of a
+// batch names the node's coild as the releaser of each address it deletes.
 func (s *Store) ReleaseOwnAddress(ctx context.Context, a Address) error {
-	return s.releaseAddress(ctx, a)
+	akey := s.addressKey(a.Pool, a.Subnet, a.Block, a.Offset)
+	var err error
+	op := &batchOp{
+		ctx:    ctx,
+		guards: []guard{{akey, a.Revision}},
+		write:  clientv3.OpDelete(akey),
+		key:    akey,
+		note:   true,
+		alone:  func(ctx context.Context) { err = s.releaseAddress(ctx, a) },
+	}
+	s.runBatched(op)
+	if op.err != nil {
+		return fmt.Errorf("release %v: %w", a.IPs(), op.err)
+	}
+	return err
 }
 
 func (s *Store) releaseAddress(ctx context.Context, a Address, also ...clientv3.Op) error {
@@ -245,3 +296,6 @@ func (s *Store) FindAddress(ctx context.Context, ip netip.Addr) (AddressInfo, er
 	}
 	return AddressInfo{}, fmt.Errorf("find %s: %w: no pool contains it", ip, ErrNotFound)
 }
+
+// encodeAddress is the JSON of an address record.
+func encodeAddress(a Address) string { return encode(a) }
