@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
+
+	"github.com/coil-project/coil/internal/jsonappend"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -297,5 +300,49 @@ func (s *Store) FindAddress(ctx context.Context, ip netip.Addr) (AddressInfo, er
 	return AddressInfo{}, fmt.Errorf("find %s: %w: no pool contains it", ip, ErrNotFound)
 }
 
-// encodeAddress is the JSON of an address record.
-func encodeAddress(a Address) string { return encode(a) }
+// encodeAddress is the JSON of an address record, byte for byte what
+// encode (encoding/json) writes, without its reflection: every allocation
+// encodes one.
+func encodeAddress(a Address) string {
+	if y := a.CreatedAt.Year(); y < 0 || y > 9999 {
+		// encoding/json refuses such a time; let it say so.
+		return encode(a)
+	}
+	b := make([]byte, 0, 320)
+	b = append(b, `{"pool":`...)
+	b = jsonappend.String(b, a.Pool)
+	b = append(b, `,"subnet":`...)
+	b = strconv.AppendInt(b, int64(a.Subnet), 10)
+	b = append(b, `,"block":`...)
+	b = strconv.AppendInt(b, int64(a.Block), 10)
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendInt(b, int64(a.Offset), 10)
+	if a.IPv4.IsValid() {
+		b = append(b, `,"ipv4":`...)
+		b = jsonappend.String(b, a.IPv4.String())
+	}
+	if a.IPv6.IsValid() {
+		b = append(b, `,"ipv6":`...)
+		b = jsonappend.String(b, a.IPv6.String())
+	}
+	b = append(b, `,"node":`...)
+	b = jsonappend.String(b, a.Node)
+	b = append(b, `,"namespace":`...)
+	b = jsonappend.String(b, a.Namespace)
+	b = append(b, `,"pod":`...)
+	b = jsonappend.String(b, a.Pod)
+	b = append(b, `,"containerID":`...)
+	b = jsonappend.String(b, a.ContainerID)
+	b = append(b, `,"interface":`...)
+	b = jsonappend.String(b, a.Interface)
+	for _, f := range [...]struct{ name, val string }{{`,"netns":`, a.NetNS}, {`,"podUID":`, a.PodUID}, {`,"network":`, a.Network}} {
+		if f.val != "" {
+			b = append(b, f.name...)
+			b = jsonappend.String(b, f.val)
+		}
+	}
+	b = append(b, `,"createdAt":"`...)
+	b = a.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `"}`...)
+	return string(b)
+}

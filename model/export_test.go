@@ -19,3 +19,6 @@ func QueuedWrites(s *Store) int {
 	defer s.batch.mu.Unlock()
 	return len(s.batch.queue)
 }
+
+// EncodeAddress is the hand-written encoding of an address record.
+var EncodeAddress = encodeAddress
