@@ -440,7 +440,8 @@ func (r *results) tables() []table {
 			{"etcd database size (in use)", fmtBytes(s.etcdAfter.dbSize) + " (" + fmtBytes(s.etcdAfter.dbSizeInUse) + ")", ""},
 			{"allocator memory per node (heap delta after GC / nodes)", fmtBytes(s.perNode), "well under 1 MiB"},
 		}
-		t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process, all sharing one model.Store and one etcd client; %d nodes start "+
+		t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process with a model.Store of its own, as each coild has (a node's concurrent "+
+			"address writes share transactions, different nodes' never do), all over one etcd client; %d nodes start "+
 			"(node record, Restore from etcd) and fill at a time, %d allocations at a time within a node. Pool %s, blocks of %d addresses, "+
 			"one fresh etcd.", s.parallel, s.podParallel, s.poolSubnet, s.blockSize)
 		ts = append(ts, t)
