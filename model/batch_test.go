@@ -360,3 +360,122 @@ func TestQueuedWriteGivesUp(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchAnswerLost: a batch etcd applied but whose answer was lost is
+// asked again, fails its compares (its writes are there), and each write
+// then learns alone that its record is there: every caller gets its
+// address, the one etcd holds.
+func TestBatchAnswerLost(t *testing.T) {
+	ctx := context.Background()
+	losing := server.LosingKV(t)
+	kv := newGatedKV(losing)
+	st := model.NewWithKV(kv, etcdtest.Prefix(t))
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{mustSubnet(t, "10.13.0.0/24", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := st.AcquireBlock(ctx, "default", batchOwner("c0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := server.Client(t)
+	recorded := func() bool {
+		resp, err := direct.Get(ctx, st.Prefix()+"addresses/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 5 // the block's first, first's, and the batch's three
+	}
+	got := make([]model.Address, 3)
+	errs := make([]error, 3)
+	var rest []func()
+	for i := range got {
+		rest = append(rest, func() { got[i], errs[i] = st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i))) })
+	}
+	before := kv.commits.Load()
+	cut := make(chan struct{})
+	holdAndQueue(t, st, kv, func() { _, _ = st.AllocateAddress(ctx, b, 1, batchOwner("first")) }, rest, func() {
+		// The next transaction created is the batch's (first's exists).
+		losing.Arm()
+		go func() {
+			defer close(cut)
+			waitFor(t, recorded)
+			losing.Proxy.SetCut(true)
+			losing.Proxy.SetDropResponses(false)
+			losing.Proxy.SetCut(false)
+		}()
+	})
+	<-cut
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	// first's, the batch, the batch asked again, and each write alone.
+	if n := kv.commits.Load() - before; n != 1+1+1+3 {
+		t.Errorf("%d transactions, want 6: the answer was not lost, or not settled write by write", n)
+	}
+	recs, err := st.BlockAddresses(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byCID := map[string]model.Address{}
+	for _, a := range recs {
+		byCID[a.ContainerID] = a
+	}
+	for i, a := range got {
+		rec, ok := byCID[fmt.Sprint("b", i)]
+		if !ok || rec.Offset != a.Offset || rec.Revision != a.Revision {
+			t.Errorf("b%d: caller got offset %d revision %d, etcd holds %+v (present %v)", i, a.Offset, a.Revision, rec, ok)
+		}
+		if a.Revision != got[0].Revision {
+			t.Errorf("b%d committed at revision %d, b0 at %d: not one transaction", i, a.Revision, got[0].Revision)
+		}
+	}
+}
+
+// TestBatchOutcomeUnknown: when etcd does not tell what became of a batch,
+// every write in it says so (ErrOutcomeUnknown), and asking again alone
+// settles each.
+func TestBatchOutcomeUnknown(t *testing.T) {
+	ctx := context.Background()
+	losing := server.LosingKV(t)
+	kv := newGatedKV(losing)
+	st := model.NewWithKV(kv, etcdtest.Prefix(t))
+	model.SetOutcomeWait(st, 300*time.Millisecond)
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{mustSubnet(t, "10.14.0.0/24", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := st.AcquireBlock(ctx, "default", batchOwner("c0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := server.Client(t)
+	recorded := func() bool {
+		resp, err := direct.Get(ctx, st.Prefix()+"addresses/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 4
+	}
+	errs := make([]error, 2)
+	var rest []func()
+	for i := range errs {
+		rest = append(rest, func() { _, errs[i] = st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i))) })
+	}
+	cut := make(chan struct{})
+	holdAndQueue(t, st, kv, func() { _, _ = st.AllocateAddress(ctx, b, 1, batchOwner("first")) }, rest, func() {
+		losing.Arm()
+		go func() {
+			defer close(cut)
+			waitFor(t, recorded)
+			// Cut until the writes gave up asking.
+			losing.Proxy.SetCut(true)
+			losing.Proxy.SetDropResponses(false)
+		}()
+	})
+	<-cut
+	losing.Proxy.SetCut(false)
+	for i, err := range errs {
+		if !errors.Is(err, model.ErrOutcomeUnknown) || !errors.Is(err, model.ErrUnavailable) {
+			t.Errorf("b%d: err = %v, want ErrOutcomeUnknown and ErrUnavailable", i, err)
+		}
+		// Asked again (the allocator does it on the container's next
+		// request), the write finds its record.
+		a, err := st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i)))
+		if err != nil || a.ContainerID != fmt.Sprint("b", i) {
+			t.Errorf("b%d asked again: %+v, %v", i, a, err)
+		}
+	}
+}
