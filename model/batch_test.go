@@ -94,11 +94,20 @@ func holdAndQueue(t *testing.T, st *model.Store, kv *gatedKV, first func(), rest
 // waitFor polls cond until it holds (a state, not a duration, is awaited).
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
+	if !eventually(cond) {
+		t.Fatal("condition not reached")
+	}
+}
+
+// eventually polls cond until it holds or long enough has passed for
+// something to be broken; callable from any goroutine.
+func eventually(cond func() bool) bool {
 	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
+			return false
 		}
 	}
+	return true
 }
 
 func batchOwner(cid string) model.Owner {
@@ -395,7 +404,10 @@ func TestBatchAnswerLost(t *testing.T) {
 		losing.Arm()
 		go func() {
 			defer close(cut)
-			waitFor(t, recorded)
+			if !eventually(recorded) {
+				t.Error("the batch never took effect in etcd")
+				return
+			}
 			losing.Proxy.SetCut(true)
 			losing.Proxy.SetDropResponses(false)
 			losing.Proxy.SetCut(false)
@@ -459,7 +471,10 @@ func TestBatchOutcomeUnknown(t *testing.T) {
 		losing.Arm()
 		go func() {
 			defer close(cut)
-			waitFor(t, recorded)
+			if !eventually(recorded) {
+				t.Error("the batch never took effect in etcd")
+				return
+			}
 			// Cut until the writes gave up asking.
 			losing.Proxy.SetCut(true)
 			losing.Proxy.SetDropResponses(false)
