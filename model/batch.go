@@ -82,7 +82,7 @@ type batchOp struct {
 	err error
 }
 
-// run sends op, alone or in a batch, and returns once its outcome is
+// runBatched sends op, alone or in a batch, and returns once its outcome is
 // known: either op.alone ran, or op.rev (committed) or op.err is set.
 func (s *Store) runBatched(op *batchOp) {
 	b := &s.batch
