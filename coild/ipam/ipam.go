@@ -440,10 +440,11 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 // No etcd request, no scan beyond the node's own blocks. Blocks of
 // drained subnets are passed over unless withDrained.
 func (a *Allocator) reserveLocked(pool string, withDrained bool) (b *block, off int, fresh, ok bool) {
-	for _, b := range a.pools[pool] {
-		if a.fresh[pool] == 0 {
-			break
-		}
+	blocks := a.pools[pool]
+	if a.fresh[pool] == 0 {
+		blocks = nil
+	}
+	for _, b := range blocks {
 		if b.retiring || b.spentCount >= b.Size() || b.drained && !withDrained {
 			continue
 		}
