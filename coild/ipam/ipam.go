@@ -442,6 +442,8 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 func (a *Allocator) reserveLocked(pool string, withDrained bool) (b *block, off int, fresh, ok bool) {
 	blocks := a.pools[pool]
 	if a.fresh[pool] == 0 {
+		// Every block was used once: no walk (all of a long-running
+		// node's blocks are, after a while).
 		blocks = nil
 	}
 	for _, b := range blocks {
