@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
+
+	"github.com/coil-project/coil/internal/jsonappend"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -80,6 +83,12 @@ func newAddress(b Block, offset int, owner Owner, now time.Time) Address {
 // etcd's answer is lost and cannot be learnt, the error wraps
 // ErrOutcomeUnknown: the address may be recorded, and calling again with
 // the same block, offset and owner settles it.
+//
+// Called alone, it is one transaction. Allocations (and the node's own
+// releases) that arrive while another of the store's is in flight share
+// one transaction, each with its own compares; if any compare fails, each
+// goes again alone, so every caller gets the answer it would have had
+// alone (batch.go).
 func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner Owner) (Address, error) {
 	if offset < 0 || offset >= b.Size() {
 		return Address{}, fmt.Errorf("allocate offset %d of block %s: out of range", offset, b.ID())
@@ -87,11 +96,38 @@ func (s *Store) AllocateAddress(ctx context.Context, b Block, offset int, owner 
 	a := newAddress(b, offset, owner, time.Now().UTC())
 	bkey := s.blockKey(b.Pool, b.Subnet, b.Index)
 	akey := s.addressKey(b.Pool, b.Subnet, b.Index, offset)
+	val := encodeAddress(a)
+	var (
+		got Address
+		err error
+	)
+	op := &batchOp{
+		ctx:    ctx,
+		guards: []guard{{bkey, b.Revision}, {akey, 0}},
+		write:  clientv3.OpPut(akey, val),
+		key:    akey,
+		alone: func(ctx context.Context) {
+			got, err = s.allocateAddress(ctx, b, a, bkey, akey, val)
+		},
+	}
+	s.runBatched(op)
+	switch {
+	case op.err != nil:
+		return Address{}, fmt.Errorf("allocate %v in block %s: %w", a.IPs(), b.ID(), op.err)
+	case op.rev != 0:
+		a.Revision = op.rev
+		return a, nil
+	}
+	return got, err
+}
+
+// allocateAddress is AllocateAddress as its own transaction.
+func (s *Store) allocateAddress(ctx context.Context, b Block, a Address, bkey, akey, val string) (Address, error) {
 	resp, _, err := s.commit(ctx, func(ctx context.Context) clientv3.Txn {
 		return s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(bkey), "=", b.Revision),
 				clientv3.Compare(clientv3.CreateRevision(akey), "=", 0)).
-			Then(clientv3.OpPut(akey, encode(a))).
+			Then(clientv3.OpPut(akey, val)).
 			// On failure, what is in the way answers why, in the same request.
 			Else(clientv3.OpGet(akey), clientv3.OpGet(bkey, clientv3.WithKeysOnly()))
 	})
@@ -139,8 +175,26 @@ func (s *Store) ReleaseAddress(ctx context.Context, a Address) error {
 // ReleaseOwnAddress is ReleaseAddress for the node that allocated a: the
 // node knows of its own release, so nothing else is written. It is one
 // transaction, like the allocation.
+//
+// Releases and allocations that arrive while another of the store's is in
+// flight go out together in one transaction (batch.go); the note of a
+// batch names the node's coild as the releaser of each address it deletes.
 func (s *Store) ReleaseOwnAddress(ctx context.Context, a Address) error {
-	return s.releaseAddress(ctx, a)
+	akey := s.addressKey(a.Pool, a.Subnet, a.Block, a.Offset)
+	var err error
+	op := &batchOp{
+		ctx:    ctx,
+		guards: []guard{{akey, a.Revision}},
+		write:  clientv3.OpDelete(akey),
+		key:    akey,
+		note:   true,
+		alone:  func(ctx context.Context) { err = s.releaseAddress(ctx, a) },
+	}
+	s.runBatched(op)
+	if op.err != nil {
+		return fmt.Errorf("release %v: %w", a.IPs(), op.err)
+	}
+	return err
 }
 
 func (s *Store) releaseAddress(ctx context.Context, a Address, also ...clientv3.Op) error {
@@ -244,4 +298,51 @@ func (s *Store) FindAddress(ctx context.Context, ip netip.Addr) (AddressInfo, er
 		return info, nil
 	}
 	return AddressInfo{}, fmt.Errorf("find %s: %w: no pool contains it", ip, ErrNotFound)
+}
+
+// encodeAddress is the JSON of an address record, byte for byte what
+// encode (encoding/json) writes, without its reflection: every allocation
+// encodes one.
+func encodeAddress(a Address) string {
+	if y := a.CreatedAt.Year(); y < 0 || y > 9999 {
+		// encoding/json refuses such a time; let it say so.
+		return encode(a)
+	}
+	b := make([]byte, 0, 320)
+	b = append(b, `{"pool":`...)
+	b = jsonappend.String(b, a.Pool)
+	b = append(b, `,"subnet":`...)
+	b = strconv.AppendInt(b, int64(a.Subnet), 10)
+	b = append(b, `,"block":`...)
+	b = strconv.AppendInt(b, int64(a.Block), 10)
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendInt(b, int64(a.Offset), 10)
+	if a.IPv4.IsValid() {
+		b = append(b, `,"ipv4":`...)
+		b = jsonappend.String(b, a.IPv4.String())
+	}
+	if a.IPv6.IsValid() {
+		b = append(b, `,"ipv6":`...)
+		b = jsonappend.String(b, a.IPv6.String())
+	}
+	b = append(b, `,"node":`...)
+	b = jsonappend.String(b, a.Node)
+	b = append(b, `,"namespace":`...)
+	b = jsonappend.String(b, a.Namespace)
+	b = append(b, `,"pod":`...)
+	b = jsonappend.String(b, a.Pod)
+	b = append(b, `,"containerID":`...)
+	b = jsonappend.String(b, a.ContainerID)
+	b = append(b, `,"interface":`...)
+	b = jsonappend.String(b, a.Interface)
+	for _, f := range [...]struct{ name, val string }{{`,"netns":`, a.NetNS}, {`,"podUID":`, a.PodUID}, {`,"network":`, a.Network}} {
+		if f.val != "" {
+			b = append(b, f.name...)
+			b = jsonappend.String(b, f.val)
+		}
+	}
+	b = append(b, `,"createdAt":"`...)
+	b = a.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `"}`...)
+	return string(b)
 }

@@ -11,3 +11,14 @@ var (
 	ErrConflictAttempt  = errConflict
 	MaxConflictAttempts = maxConflictAttempts
 )
+
+// QueuedWrites is the number of address writes waiting for the one in
+// flight (batch.go).
+func QueuedWrites(s *Store) int {
+	s.batch.mu.Lock()
+	defer s.batch.mu.Unlock()
+	return len(s.batch.queue)
+}
+
+// EncodeAddress is the hand-written encoding of an address record.
+var EncodeAddress = encodeAddress

@@ -30,6 +30,8 @@ type Store struct {
 	hook        corruptHook
 	// releaser, when set, signs this store's releases (history.go).
 	releaser *Releaser
+	// batch coalesces concurrent address writes (batch.go).
+	batch batcher
 }
 
 // New returns a Store using the client's KV API under prefix (for example

@@ -68,6 +68,12 @@ type Allocator struct {
 	// when no block of the pool has a never-used address left. Entries of
 	// dropped blocks or of addresses in use again are skipped.
 	freed map[string][]slot
+	// fresh counts per pool the blocks with an address not used since
+	// they were acquired or restored (spentCount below their size), so
+	// that reserveLocked does not walk every block of a node whose blocks
+	// have all been used once (every long-running node): that walk, under
+	// the lock, was the allocator's main cost per allocation.
+	fresh map[string]int
 	// pending holds the commits of an attachment whose outcome etcd did
 	// not tell (model.ErrOutcomeUnknown): the address or block stays
 	// reserved until the attachment's next Allocate or Release settles it.
@@ -146,6 +152,7 @@ func New(store Store, node string, observer Observer) *Allocator {
 		inflight:  map[api.Attachment]chan struct{}{},
 		acquiring: map[string]*flight{},
 		freed:     map[string][]slot{},
+		fresh:     map[string]int{},
 		pending:   map[api.Attachment]pendingCommit{},
 		drained:   map[subnetRef]bool{},
 	}
@@ -226,10 +233,14 @@ func (a *Allocator) Restore(ctx context.Context) error {
 	a.mu.Lock()
 	a.blocks = map[string]*block{}
 	a.pools = map[string][]*block{}
+	a.fresh = map[string]int{}
 	for _, b := range loaded {
 		b.drained = a.drained[subnetRef{b.Pool, b.Subnet}]
 		a.blocks[b.ID()] = b
 		a.pools[b.Pool] = append(a.pools[b.Pool], b)
+		if b.spentCount < b.Size() {
+			a.fresh[b.Pool]++
+		}
 	}
 	a.owners = owners
 	// etcd is the truth now: what was pending is a record or nothing.
@@ -416,6 +427,9 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 	nb.drained = a.drained[subnetRef{mb.Pool, mb.Subnet}]
 	a.blocks[mb.ID()] = nb
 	a.pools[mb.Pool] = append(a.pools[mb.Pool], nb)
+	if nb.spentCount < mb.Size() {
+		a.fresh[mb.Pool]++
+	}
 }
 
 // reserveLocked marks a free offset of pool used, so concurrent requests
@@ -426,7 +440,13 @@ func (a *Allocator) addBlockLocked(mb model.Block, off int) {
 // No etcd request, no scan beyond the node's own blocks. Blocks of
 // drained subnets are passed over unless withDrained.
 func (a *Allocator) reserveLocked(pool string, withDrained bool) (b *block, off int, fresh, ok bool) {
-	for _, b := range a.pools[pool] {
+	blocks := a.pools[pool]
+	if a.fresh[pool] == 0 {
+		// Every block was used once: no walk (all of a long-running
+		// node's blocks are, after a while).
+		blocks = nil
+	}
+	for _, b := range blocks {
 		if b.retiring || b.spentCount >= b.Size() || b.drained && !withDrained {
 			continue
 		}
@@ -483,6 +503,9 @@ func (a *Allocator) takeLocked(b *block, off int) {
 	if !b.spent.isSet(off) {
 		b.spent.set(off)
 		b.spentCount++
+		if b.spentCount == b.Size() && a.blocks[b.ID()] == b {
+			a.fresh[b.Pool]--
+		}
 	}
 	b.emptySince = time.Time{}
 }
@@ -498,6 +521,9 @@ func (a *Allocator) unreserveLocked(b *block, off int, fresh bool) {
 	if fresh {
 		b.spent.clear(off)
 		b.spentCount--
+		if b.spentCount == b.Size()-1 && a.blocks[b.ID()] == b {
+			a.fresh[b.Pool]++
+		}
 		return
 	}
 	a.freed[b.Pool] = append([]slot{{b, off}}, a.freed[b.Pool]...)
@@ -523,6 +549,9 @@ func (a *Allocator) clearLocked(b *block, off int) {
 }
 
 func (a *Allocator) dropLocked(b *block) {
+	if a.blocks[b.ID()] == b && b.spentCount < b.Size() {
+		a.fresh[b.Pool]--
+	}
 	delete(a.blocks, b.ID())
 	list := a.pools[b.Pool]
 	for i, x := range list {

@@ -313,6 +313,16 @@ func TestReleaseEmptyBlocks(t *testing.T) {
 	if blocks, _ := st.ListBlocks(ctx, "default"); len(blocks) != 0 {
 		t.Fatalf("etcd still holds %v", blocks)
 	}
+	checkFresh(t, a)
+}
+
+// checkFresh fails t if the allocator's count of blocks with never-used
+// addresses is off (reserveLocked would then pass over fresh addresses).
+func checkFresh(t *testing.T, a *ipam.Allocator) {
+	t.Helper()
+	if m := ipam.FreshMiscount(a); m != "" {
+		t.Fatal(m)
+	}
 }
 
 // A block reclaimed behind the node's back (node thought dead) is dropped
@@ -339,6 +349,7 @@ func TestBlockLost(t *testing.T) {
 	if _, ok := a.Lookup(api.Attachment{ContainerID: "c1", Interface: "eth0"}); ok {
 		t.Fatalf("container c1 still holds %s from the reclaimed block", first.IPv4)
 	}
+	checkFresh(t, a)
 }
 
 // A released address is handed out again only after every address freed
@@ -398,10 +409,12 @@ func TestReuseOrder(t *testing.T) {
 				}
 			}
 			run(c.allocate, c.release)
+			checkFresh(t, a)
 			run(c.allocate2, c.release2)
 			if c.restart {
 				a = restored(t, st, "n1", nil)
 			}
+			checkFresh(t, a)
 			var got []int
 			for j := range c.want {
 				ad, err := a.Allocate(ctx, "default", owner(fmt.Sprintf("new%d", j)))
@@ -413,6 +426,7 @@ func TestReuseOrder(t *testing.T) {
 			if fmt.Sprint(got) != fmt.Sprint(c.want) {
 				t.Fatalf("addresses handed out (last octet) %v, want %v", got, c.want)
 			}
+			checkFresh(t, a)
 		})
 	}
 }

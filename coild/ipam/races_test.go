@@ -305,6 +305,7 @@ func TestAllocatorRaces(t *testing.T) {
 			if c.after != nil {
 				c.after(t, f, a, rec)
 			}
+			checkFresh(t, a)
 		})
 	}
 }

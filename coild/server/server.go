@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,9 +15,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coil-project/coil/coild/api"
+	"github.com/coil-project/coil/internal/jsonappend"
 	"github.com/coil-project/coil/model"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -268,7 +271,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		s.metrics.allocations.Inc()
 		s.metrics.latency.Observe(s.now().Sub(start).Seconds())
 	}
-	writeJSON(w, http.StatusOK, allocResponse(addr))
+	writeAllocated(w, addr)
 }
 
 // handleEgress sets up the egress tunnels of a pod whose interface the
@@ -362,7 +365,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("no address for pod %s/%s container %s interface %s", r.PathValue("ns"), r.PathValue("pod"), att.ContainerID, att.Interface))
 		return
 	}
-	writeJSON(w, http.StatusOK, allocResponse(addr))
+	writeAllocated(w, addr)
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
@@ -392,7 +395,7 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
 				s.cfg.Egress.PodReleased(addr)
 			}
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": 200})
+		writeReleased(w, false)
 		return
 	}
 	// Traffic to the pod stops with its host routes; the address is
@@ -413,11 +416,11 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	if !released {
 		free()
-		writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK})
+		writeReleased(w, false)
 		return
 	}
 	s.metrics.releases.Inc()
-	writeJSON(w, http.StatusOK, api.ReleaseResponse{Status: http.StatusOK, RemovesLinks: true})
+	writeReleased(w, true)
 	s.cfg.PodLinks.RemoveLater(addr, link, func() {
 		if s.cfg.Egress != nil {
 			s.cfg.Egress.PodReleased(addr)
@@ -513,27 +516,93 @@ func (s *Server) badRequest(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 }
 
+// buffers holds the byte buffers requests are read into and answers
+// written from, so that a request allocates none of its own.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	body := http.MaxBytesReader(w, r.Body, api.MaxRequestBytes)
-	dec := json.NewDecoder(body)
+	bp := buffers.Get().(*[]byte)
+	defer func() { buffers.Put(bp) }()
+	buf := bytes.NewBuffer((*bp)[:0])
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, api.MaxRequestBytes))
+	*bp = buf.Bytes()
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return fmt.Errorf("request body larger than %d bytes", api.MaxRequestBytes)
+	}
+	if err != nil {
+		return fmt.Errorf("read body: %w", err)
+	}
+	body := buf.Bytes()
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return fmt.Errorf("request body larger than %d bytes", api.MaxRequestBytes)
-		}
 		return fmt.Errorf("malformed JSON body: %v", err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	// The whole body is at hand: what follows the object must be blank.
+	if len(bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n")) > 0 {
 		return errors.New("malformed JSON body: trailing data after the object")
 	}
 	return nil
 }
 
+// jsonType is the Content-Type of every answer, shared rather than built
+// per answer.
+var jsonType = []string{"application/json"}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonType
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeAllocated answers POST /ip (and GET /ip/...) with addr: the JSON
+// of allocResponse(addr), as writeJSON would write it, without reflection.
+func writeAllocated(w http.ResponseWriter, addr model.Address) {
+	bp := buffers.Get().(*[]byte)
+	b := append((*bp)[:0], `{"status":200,"address":`...)
+	ips := addr.IPs()
+	if len(ips) == 0 {
+		b = append(b, `"","addresses":null}`...)
+	} else {
+		b = appendAddr(b, ips[0])
+		b = append(b, `,"addresses":[`...)
+		for i, ip := range ips {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendAddr(b, ip)
+		}
+		b = append(b, `]}`...)
+	}
+	b = append(b, '\n')
+	w.Header()["Content-Type"] = jsonType
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+	*bp = b
+	buffers.Put(bp)
+}
+
+// appendAddr appends ip as a JSON string.
+func appendAddr(b []byte, ip netip.Addr) []byte {
+	if ip.Zone() != "" {
+		return jsonappend.String(b, ip.String())
+	}
+	b = append(b, '"')
+	b = ip.AppendTo(b)
+	return append(b, '"')
+}
+
+// writeReleased answers DELETE /ip/...: api.ReleaseResponse as
+// writeJSON would write it, without reflection.
+func writeReleased(w http.ResponseWriter, removesLinks bool) {
+	w.Header()["Content-Type"] = jsonType
+	w.WriteHeader(http.StatusOK)
+	if removesLinks {
+		_, _ = io.WriteString(w, "{\"status\":200,\"removesLinks\":true}\n")
+		return
+	}
+	_, _ = io.WriteString(w, "{\"status\":200}\n")
 }
 
 func writeError(w http.ResponseWriter, status int, reason, msg string) {

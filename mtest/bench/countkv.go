@@ -13,7 +13,11 @@ import (
 // keys they write: a transaction that puts a block key is a block
 // acquisition, one that puts only an address key an address allocation.
 // A transaction that did not succeed is a lost race (or a guard that
-// fired), counted per kind.
+// fired), counted per kind. A store coalesces the address writes that
+// arrive together into one transaction: such a transaction counts one
+// request and each of its address writes (addrAlloc, addrRelease), and
+// a batch that failed (its writes then go again alone) counts once in
+// addrAllocLost and in batchesFailed.
 type countingKV struct {
 	clientv3.KV
 	blocksPart    string // "/blocks/" below the store prefix
@@ -33,6 +37,9 @@ type countingKV struct {
 	blockRelease     atomic.Int64
 	blockReleaseLost atomic.Int64
 	blockListings    atomic.Int64 // range requests over a blocks prefix
+	batches          atomic.Int64 // transactions with more than one address write
+	batchesFailed    atomic.Int64 // of which failed (every write sent again alone)
+	batchedAllocs    atomic.Int64 // allocations committed by such transactions
 }
 
 func newCountingKV(kv clientv3.KV, prefix string) *countingKV {
@@ -45,6 +52,7 @@ type kvCounts struct {
 	blockAcquire, blockAcquireLost                int64
 	addrAlloc, addrAllocLost, addrRelease         int64
 	blockRelease, blockReleaseLost, blockListings int64
+	batches, batchesFailed, batchedAllocs         int64
 }
 
 func (c *countingKV) snapshot() kvCounts {
@@ -56,6 +64,7 @@ func (c *countingKV) snapshot() kvCounts {
 		addrRelease:  c.addrRelease.Load(),
 		blockRelease: c.blockRelease.Load(), blockReleaseLost: c.blockReleaseLost.Load(),
 		blockListings: c.blockListings.Load(),
+		batches:       c.batches.Load(), batchesFailed: c.batchesFailed.Load(), batchedAllocs: c.batchedAllocs.Load(),
 	}
 }
 
@@ -68,6 +77,8 @@ func (a kvCounts) sub(b kvCounts) kvCounts {
 		addrRelease:  a.addrRelease - b.addrRelease,
 		blockRelease: a.blockRelease - b.blockRelease, blockReleaseLost: a.blockReleaseLost - b.blockReleaseLost,
 		blockListings: a.blockListings - b.blockListings,
+		batches:       a.batches - b.batches, batchesFailed: a.batchesFailed - b.batchesFailed,
+		batchedAllocs: a.batchedAllocs - b.batchedAllocs,
 	}
 }
 
@@ -138,30 +149,42 @@ func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
 	if err != nil {
 		return resp, err
 	}
-	var putBlock, putAddr, delBlock, delAddr bool
+	var putBlock, delBlock bool
+	var putAddr, delAddr int64
 	for _, op := range t.then {
 		key := string(op.KeyBytes())
 		switch {
 		case op.IsPut() && strings.HasPrefix(key, c.blocksPart):
 			putBlock = true
 		case op.IsPut() && strings.HasPrefix(key, c.addressesPart):
-			putAddr = true
+			putAddr++
 		case op.IsDelete() && strings.HasPrefix(key, c.blocksPart):
 			delBlock = true
 		case op.IsDelete() && strings.HasPrefix(key, c.addressesPart):
-			delAddr = true
+			delAddr++
 		}
 	}
 	ok := resp.Succeeded
+	if !putBlock && !delBlock && putAddr+delAddr > 1 {
+		c.batches.Add(1)
+		if !ok {
+			c.batchesFailed.Add(1)
+		} else {
+			c.batchedAllocs.Add(putAddr)
+		}
+	}
 	switch {
 	case putBlock:
 		count(ok, &c.blockAcquire, &c.blockAcquireLost)
-	case putAddr:
-		count(ok, &c.addrAlloc, &c.addrAllocLost)
 	case delBlock:
 		count(ok, &c.blockRelease, &c.blockReleaseLost)
-	case delAddr && ok:
-		c.addrRelease.Add(1)
+	case putAddr > 0 && ok:
+		c.addrAlloc.Add(putAddr)
+		c.addrRelease.Add(delAddr)
+	case putAddr > 0:
+		c.addrAllocLost.Add(1)
+	case delAddr > 0 && ok:
+		c.addrRelease.Add(delAddr)
 	}
 	return resp, nil
 }

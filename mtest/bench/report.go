@@ -199,14 +199,13 @@ func missBy(got, limit float64, higherIsBetter bool) string {
 func (r *results) verdicts() []verdict {
 	var vs []verdict
 	if a := r.alloc; a != nil && len(a.coildAlloc) > 0 {
-		var owned, allocs int64
-		for _, k := range a.allocKV {
-			owned += k.requests - 3*(k.blockAcquire+k.blockAcquireLost)
-			allocs += k.addrAlloc
-		}
-		per := float64(owned) / float64(max(allocs, 1))
-		v := verdict{target: "etcd requests per allocation in an owned block", measured: fmt.Sprintf("%.3f (%s requests / %s allocations)", per, fmtCount(owned), fmtCount(allocs)), goal: "exactly 1"}
-		v.met = owned == allocs
+		rq := a.requestCounts()
+		v := verdict{target: "etcd requests per allocation in an owned block",
+			measured: fmt.Sprintf("%s alone (%s / %s); %.3f at up to %d clients (%s / %s)",
+				fmtPer(rq.aloneOwned, rq.aloneAllocs), fmtCount(rq.aloneOwned), fmtCount(rq.aloneAllocs),
+				float64(rq.owned)/float64(max(rq.allocs, 1)), a.coildAlloc[len(a.coildAlloc)-1].clients, fmtCount(rq.owned), fmtCount(rq.allocs)),
+			goal: "exactly 1 alone, <= 1 concurrent"}
+		v.met = rq.aloneAllocs > 0 && rq.aloneOwned == rq.aloneAllocs && rq.owned <= rq.allocs
 		vs = append(vs, v)
 
 		i := len(a.coildAlloc) - 1
@@ -217,10 +216,10 @@ func (r *results) verdicts() []verdict {
 		}
 		ratio := a.coildAlloc[i].rate() / a.rawCreate[i].rate()
 		v = verdict{target: fmt.Sprintf("coild alloc throughput at %d clients vs raw etcd", a.coildAlloc[i].clients),
-			measured: fmt.Sprintf("%s vs %s = %s", fmtRate(a.coildAlloc[i].rate()), fmtRate(a.rawCreate[i].rate()), fmtRatio(ratio)), goal: ">= 0.80x"}
-		v.met = ratio >= 0.8
+			measured: fmt.Sprintf("%s vs %s = %s", fmtRate(a.coildAlloc[i].rate()), fmtRate(a.rawCreate[i].rate()), fmtRatio(ratio)), goal: ">= 1.0x"}
+		v.met = ratio >= 1.0
 		if !v.met {
-			v.outcome = missBy(ratio, 0.8, true)
+			v.outcome = missBy(ratio, 1.0, true)
 		}
 		vs = append(vs, v)
 	}
@@ -325,7 +324,8 @@ func (r *results) tables() []table {
 			"If CreateRevision(key)==0 Then Put (a %d-byte value, the size of coild's address record), all clients sharing one etcd client; raw+guard: the same with coild's "+
 			"second compare (a block key's CreateRevision), i.e. exactly coild's transaction. "+
 			"coild: the real REST handler (coild/server) over a real ipam.Allocator and model.Store, %s; the node already owns its blocks "+
-			"(blocks of %d addresses). CPU/op: CPU time of the etcd process + CPU time of this process (clients, and for coild the REST server and allocator) per operation, over %d cores. First measurement reference: raw %s (1 client), %s (16); coil v1: %s sequential, %s at 16 clients.",
+			"(blocks of %d addresses). etcd req/alloc: etcd requests per allocation; coild's store sends an allocation alone when nothing of its own is in flight, "+
+			"and the allocations (and releases) arriving meanwhile together as the next transaction, so it is 1 with one client and falls below 1 with more. CPU/op: CPU time of the etcd process + CPU time of this process (clients, and for coild the REST server and allocator) per operation, over %d cores. First measurement reference: raw %s (1 client), %s (16); coil v1: %s sequential, %s at 16 clients.",
 			r.opts.rounds, r.opts.phase, a.etcd.version, a.valueLength, a.transport, a.blockSize, r.machine.cpus, fmtRate(refRaw1), fmtRate(refRaw16), fmtRate(refV1Seq), fmtRate(refV1At16))
 		ts = append(ts, t)
 
@@ -339,27 +339,27 @@ func (r *results) tables() []table {
 				fmtRate(c.rate()), fmtDur(c.p50), fmtDur(c.p99), fmtRatio(c.rate() / raw.rate()), fmtRatio(c.rate() / g.rate()),
 				fmt.Sprintf("%.3f", float64(k.requests)/float64(max(c.ops, 1))), raw.cpu.perOp(raw.ops), c.cpu.perOp(c.ops)})
 		}
-		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseOwnAddress does."
+		t.note = "Every address allocated in the phase above is released; raw: If CreateRevision(key)==rev Then Delete, as model.ReleaseOwnAddress does, one release per transaction; coild's concurrent releases share transactions like its allocations (etcd req/release)."
 		ts = append(ts, t)
 
-		var owned, allocs, acq, lost int64
-		for _, k := range a.allocKV {
-			owned += k.requests - 3*(k.blockAcquire+k.blockAcquireLost)
-			allocs += k.addrAlloc
-			acq += k.blockAcquire
-			lost += k.addrAllocLost
-		}
+		rq := a.requestCounts()
 		t = table{id: "requests", title: "1c. etcd requests per allocation",
 			header: []string{"case", "allocations", "etcd requests", "per allocation", "reference"}}
 		t.rows = append(t.rows,
-			[]string{"in an owned block (all coild phases above)", fmtCount(allocs), fmtCount(owned), fmt.Sprintf("%.3f", float64(owned)/float64(max(allocs, 1))), "target 1; coil v1: 66 reads at 2,000 pods"},
+			[]string{"in an owned block, one client (each allocation alone)", fmtCount(rq.aloneAllocs), fmtCount(rq.aloneOwned), fmtPer(rq.aloneOwned, rq.aloneAllocs), "target exactly 1; coil v1: 66 reads at 2,000 pods"},
+			[]string{"in an owned block (all coild phases above)", fmtCount(rq.allocs), fmtCount(rq.owned), fmtPer(rq.owned, rq.allocs), "target <= 1 (concurrent allocations share transactions)"},
 			[]string{fmt.Sprintf("fills that took new blocks (%d blocks taken)", a.coldBlocks), fmtCount(int64(a.coldAllocs)), fmtCount(a.cold.requests),
-				fmt.Sprintf("%.3f", float64(a.cold.requests)/float64(max(a.coldAllocs, 1))),
-				fmt.Sprintf("%.3f = 1 + 2 reads per new block", 1+2*float64(a.coldBlocks)/float64(max(a.coldAllocs, 1)))},
+				fmtPer(a.cold.requests, int64(a.coldAllocs)),
+				fmt.Sprintf("%.3f = 1 + 2 reads per new block, alone", 1+2*float64(a.coldBlocks)/float64(max(a.coldAllocs, 1)))},
 		)
-		t.note = fmt.Sprintf("Counted on the store's KV (model.NewWithKV with a counting wrapper). Blocks acquired during the HTTP phases: %d; "+
-			"address transactions that lost a race: %d. A block acquisition is 3 requests (read pool, list block keys, one transaction that "+
-			"takes the block and its first address).", acq, lost)
+		t.note = fmt.Sprintf("Counted on the store's KV (model.NewWithKV with a counting wrapper). A store sends an allocation that finds no other "+
+			"of its writes in flight at once, alone (one transaction); the allocations and releases arriving while one is in flight go out together "+
+			"as the next transaction, each with its own compares, so under concurrency an allocation costs less than one request. "+
+			"Transactions carrying several allocations in the HTTP phases: %s (%s allocations); of them failed, every write then sent again alone: %s. "+
+			"Blocks acquired during the HTTP phases: %d; address transactions that failed (lost races and failed batches): %d. "+
+			"A block acquisition is 3 requests (read pool, list block keys, one transaction that takes the block and its first address); "+
+			"the fills run 16 allocations at a time, so their figure is below 1 + 2 reads per new block.",
+			fmtCount(rq.batches), fmtCount(rq.batched), fmtCount(rq.batchesFailed), rq.acquired, rq.lost)
 		ts = append(ts, t)
 	}
 	if t, ok := r.clusterTable(); ok {
@@ -607,3 +607,34 @@ func cpuPerOp(p phaseResult) string {
 	}
 	return fmt.Sprintf("%.1f ms", float64(p.cpu.selfCPU+p.cpu.etcdCPU)/float64(time.Millisecond)/float64(p.ops))
 }
+
+// requestCounts are the etcd requests of the coild allocation phases.
+type requestCounts struct {
+	// owned: requests of allocations in owned blocks (acquisitions
+	// subtracted); alone: those of the one-client level.
+	owned, allocs, aloneOwned, aloneAllocs int64
+	batches, batched, batchesFailed        int64
+	acquired, lost                         int64
+}
+
+func (a *allocResults) requestCounts() requestCounts {
+	var rq requestCounts
+	for i, k := range a.allocKV {
+		owned := k.requests - 3*(k.blockAcquire+k.blockAcquireLost)
+		rq.owned += owned
+		rq.allocs += k.addrAlloc
+		if a.coildAlloc[i].clients == 1 {
+			rq.aloneOwned += owned
+			rq.aloneAllocs += k.addrAlloc
+		}
+		rq.batches += k.batches
+		rq.batchesFailed += k.batchesFailed
+		rq.batched += k.batchedAllocs
+		rq.acquired += k.blockAcquire
+		rq.lost += k.addrAllocLost
+	}
+	return rq
+}
+
+// fmtPer is n per m with three decimals.
+func fmtPer(n, m int64) string { return fmt.Sprintf("%.3f", float64(n)/float64(max(m, 1))) }

@@ -122,7 +122,10 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 				if i >= z.nodes || failed.Load() != nil || ctx.Err() != nil {
 					return
 				}
-				a, rt, err := fillNode(ctx, st, names[i], z.pods, o.podPar, &allocLat[i])
+				// A store per node, as each coild has its own: a node's
+				// concurrent address writes share transactions, different
+				// nodes' never do.
+				a, rt, err := fillNode(ctx, model.NewWithKV(kv, scalePrefix), names[i], z.pods, o.podPar, &allocLat[i])
 				if err != nil {
 					err = fmt.Errorf("node %s: %w", names[i], err)
 					failed.CompareAndSwap(nil, &err)

@@ -63,7 +63,7 @@ func (s *scaleResults) tables() []table {
 		row("allocator memory per node (live heap with the allocators less without, / nodes)", "well under 1 MiB", func(r *scaleRun) string { return fmtBytes(r.perNode) }),
 		row("  per pod", "", func(r *scaleRun) string { return fmtBytes(r.perNode / int64(r.podsPerNode)) }),
 	}
-	t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process, all sharing one model.Store and one etcd client; %d nodes start "+
+	t.note = fmt.Sprintf("Every node is a real ipam.Allocator in this process with a model.Store of its own, as each coild has (a node's concurrent address writes share transactions, different nodes' never do), all over one etcd client; %d nodes start "+
 		"(node record, Restore from etcd) and fill at a time, %d allocations at a time within a node. Blocks of %d addresses; the pool "+
 		"has four times the blocks the pods need (%s).", s.parallel, s.podParallel, s.blockSize, s.pools())
 	ts = append(ts, t)
