@@ -36,6 +36,7 @@ type watchResults struct {
 
 type watchSize struct {
 	nodes, blocks int
+	perNode       int // blocks of a node
 	fill          time.Duration
 	replaceEvery  time.Duration
 	baseline      watchWindow // churn only
@@ -76,23 +77,24 @@ func (w watchWindow) bytesPerChange() float64 {
 	return float64(w.sample.bytes) / float64(w.sampled) / float64(w.changes)
 }
 
-// etcdCores is the CPU etcd spent per second of the window.
-func (w watchWindow) etcdCores() float64 {
-	if w.elapsed <= 0 {
+// watchersCPUPerChange is the CPU etcd spent per block or node change for
+// the watchers of all nodes: the window's CPU minus the churn's own (as
+// the baseline window measured it per change), per change, scaled from
+// the watchers run to every node when only a sample ran.
+func (z watchSize) watchersCPUPerChange(w watchWindow) time.Duration {
+	if w.changes == 0 || w.streams == 0 || z.baseline.changes == 0 {
 		return 0
 	}
-	return w.etcdCPU.Seconds() / w.elapsed.Seconds()
+	churn := z.baseline.etcdCPU * time.Duration(w.changes) / time.Duration(z.baseline.changes)
+	extra := max(w.etcdCPU-churn, 0)
+	return extra / time.Duration(w.changes) * time.Duration(z.nodes) / time.Duration(w.streams)
 }
 
-// watchersCores is the CPU etcd spent for the watchers of all nodes: the
-// window's minus the churn's own (baseline), scaled from the sample to
-// every node when only a sample ran.
-func (z watchSize) watchersCores(w watchWindow) float64 {
-	extra := max(w.etcdCores()-z.baseline.etcdCores(), 0)
-	if w.streams == 0 {
-		return 0
-	}
-	return extra * float64(z.nodes) / float64(w.streams)
+// nominalChanges is the block and node changes per second of the churn
+// rate asked for: each replacement puts and deletes a node record and
+// takes and frees the blocks of a node's pods.
+func (z watchSize) nominalChanges(churn float64, perNode int) float64 {
+	return churn / 100 * float64(z.nodes) / 60 * float64(2+2*perNode)
 }
 
 // runWatchBench measures, per cluster size, the topology watch coild runs
@@ -111,9 +113,10 @@ func runWatchBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 			name string
 			w    watchWindow
 		}{{"re-list", z.relist}, {"incremental", z.incremental}} {
-			logf("  %d nodes, %s: %d changes in %s; per node %.2f events/s, %s/s, %.2f lists/s; etcd %.2f cores for all nodes' watches",
+			per := z.watchersCPUPerChange(w.w)
+			logf("  %d nodes, %s: %d changes in %s; per node %.2f events/s, %s/s, %.2f lists/s; etcd for all nodes' watches %s per change, %.2f cores at the churn rate",
 				n, w.name, w.w.changes, w.w.elapsed.Round(time.Second), w.w.per(w.w.sample.events), fmtBytes(int64(w.w.per(w.w.sample.bytes))),
-				w.w.per(w.w.sample.lists), z.watchersCores(w.w))
+				w.w.per(w.w.sample.lists), fmtDur(per), per.Seconds()*z.nominalChanges(o.watchChurn, z.perNode))
 		}
 	}
 	return nil
@@ -137,6 +140,7 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 	}
 	blockSize := 1 << o.blockBits
 	perNode := (o.watchPods + blockSize - 1) / blockSize
+	z.perNode = perNode
 	sub, err := model.ParseSubnet(poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0"), "")
 	if err != nil {
 		return z, err
@@ -249,7 +253,7 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 	if z.baseline, err = measure(0, 0, nil); err != nil {
 		return z, err
 	}
-	debugf("  baseline: etcd %.2f cores, %d changes", z.baseline.etcdCores(), z.baseline.changes)
+	debugf("  baseline: etcd %s CPU, %d changes", z.baseline.etcdCPU, z.baseline.changes)
 
 	sample := min(o.watchSample, nodes)
 	// Before: a sample of watchers re-listing the cluster on every change
@@ -301,13 +305,10 @@ func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, wat
 			watch(wctx, c, wcli)
 		})
 	}
+	var creating sync.WaitGroup
 	if others > 0 {
 		// Bare streams: 16 connections, each multiplexing its share of
 		// the nodes' watches as one gRPC stream, as etcd's proxy would.
-		rev, err := etcdRevision(ctx, etcd)
-		if err != nil {
-			return watchWindow{}, err
-		}
 		const conns = 16
 		for k := range conns {
 			wcli, err := etcd.Client()
@@ -318,10 +319,19 @@ func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, wat
 			var streams sync.WaitGroup
 			for range n {
 				for _, p := range []string{"blocks/", "nodes/"} {
-					ch := wcli.Watch(wctx, scalePrefix+p, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+					// From the current revision: a watch from a past one
+					// is served by etcd's catch-up loop first, which is
+					// the cost of a restart, not of following changes.
+					ch := wcli.Watch(wctx, scalePrefix+p, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+					creating.Add(1)
 					streams.Go(func() {
+						// Created (its first answer) or ended: either way
+						// the wait for the streams is over for this one.
+						once := sync.OnceFunc(creating.Done)
 						for range ch {
+							once()
 						}
+						once()
 					})
 				}
 			}
@@ -330,6 +340,16 @@ func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, wat
 				wcli.Close()
 			})
 		}
+	}
+	created := make(chan struct{})
+	go func() {
+		creating.Wait()
+		close(created)
+	}()
+	select {
+	case <-created:
+	case <-ctx.Done():
+		return watchWindow{}, ctx.Err()
 	}
 	for _, c := range counters {
 		select {
@@ -350,84 +370,87 @@ func btoi(b bool) int {
 	return 0
 }
 
-func etcdRevision(ctx context.Context, etcd *etcdServer) (int64, error) {
-	cli, err := etcd.Client()
-	if err != nil {
-		return 0, err
-	}
-	defer cli.Close()
-	resp, err := cli.Get(ctx, "\x00", clientv3.WithCountOnly())
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
-}
-
 // simNodeAddr is the i-th node's address on the simulated L2 segment.
 func simNodeAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{172, 16 + byte(i>>16), byte(i >> 8), byte(i)})
 }
 
-// churner replaces nodes one at a time at a steady pace, the way a rolling
-// node-pool upgrade replaces a cluster's pods: a new node joins (its
-// record, then a real ipam.Allocator allocating its pods, taking blocks as
-// coild does) and the oldest node leaves (its blocks reclaimed and its
-// record deleted, as coil-controller does after the node's deletion).
-// Replacing 1% of the nodes per minute replaces 1% of the pods per minute;
-// pods replaced within a node change no block (the allocator reuses the
+// churner replaces nodes at a steady pace, the way a rolling node-pool
+// upgrade replaces a cluster's pods: a new node joins (its record, then a
+// real ipam.Allocator allocating its pods, taking blocks as coild does)
+// and the oldest node leaves (its blocks reclaimed and its record
+// deleted, as coil-controller does after the node's deletion). Replacing
+// 1% of the nodes per minute replaces 1% of the pods per minute; pods
+// replaced within a node change no block (the allocator reuses the
 // addresses of the blocks it holds), so this is the churn topology
-// watchers see.
+// watchers see. A replacement starts on every tick whether or not the
+// previous one has finished (up to maxReplacing at once), so a slow etcd
+// does not slow the churn down.
 type churner struct {
 	st    *model.Store
 	pool  string
 	pods  int
 	every time.Duration
-	queue []string // nodes, oldest first
+	queue []string // nodes, oldest first; only run touches it
 
-	joined   int
 	replaced atomic.Int64
 	changes  atomic.Int64 // block and node records written or deleted
 }
 
+const maxReplacing = 8
+
+// run replaces nodes until ctx ends or a replacement fails, and waits for
+// the replacements it started.
 func (c *churner) run(ctx context.Context) error {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, maxReplacing)
 	t := time.NewTicker(c.every)
 	defer t.Stop()
-	for {
+	for joined := 0; ; joined++ {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-rctx.Done():
+			return context.Cause(rctx)
 		case <-t.C:
 		}
-		if err := c.replaceOne(ctx); err != nil {
-			return err
+		select {
+		case <-rctx.Done():
+			return context.Cause(rctx)
+		case slots <- struct{}{}:
 		}
+		join := fmt.Sprintf("join-%05d", joined)
+		leave := c.queue[0]
+		c.queue = append(c.queue[1:], join)
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := c.replace(rctx, join, simNodeAddr(1<<16+joined), leave); err != nil {
+				cancel(err)
+			}
+		})
 	}
 }
 
-func (c *churner) replaceOne(ctx context.Context) error {
-	node := fmt.Sprintf("join-%05d", c.joined)
-	c.joined++
-	if err := c.st.PutNode(ctx, model.Node{Name: node, Addresses: []netip.Addr{simNodeAddr(1<<16 + c.joined)}}); err != nil {
+func (c *churner) replace(ctx context.Context, join string, addr netip.Addr, leave string) error {
+	if err := c.st.PutNode(ctx, model.Node{Name: join, Addresses: []netip.Addr{addr}}); err != nil {
 		return err
 	}
 	c.changes.Add(1)
-	a := ipam.New(c.st, node, nil)
+	a := ipam.New(c.st, join, nil)
 	if err := a.Restore(ctx); err != nil {
 		return err
 	}
 	for i := range c.pods {
-		owner := model.Owner{Node: node, Namespace: benchNS, Pod: fmt.Sprintf("pod-%d", i), ContainerID: fmt.Sprintf("%s-%d", node, i), Interface: "eth0"}
+		owner := model.Owner{Node: join, Namespace: benchNS, Pod: fmt.Sprintf("pod-%d", i), ContainerID: fmt.Sprintf("%s-%d", join, i), Interface: "eth0"}
 		if _, err := a.Allocate(ctx, c.pool, owner); err != nil {
-			return fmt.Errorf("allocate on %s: %w", node, err)
+			return fmt.Errorf("allocate on %s: %w", join, err)
 		}
 	}
 	blocks, _ := a.Usage()
 	c.changes.Add(int64(blocks))
-	c.queue = append(c.queue, node)
 
-	old := c.queue[0]
-	c.queue = c.queue[1:]
-	own, err := c.st.OwnBlocks(ctx, old)
+	own, err := c.st.OwnBlocks(ctx, leave)
 	if err != nil {
 		return err
 	}
@@ -436,7 +459,7 @@ func (c *churner) replaceOne(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := c.st.DeleteNode(ctx, old); err != nil {
+	if err := c.st.DeleteNode(ctx, leave); err != nil {
 		return err
 	}
 	c.changes.Add(int64(len(own)) + 1)
@@ -637,22 +660,24 @@ func (r *results) watchTable() (table, bool) {
 	}
 	t := table{id: "watch", title: fmt.Sprintf("5. Topology watch (--flat-l2) while %.3g%% of the pods are replaced per minute (%d pods per node)", wr.churn, wr.podsPerNode),
 		header: []string{"nodes", "blocks", "watch", "nodes measured", "changes/s", "events/s per node", "bytes/s per node", "lists/s per node",
-			"bytes per node per change", "etcd CPU for all nodes' watches", "etcd sent/s (all clients)"}}
+			"bytes per node per change", "etcd CPU per change, all nodes' watches", fmt.Sprintf("same, cores at %.3g%%/min", wr.churn), "etcd sent/s (all clients)"}}
 	extrapolated := false
 	for _, z := range wr.sizes {
 		for _, w := range []struct {
 			name string
 			w    watchWindow
 		}{{"re-list (before)", z.relist}, {"incremental (now)", z.incremental}} {
-			cpu := fmt.Sprintf("%.2f cores", z.watchersCores(w.w))
+			per := z.watchersCPUPerChange(w.w)
+			cpu := fmtDur(per)
 			if w.w.streams < z.nodes {
 				cpu += fmt.Sprintf(" (from %d)", w.w.streams)
 				extrapolated = true
 			}
+			cores := fmt.Sprintf("%.2f", per.Seconds()*z.nominalChanges(wr.churn, z.perNode))
 			t.rows = append(t.rows, []string{fmtCount(int64(z.nodes)), fmtCount(int64(z.blocks)), w.name, fmt.Sprint(w.w.sampled),
 				fmt.Sprintf("%.2f", float64(w.w.changes)/w.w.elapsed.Seconds()), fmt.Sprintf("%.2f", w.w.per(w.w.sample.events)),
 				fmtBytes(int64(w.w.per(w.w.sample.bytes))), fmt.Sprintf("%.2f", w.w.per(w.w.sample.lists)),
-				fmtBytes(int64(w.w.bytesPerChange())), cpu, fmtBytes(int64(float64(w.w.etcdSent) / w.w.elapsed.Seconds()))})
+				fmtBytes(int64(w.w.bytesPerChange())), cpu, cores, fmtBytes(int64(float64(w.w.etcdSent) / w.w.elapsed.Seconds()))})
 		}
 	}
 	z := wr.sizes[len(wr.sizes)-1]
@@ -664,8 +689,9 @@ func (r *results) watchTable() (table, bool) {
 		"model.WatchTopology ran before, kept in the bench: every change drops the watch and lists every block and node), then with "+
 		"model.WatchTopology as coild runs it (settle %s), the other nodes' watches as bare streams of the same two prefix watches (16 "+
 		"connections). Per node: what the measured watchers received (protobuf bytes of list answers and watch events) and the lists they "+
-		"sent, averaged. etcd CPU: the etcd process's CPU per second in the window minus the churn's own (the first window)",
-		wr.churn, z.replaceEvery.Round(time.Millisecond), fmtCount(int64(z.nodes)), wr.podsPerNode, wr.window, wr.settle)
+		"sent, averaged. etcd CPU per change: the etcd process's CPU in the window minus the churn's own (the first window's per change), per change; "+
+		"cores: that at the nominal rate of %.3g%% of the nodes replaced per minute (%d changes each)",
+		wr.churn, z.replaceEvery.Round(time.Millisecond), fmtCount(int64(z.nodes)), wr.podsPerNode, wr.window, wr.settle, wr.churn, 2+2*z.perNode)
 	if extrapolated {
 		t.note += "; \"from k\": measured with k watchers and scaled to every node (every node ran one; the machine cannot serve them all)"
 	}
