@@ -47,11 +47,12 @@ type options struct {
 	startupPods   int
 	startupSample int
 
-	watchNodes  []int
-	watchPods   int
-	watchChurn  float64
-	watchSample int
-	watchWindow time.Duration
+	watchNodes   []int
+	watchPods    int
+	watchChurn   float64
+	watchSample  int
+	watchWindow  time.Duration
+	watchStreams int
 }
 
 func parseFlags() *options {
@@ -79,8 +80,9 @@ func parseFlags() *options {
 	watchNodes := flag.String("watch-nodes", "1000,5000", "cluster sizes of the topology watch benchmark")
 	flag.IntVar(&o.watchPods, "watch-pods", 110, "pods of every node in the topology watch benchmark")
 	flag.Float64Var(&o.watchChurn, "watch-churn", 1, "percent of the pods replaced per minute in the topology watch benchmark (as whole nodes replaced)")
-	flag.IntVar(&o.watchSample, "watch-sample", 20, "watchers measured one by one per cluster size (the re-listing ones: fewer above 1,000 nodes)")
-	flag.DurationVar(&o.watchWindow, "watch-window", 12*time.Second, "duration of each measured window of the topology watch benchmark")
+	flag.IntVar(&o.watchSample, "watch-sample", 10, "watchers measured one by one per cluster size (the re-listing ones: fewer above 1,000 nodes)")
+	flag.IntVar(&o.watchStreams, "watch-streams", 500, "nodes whose topology watches etcd serves at once in the topology watch benchmark (figures scaled to all nodes beyond)")
+	flag.DurationVar(&o.watchWindow, "watch-window", 10*time.Second, "duration of each measured window of the topology watch benchmark")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
 	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1)")
 	flag.BoolVar(&o.verbose, "v", false, "log progress details")

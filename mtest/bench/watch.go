@@ -16,6 +16,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/model"
@@ -77,24 +78,42 @@ func (w watchWindow) bytesPerChange() float64 {
 	return float64(w.sample.bytes) / float64(w.sampled) / float64(w.changes)
 }
 
-// watchersCPUPerChange is the CPU etcd spent per block or node change for
-// the watchers of all nodes: the window's CPU minus the churn's own (as
-// the baseline window measured it per change), per change, scaled from
-// the watchers run to every node when only a sample ran.
-func (z watchSize) watchersCPUPerChange(w watchWindow) time.Duration {
-	if w.changes == 0 || w.streams == 0 || z.baseline.changes == 0 {
+// watchersCPU is the CPU etcd spent in a window for the watchers run:
+// the window's CPU minus the churn's own, as the baseline window measured
+// it per change.
+func (z watchSize) watchersCPU(w watchWindow) time.Duration {
+	if z.baseline.changes == 0 {
 		return 0
 	}
 	churn := z.baseline.etcdCPU * time.Duration(w.changes) / time.Duration(z.baseline.changes)
-	extra := max(w.etcdCPU-churn, 0)
-	return extra / time.Duration(w.changes) * time.Duration(z.nodes) / time.Duration(w.streams)
+	return max(w.etcdCPU-churn, 0)
 }
 
-// nominalChanges is the block and node changes per second of the churn
-// rate asked for: each replacement puts and deletes a node record and
-// takes and frees the blocks of a node's pods.
-func (z watchSize) nominalChanges(churn float64, perNode int) float64 {
-	return churn / 100 * float64(z.nodes) / 60 * float64(2+2*perNode)
+// unitCPU is etcd's CPU per unit of the watchers' work: per list for the
+// re-listing watchers (lists dominate), per event delivered to one node
+// for the incremental ones (every node's stream receives what the
+// sampled ones do).
+func (z watchSize) unitCPU(w watchWindow, relist bool) (time.Duration, int64) {
+	units := w.sample.lists
+	if !relist && w.sampled > 0 {
+		units = w.sample.events * int64(w.streams) / int64(w.sampled)
+	}
+	if units == 0 {
+		return 0, 0
+	}
+	return z.watchersCPU(w) / time.Duration(units), units
+}
+
+// allNodesCores is etcd's CPU per second for every node's watch at the
+// rate the window's sampled watchers saw: the unit cost times what each
+// node does per second times the nodes.
+func (z watchSize) allNodesCores(w watchWindow, relist bool) float64 {
+	unit, _ := z.unitCPU(w, relist)
+	perNode := w.per(w.sample.events)
+	if relist {
+		perNode = w.per(w.sample.lists)
+	}
+	return unit.Seconds() * perNode * float64(z.nodes)
 }
 
 // runWatchBench measures, per cluster size, the topology watch coild runs
@@ -113,10 +132,11 @@ func runWatchBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 			name string
 			w    watchWindow
 		}{{"re-list", z.relist}, {"incremental", z.incremental}} {
-			per := z.watchersCPUPerChange(w.w)
-			logf("  %d nodes, %s: %d changes in %s; per node %.2f events/s, %s/s, %.2f lists/s; etcd for all nodes' watches %s per change, %.2f cores at the churn rate",
+			relist := w.name == "re-list"
+			unit, _ := z.unitCPU(w.w, relist)
+			logf("  %d nodes, %s: %d changes in %s; per node %.2f events/s, %s/s, %.2f lists/s; etcd %s per unit, %.2f cores for all nodes",
 				n, w.name, w.w.changes, w.w.elapsed.Round(time.Second), w.w.per(w.w.sample.events), fmtBytes(int64(w.w.per(w.w.sample.bytes))),
-				w.w.per(w.w.sample.lists), fmtDur(per), per.Seconds()*z.nominalChanges(o.watchChurn, z.perNode))
+				w.w.per(w.w.sample.lists), fmtDur(unit), z.allNodesCores(w.w, relist))
 		}
 	}
 	return nil
@@ -186,6 +206,23 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 		return z, err
 	}
 
+	sample := min(o.watchSample, nodes)
+	// The other nodes' watches, opened while etcd is idle: opening
+	// thousands of streams while the churn writes takes minutes on a
+	// busy machine, and is the restart's cost, not the one measured here.
+	t0 := time.Now()
+	others := max(min(nodes, o.watchStreams)-sample, 0)
+	stopBare, err := startBareStreams(ctx, etcd, others)
+	if err != nil {
+		return z, fmt.Errorf("open the other nodes' watches: %w", err)
+	}
+	defer func() {
+		if stopBare != nil {
+			stopBare()
+		}
+	}()
+	debugf("  %d nodes' watch streams opened in %s", others, time.Since(t0).Round(time.Millisecond))
+
 	// The churn runs through all windows of the size, at a steady rate.
 	perMin := o.watchChurn / 100 * float64(nodes)
 	z.replaceEvery = time.Duration(float64(time.Minute) / perMin)
@@ -232,6 +269,7 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 		case <-time.After(o.watchWindow):
 		}
 		w.elapsed = time.Since(t0)
+		debugf("  window done: %d replacements started so far, %d done", ch.started.Load(), ch.replaced.Load())
 		w.etcdCPU = cpu.stop().etcdCPU
 		sent1, err := etcdSentBytes(ctx, etcd.Endpoint)
 		if err != nil {
@@ -249,13 +287,26 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 		return w, nil
 	}
 
+	// Now: model.WatchTopology as coild runs it on a sample of nodes,
+	// beside the other nodes' watch streams, so that etcd serves them all
+	// (up to -watch-streams nodes: beyond, this process cannot take in
+	// what etcd sends, and the figures are scaled).
+	if z.incremental, err = runWatchers(ctx, etcd, sample, others, func(wctx context.Context, c *watchCounter, wcli *clientv3.Client) {
+		wcli.KV = &countingWatchKV{KV: wcli.KV, c: c}
+		wcli.Watcher = &countingWatcher{Watcher: wcli.Watcher, c: c}
+		model.New(wcli, scalePrefix).WatchTopology(wctx, wr.settle, 2*time.Second, c.call)
+	}, measure); err != nil {
+		return z, fmt.Errorf("incremental watchers: %w", err)
+	}
+	stopBare()
+	stopBare = nil
+
 	// Baseline: the churn alone.
 	if z.baseline, err = measure(0, 0, nil); err != nil {
 		return z, err
 	}
 	debugf("  baseline: etcd %s CPU, %d changes", z.baseline.etcdCPU, z.baseline.changes)
 
-	sample := min(o.watchSample, nodes)
 	// Before: a sample of watchers re-listing the cluster on every change
 	// (relistTopology, the loop WatchTopology ran before issue 15). Every
 	// node ran one; a sample is all the machine can serve at 5,000 nodes.
@@ -266,24 +317,13 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 	}, measure); err != nil {
 		return z, fmt.Errorf("re-listing watchers: %w", err)
 	}
-
-	// Now: model.WatchTopology as coild runs it, and every other node's
-	// watch streams (the same two prefix watches, from the current
-	// revision) so that etcd serves all nodes.
-	if z.incremental, err = runWatchers(ctx, etcd, sample, nodes-sample, func(wctx context.Context, c *watchCounter, wcli *clientv3.Client) {
-		wcli.KV = &countingWatchKV{KV: wcli.KV, c: c}
-		wcli.Watcher = &countingWatcher{Watcher: wcli.Watcher, c: c}
-		model.New(wcli, scalePrefix).WatchTopology(wctx, wr.settle, 2*time.Second, c.call)
-	}, measure); err != nil {
-		return z, fmt.Errorf("incremental watchers: %w", err)
-	}
 	return z, stop()
 }
 
 // runWatchers starts sampled watchers (each with its own etcd client and
-// counters) and bare watch streams for other more nodes, waits until
-// every watcher has delivered its first topology, measures a window and
-// stops them all.
+// counters), waits until every watcher has delivered its first topology,
+// measures a window (others: the nodes whose bare streams run beside) and
+// stops them.
 func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, watch func(context.Context, *watchCounter, *clientv3.Client),
 	measure func(sampled, streams int, counters []*watchCounter) (watchWindow, error)) (watchWindow, error) {
 	wctx, cancel := context.WithCancel(ctx)
@@ -305,52 +345,6 @@ func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, wat
 			watch(wctx, c, wcli)
 		})
 	}
-	var creating sync.WaitGroup
-	if others > 0 {
-		// Bare streams: 16 connections, each multiplexing its share of
-		// the nodes' watches as one gRPC stream, as etcd's proxy would.
-		const conns = 16
-		for k := range conns {
-			wcli, err := etcd.Client()
-			if err != nil {
-				return watchWindow{}, err
-			}
-			n := others/conns + btoi(k < others%conns)
-			var streams sync.WaitGroup
-			for range n {
-				for _, p := range []string{"blocks/", "nodes/"} {
-					// From the current revision: a watch from a past one
-					// is served by etcd's catch-up loop first, which is
-					// the cost of a restart, not of following changes.
-					ch := wcli.Watch(wctx, scalePrefix+p, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-					creating.Add(1)
-					streams.Go(func() {
-						// Created (its first answer) or ended: either way
-						// the wait for the streams is over for this one.
-						once := sync.OnceFunc(creating.Done)
-						for range ch {
-							once()
-						}
-						once()
-					})
-				}
-			}
-			wg.Go(func() {
-				streams.Wait()
-				wcli.Close()
-			})
-		}
-	}
-	created := make(chan struct{})
-	go func() {
-		creating.Wait()
-		close(created)
-	}()
-	select {
-	case <-created:
-	case <-ctx.Done():
-		return watchWindow{}, ctx.Err()
-	}
 	for _, c := range counters {
 		select {
 		case <-c.first:
@@ -360,14 +354,61 @@ func runWatchers(ctx context.Context, etcd *etcdServer, sampled, others int, wat
 			return watchWindow{}, errors.New("a watcher did not deliver its first topology within 2 minutes")
 		}
 	}
+	debugf("  %d watchers delivered their first topology", sampled)
 	return measure(sampled, sampled+others, counters)
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
+// startBareStreams opens the topology watches of n nodes, each node's two
+// prefix watches on a gRPC stream of its own as each coild has, over 16
+// connections, and waits until etcd has created them all. They only
+// receive (and drop) events: etcd's cost of serving every node. stop
+// closes them.
+func startBareStreams(ctx context.Context, etcd *etcdServer, n int) (stop func(), err error) {
+	wctx, cancel := context.WithCancel(ctx)
+	var wg, creating sync.WaitGroup
+	stop = func() {
+		cancel()
+		wg.Wait()
 	}
-	return 0
+	const conns = 16
+	for k := range min(conns, n) {
+		wcli, err := etcd.Client()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		var streams sync.WaitGroup
+		for i := k; i < n; i += conns {
+			// clientv3 puts watches with the same metadata on one stream.
+			nctx := metadata.AppendToOutgoingContext(wctx, "coil-bench-node", strconv.Itoa(i))
+			for _, p := range []string{"blocks/", "nodes/"} {
+				// From the current revision: a watch from a past one is
+				// served by etcd's catch-up loop first, which is the
+				// cost of a restart, not of following changes.
+				ch := wcli.Watch(nctx, scalePrefix+p, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+				creating.Add(1)
+				streams.Go(func() {
+					// Created (its first answer) or ended: either way the
+					// wait for this stream is over.
+					once := sync.OnceFunc(creating.Done)
+					for range ch {
+						once()
+					}
+					once()
+				})
+			}
+		}
+		wg.Go(func() {
+			streams.Wait()
+			wcli.Close()
+		})
+	}
+	creating.Wait()
+	if ctx.Err() != nil {
+		stop()
+		return nil, ctx.Err()
+	}
+	return stop, nil
 }
 
 // simNodeAddr is the i-th node's address on the simulated L2 segment.
@@ -393,6 +434,7 @@ type churner struct {
 	every time.Duration
 	queue []string // nodes, oldest first; only run touches it
 
+	started  atomic.Int64
 	replaced atomic.Int64
 	changes  atomic.Int64 // block and node records written or deleted
 }
@@ -420,6 +462,7 @@ func (c *churner) run(ctx context.Context) error {
 			return context.Cause(rctx)
 		case slots <- struct{}{}:
 		}
+		c.started.Add(1)
 		join := fmt.Sprintf("join-%05d", joined)
 		leave := c.queue[0]
 		c.queue = append(c.queue[1:], join)
@@ -660,24 +703,26 @@ func (r *results) watchTable() (table, bool) {
 	}
 	t := table{id: "watch", title: fmt.Sprintf("5. Topology watch (--flat-l2) while %.3g%% of the pods are replaced per minute (%d pods per node)", wr.churn, wr.podsPerNode),
 		header: []string{"nodes", "blocks", "watch", "nodes measured", "changes/s", "events/s per node", "bytes/s per node", "lists/s per node",
-			"bytes per node per change", "etcd CPU per change, all nodes' watches", fmt.Sprintf("same, cores at %.3g%%/min", wr.churn), "etcd sent/s (all clients)"}}
+			"bytes per node per change", "etcd CPU (cores, churn incl.)", "etcd CPU per list / per event", "etcd cores for all nodes' watches", "etcd sent/s (all clients)"}}
 	extrapolated := false
 	for _, z := range wr.sizes {
 		for _, w := range []struct {
 			name string
 			w    watchWindow
 		}{{"re-list (before)", z.relist}, {"incremental (now)", z.incremental}} {
-			per := z.watchersCPUPerChange(w.w)
-			cpu := fmtDur(per)
+			relist := w.name == "re-list (before)"
+			unit, _ := z.unitCPU(w.w, relist)
+			cpu := fmtDur(unit)
+			cores := fmt.Sprintf("%.2f", z.allNodesCores(w.w, relist))
 			if w.w.streams < z.nodes {
-				cpu += fmt.Sprintf(" (from %d)", w.w.streams)
+				cores += fmt.Sprintf(" (from %d)", w.w.streams)
 				extrapolated = true
 			}
-			cores := fmt.Sprintf("%.2f", per.Seconds()*z.nominalChanges(wr.churn, z.perNode))
+			window := fmt.Sprintf("%.2f", w.w.etcdCPU.Seconds()/w.w.elapsed.Seconds())
 			t.rows = append(t.rows, []string{fmtCount(int64(z.nodes)), fmtCount(int64(z.blocks)), w.name, fmt.Sprint(w.w.sampled),
 				fmt.Sprintf("%.2f", float64(w.w.changes)/w.w.elapsed.Seconds()), fmt.Sprintf("%.2f", w.w.per(w.w.sample.events)),
 				fmtBytes(int64(w.w.per(w.w.sample.bytes))), fmt.Sprintf("%.2f", w.w.per(w.w.sample.lists)),
-				fmtBytes(int64(w.w.bytesPerChange())), cpu, cores, fmtBytes(int64(float64(w.w.etcdSent) / w.w.elapsed.Seconds()))})
+				fmtBytes(int64(w.w.bytesPerChange())), window, cpu, cores, fmtBytes(int64(float64(w.w.etcdSent) / w.w.elapsed.Seconds()))})
 		}
 	}
 	z := wr.sizes[len(wr.sizes)-1]
@@ -685,15 +730,16 @@ func (r *results) watchTable() (table, bool) {
 		"read them). The churn replaces whole nodes at %.3g%% of the nodes per minute (one every %s at %s nodes), which replaces as many pods: "+
 		"a node joins (its record, then a real ipam.Allocator allocating its %d pods, taking blocks as coild does) and the oldest leaves (its "+
 		"blocks reclaimed with ForceReleaseBlock and its record deleted, as coil-controller does); pods replaced within a node change no block. "+
-		"changes/s: block and node records the churn wrote or deleted. Windows of %s: the churn alone, then with the re-listing watcher (the loop "+
-		"model.WatchTopology ran before, kept in the bench: every change drops the watch and lists every block and node), then with "+
-		"model.WatchTopology as coild runs it (settle %s), the other nodes' watches as bare streams of the same two prefix watches (16 "+
-		"connections). Per node: what the measured watchers received (protobuf bytes of list answers and watch events) and the lists they "+
-		"sent, averaged. etcd CPU per change: the etcd process's CPU in the window minus the churn's own (the first window's per change), per change; "+
-		"cores: that at the nominal rate of %.3g%% of the nodes replaced per minute (%d changes each)",
-		wr.churn, z.replaceEvery.Round(time.Millisecond), fmtCount(int64(z.nodes)), wr.podsPerNode, wr.window, wr.settle, wr.churn, 2+2*z.perNode)
+		"changes/s: block and node records the churn wrote or deleted. Windows of %s: model.WatchTopology as coild runs it (settle %s) on the measured nodes, "+
+		"beside the other nodes' watches as bare streams of the same two prefix watches (a gRPC stream per node, 16 connections); then the "+
+		"churn alone (the largest size's: %.2f etcd cores); then the re-listing watcher (the loop model.WatchTopology ran before, kept in the "+
+		"bench: every change drops the watch and lists every block and node). Per node: what the measured watchers received (protobuf bytes of list answers and watch events) and the lists they "+
+		"sent, averaged. etcd CPU: the etcd process's CPU per second of the window, churn included; per list / per event: "+
+		"the window's CPU minus the churn's own (the churn-only window's per change), per list the re-listing watchers sent, or per event "+
+		"delivered to one node's stream; all nodes' watches: that times the lists or events per node per second times the nodes",
+		wr.churn, z.replaceEvery.Round(time.Millisecond), fmtCount(int64(z.nodes)), wr.podsPerNode, wr.window, wr.settle, z.baseline.etcdCPU.Seconds()/z.baseline.elapsed.Seconds())
 	if extrapolated {
-		t.note += "; \"from k\": measured with k watchers and scaled to every node (every node ran one; the machine cannot serve them all)"
+		t.note += "; \"from k\": measured with k nodes' watches and scaled to every node (every node runs one; this machine cannot run them all beside etcd)"
 	}
 	t.note += ". etcd sent: etcd_network_client_grpc_sent_bytes_total, churn included."
 	return t, true
