@@ -80,7 +80,7 @@ func parseFlags() *options {
 	watchNodes := flag.String("watch-nodes", "1000,5000", "cluster sizes of the topology watch benchmark")
 	flag.IntVar(&o.watchPods, "watch-pods", 110, "pods of every node in the topology watch benchmark")
 	flag.Float64Var(&o.watchChurn, "watch-churn", 1, "percent of the pods replaced per minute in the topology watch benchmark (as whole nodes replaced)")
-	flag.IntVar(&o.watchSample, "watch-sample", 10, "watchers measured one by one per cluster size (the re-listing ones: fewer above 1,000 nodes)")
+	flag.IntVar(&o.watchSample, "watch-sample", 10, "watchers measured one by one per cluster size (fewer above 1,000 nodes: k*1000/nodes, at least 2)")
 	flag.IntVar(&o.watchStreams, "watch-streams", 500, "nodes whose topology watches etcd serves at once in the topology watch benchmark (figures scaled to all nodes beyond)")
 	flag.DurationVar(&o.watchWindow, "watch-window", 10*time.Second, "duration of each measured window of the topology watch benchmark")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
