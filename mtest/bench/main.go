@@ -82,7 +82,7 @@ func parseFlags() *options {
 	flag.Float64Var(&o.watchChurn, "watch-churn", 1, "percent of the pods replaced per minute in the topology watch benchmark (as whole nodes replaced)")
 	flag.IntVar(&o.watchSample, "watch-sample", 10, "watchers measured one by one per cluster size (fewer above 1,000 nodes: k*1000/nodes, at least 2)")
 	flag.IntVar(&o.watchStreams, "watch-streams", 500, "nodes whose topology watches etcd serves at once in the topology watch benchmark (figures scaled to all nodes beyond)")
-	flag.DurationVar(&o.watchWindow, "watch-window", 10*time.Second, "duration of each measured window of the topology watch benchmark")
+	flag.DurationVar(&o.watchWindow, "watch-window", 12*time.Second, "duration of each measured window of the topology watch benchmark")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
 	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1)")
 	flag.BoolVar(&o.verbose, "v", false, "log progress details")
