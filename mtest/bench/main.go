@@ -51,6 +51,13 @@ type options struct {
 	startupNodes  []int
 	startupPods   int
 	startupSample int
+
+	watchNodes   []int
+	watchPods    int
+	watchChurn   float64
+	watchSample  int
+	watchWindow  time.Duration
+	watchStreams int
 }
 
 func parseFlags() *options {
@@ -58,7 +65,7 @@ func parseFlags() *options {
 	flag.BoolVar(&o.quick, "quick", false, "sanity run with small counts; prints results, writes docs only if -write-docs is given")
 	flag.BoolVar(&o.writeDocs, "write-docs", true, "write docs/benchmarks.md and docs/benchmarks-throughput.svg")
 	flag.StringVar(&o.docsDir, "docs", "", "directory of the docs to write (default: docs/ of the module root)")
-	flag.StringVar(&o.parts, "parts", "alloc,cni,scale,startup", "comma-separated parts to run: alloc, cni, scale, startup")
+	flag.StringVar(&o.parts, "parts", "alloc,cni,scale,startup,watch", "comma-separated parts to run: alloc, cni, scale, startup, watch")
 	flag.DurationVar(&o.phase, "phase", 3*time.Second, "duration of each allocation throughput phase")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds per concurrency level, alternating raw etcd and coild")
 	clients := flag.String("clients", "1,2,4,8,16", "concurrency levels of the allocation benchmark")
@@ -79,6 +86,12 @@ func parseFlags() *options {
 	startupNodes := flag.String("startup-nodes", "1000,5000", "cluster sizes of the node start-up benchmark")
 	flag.IntVar(&o.startupPods, "startup-pods", 110, "pods of every node in the start-up benchmark")
 	flag.IntVar(&o.startupSample, "startup-sample", 200, "nodes started, one after the other, per cluster size")
+	watchNodes := flag.String("watch-nodes", "1000,5000", "cluster sizes of the topology watch benchmark")
+	flag.IntVar(&o.watchPods, "watch-pods", 110, "pods of every node in the topology watch benchmark")
+	flag.Float64Var(&o.watchChurn, "watch-churn", 1, "percent of the pods replaced per minute in the topology watch benchmark (as whole nodes replaced)")
+	flag.IntVar(&o.watchSample, "watch-sample", 10, "watchers measured one by one per cluster size (fewer above 1,000 nodes: k*1000/nodes, at least 2)")
+	flag.IntVar(&o.watchStreams, "watch-streams", 500, "nodes whose topology watches etcd serves at once in the topology watch benchmark (figures scaled to all nodes beyond)")
+	flag.DurationVar(&o.watchWindow, "watch-window", 12*time.Second, "duration of each measured window of the topology watch benchmark")
 	flag.StringVar(&o.etcdBin, "etcd", "", "etcd binary (default $ETCD_BIN_DIR/etcd, else ~/.cache/coil/etcd-v3.6.16/etcd)")
 	flag.StringVar(&o.cniBin, "cni-bin", "", "directory with cnitool, ptp and host-local (default $CNI_BIN_DIR, else ~/.cache/coil/cni-v1.3.1-plugins-v1.9.1-static)")
 	flag.BoolVar(&o.verbose, "v", false, "log progress details")
@@ -112,6 +125,13 @@ func parseFlags() *options {
 		}
 		o.startupNodes = append(o.startupNodes, n)
 	}
+	for _, s := range strings.Split(*watchNodes, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
+			fatalf("-watch-nodes: bad size %q", s)
+		}
+		o.watchNodes = append(o.watchNodes, n)
+	}
 	if o.quick {
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -131,6 +151,12 @@ func parseFlags() *options {
 		def("scale-parallel", func() { o.scalePar = 8 })
 		def("startup-nodes", func() { o.startupNodes = []int{100, 500} })
 		def("startup-sample", func() { o.startupSample = 20 })
+		// Small clusters change rarely at 1%/min: churn faster so the
+		// short windows see changes at all.
+		def("watch-nodes", func() { o.watchNodes = []int{200, 1000} })
+		def("watch-churn", func() { o.watchChurn = 10 })
+		def("watch-sample", func() { o.watchSample = 5 })
+		def("watch-window", func() { o.watchWindow = 4 * time.Second })
 		if !o.docsForced {
 			o.writeDocs = false
 		}
@@ -257,6 +283,11 @@ func run(ctx context.Context, o *options) (err error) {
 	if o.has("startup") {
 		if err := runStartupBench(ctx, o, tmp, cl, res); err != nil {
 			return fmt.Errorf("start-up benchmark: %w", err)
+		}
+	}
+	if o.has("watch") {
+		if err := runWatchBench(ctx, o, tmp, cl, res); err != nil {
+			return fmt.Errorf("topology watch benchmark: %w", err)
 		}
 	}
 	res.finished = time.Now()

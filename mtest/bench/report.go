@@ -22,6 +22,7 @@ type results struct {
 	cni               *cniResults
 	scale             *scaleResults
 	startup           *startupResults
+	watch             *watchResults
 	load              *machineLoad
 }
 
@@ -293,6 +294,7 @@ func (r *results) verdicts() []verdict {
 		}
 		vs = append(vs, v)
 	}
+	vs = append(vs, r.watchVerdicts()...)
 	for i := range vs {
 		if vs[i].outcome == "" {
 			if vs[i].goal == "" {
@@ -424,6 +426,9 @@ func (r *results) tables() []table {
 			"spread over the cluster start one after the other as coild does (node record, then ipam.Allocator.Restore: revision, the node's "+
 			"index and its block keys, the addresses of each block). Before the index: the same nodes finding their blocks as the restore "+
 			"did before (node record, revision, every block of the cluster listed, then the addresses of the node's blocks).", st.sample)
+		ts = append(ts, t)
+	}
+	if t, ok := r.watchTable(); ok {
 		ts = append(ts, t)
 	}
 	if vs := r.verdicts(); len(vs) > 0 {
