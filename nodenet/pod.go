@@ -90,6 +90,11 @@ type PodConfig struct {
 }
 
 func (c PodConfig) validate() error {
+	return c.check(true)
+}
+
+// check validates the configuration, its addresses too if withAddresses.
+func (c PodConfig) check(withAddresses bool) error {
 	var problems []string
 	if c.NetNSPath == "" {
 		problems = append(problems, "netns path is empty")
@@ -100,7 +105,7 @@ func (c PodConfig) validate() error {
 	if c.HostVethName == "" || len(c.HostVethName) > maxIfNameLen {
 		problems = append(problems, fmt.Sprintf("host veth name %q must be 1-%d characters", c.HostVethName, maxIfNameLen))
 	}
-	if !c.IPv4.IsValid() && !c.IPv6.IsValid() {
+	if withAddresses && !c.IPv4.IsValid() && !c.IPv6.IsValid() {
 		problems = append(problems, "no address given")
 	}
 	if c.IPv4.IsValid() && !c.IPv4.Unmap().Is4() {
@@ -161,62 +166,122 @@ func SetupPod(cfg PodConfig) (PodLinks, error) {
 	if err := cfg.validate(); err != nil {
 		return PodLinks{}, err
 	}
+	p, err := CreatePodLinks(cfg)
+	if err != nil {
+		return PodLinks{}, err
+	}
+	return p.Finish(cfg.IPv4, cfg.IPv6)
+}
+
+// PendingPod is a pod's veth pair created before its addresses are known,
+// so that a CNI ADD can build the links while coild allocates the
+// addresses (an etcd write) instead of after. Exactly one of Finish and
+// Abandon must follow.
+type PendingPod struct {
+	cfg   PodConfig
+	podNS ns.NetNS
+	host  Link
+}
+
+// CreatePodLinks does the first half of SetupPod, which needs no address:
+// it replaces a leftover host link of the same name, creates the veth pair
+// with its peer in the pod netns, and brings the host side up. cfg's
+// addresses are ignored. On failure nothing it created is left.
+func CreatePodLinks(cfg PodConfig) (*PendingPod, error) {
+	if err := cfg.check(false); err != nil {
+		return nil, err
+	}
 	podNS, err := ns.GetNS(cfg.NetNSPath)
 	if err != nil {
-		return PodLinks{}, fmt.Errorf("open pod netns %q: %w", cfg.NetNSPath, err)
+		return nil, fmt.Errorf("open pod netns %q: %w", cfg.NetNSPath, err)
 	}
-	defer podNS.Close()
+	p := &PendingPod{cfg: cfg, podNS: podNS}
+	if err := p.create(); err != nil {
+		podNS.Close()
+		return nil, err
+	}
+	return p, nil
+}
 
+func (p *PendingPod) create() error {
+	cfg := p.cfg
 	if err := DeleteLink(cfg.HostVethName); err != nil {
-		return PodLinks{}, fmt.Errorf("remove leftover host link: %w", err)
+		return fmt.Errorf("remove leftover host link: %w", err)
 	}
-
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: cfg.HostVethName, MTU: cfg.MTU},
 		PeerName:      cfg.IfName,
-		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+		PeerNamespace: netlink.NsFd(int(p.podNS.Fd())),
 		PeerMTU:       uint32(cfg.MTU),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			return PodLinks{}, fmt.Errorf("create veth %q with peer %q in %q: %w: %w",
+			return fmt.Errorf("create veth %q with peer %q in %q: %w: %w",
 				cfg.HostVethName, cfg.IfName, cfg.NetNSPath, ErrInterfaceExists, err)
 		}
-		return PodLinks{}, fmt.Errorf("create veth %q with peer %q in %q: %w",
+		return fmt.Errorf("create veth %q with peer %q in %q: %w",
 			cfg.HostVethName, cfg.IfName, cfg.NetNSPath, err)
 	}
-
-	links, err := configurePod(cfg, podNS)
-	if err != nil {
-		// Deleting one end of a veth deletes the other end and every
-		// address and route on either, so this undoes all of the above.
-		if delErr := DeleteLink(cfg.HostVethName); delErr != nil {
-			err = errors.Join(err, fmt.Errorf("roll back: %w", delErr))
+	err := func() error {
+		host, err := netlink.LinkByName(cfg.HostVethName)
+		if err != nil {
+			return fmt.Errorf("find host veth %q: %w", cfg.HostVethName, err)
 		}
-		return PodLinks{}, err
+		if err := disableDAD(cfg.HostVethName); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(host); err != nil {
+			return fmt.Errorf("set host veth %q up: %w", cfg.HostVethName, err)
+		}
+		p.host = Link{Name: cfg.HostVethName, MAC: host.Attrs().HardwareAddr, Index: host.Attrs().Index}
+		return nil
+	}()
+	if err != nil {
+		return p.undo(err)
+	}
+	return nil
+}
+
+// undo deletes the pair after err, reporting both failures if that fails
+// too. Deleting one end of a veth deletes the other end and every address
+// and route on either, so this undoes all of SetupPod.
+func (p *PendingPod) undo(err error) error {
+	if delErr := DeleteLink(p.cfg.HostVethName); delErr != nil {
+		err = errors.Join(err, fmt.Errorf("roll back: %w", delErr))
+	}
+	return err
+}
+
+// Finish configures the pair with the pod's addresses, as SetupPod does,
+// and returns both ends. On failure it deletes the pair.
+func (p *PendingPod) Finish(ipv4, ipv6 netip.Addr) (PodLinks, error) {
+	defer p.podNS.Close()
+	cfg := p.cfg
+	cfg.IPv4, cfg.IPv6 = ipv4, ipv6
+	if err := cfg.validate(); err != nil {
+		return PodLinks{}, p.undo(err)
+	}
+	links, err := configurePod(cfg, p.podNS, p.host)
+	if err != nil {
+		return PodLinks{}, p.undo(err)
 	}
 	return links, nil
 }
 
-// configurePod configures both ends of a freshly created veth pair.
-func configurePod(cfg PodConfig, podNS ns.NetNS) (PodLinks, error) {
-	host, err := netlink.LinkByName(cfg.HostVethName)
-	if err != nil {
-		return PodLinks{}, fmt.Errorf("find host veth %q: %w", cfg.HostVethName, err)
+// Abandon deletes the pair, when the pod gets no address after all.
+func (p *PendingPod) Abandon() error {
+	defer p.podNS.Close()
+	if err := DeleteLink(p.cfg.HostVethName); err != nil {
+		return fmt.Errorf("abandon links of pod netns %q: %w", p.cfg.NetNSPath, err)
 	}
-	if err := disableDAD(cfg.HostVethName); err != nil {
-		return PodLinks{}, err
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return PodLinks{}, fmt.Errorf("set host veth %q up: %w", cfg.HostVethName, err)
-	}
-	links := PodLinks{Host: Link{
-		Name:  cfg.HostVethName,
-		MAC:   host.Attrs().HardwareAddr,
-		Index: host.Attrs().Index,
-	}}
+	return nil
+}
 
-	err = podNS.Do(func(ns.NetNS) error {
+// configurePod configures the pod side of a fresh veth pair whose host
+// side host is up, then adds the host routes.
+func configurePod(cfg PodConfig, podNS ns.NetNS, host Link) (PodLinks, error) {
+	links := PodLinks{Host: host}
+	err := podNS.Do(func(ns.NetNS) error {
 		c, err := configurePodSide(cfg, links.Host.MAC)
 		links.Container = c
 		return err
@@ -231,7 +296,7 @@ func configurePod(cfg PodConfig, podNS ns.NetNS) (PodLinks, error) {
 		if !a.IsValid() {
 			continue
 		}
-		r := hostRoute(host.Attrs().Index, a)
+		r := hostRoute(host.Index, a)
 		if err := netlink.RouteReplace(r); err != nil {
 			return PodLinks{}, fmt.Errorf("add host route %s dev %s: %w", r.Dst, cfg.HostVethName, err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/nodenet"
@@ -78,14 +79,48 @@ func CmdAdd(args *skel.CmdArgs) error {
 	}
 	defer cancel()
 
-	mtu := c.conf.MTU
-	if mtu == 0 {
-		if mtu, err = nodenet.UplinkMTU(); err != nil {
-			return internalError("detect uplink MTU", err)
-		}
-	}
-
 	att := attachment(args)
+	cfg := nodenet.PodConfig{
+		NetNSPath:    args.Netns,
+		IfName:       args.IfName,
+		HostVethName: hostVethName(pod, args),
+		Secondary:    secondary(args),
+		MTU:          c.conf.MTU,
+	}
+	// The links need no address: they are built while coild allocates
+	// (an etcd write), and get their addresses after. The goroutine is
+	// always waited for below, whatever the allocation's outcome.
+	type created struct {
+		pod *nodenet.PendingPod
+		err error
+	}
+	// A goroutine may run on a thread in another network namespace than
+	// this one's (a runtime that set the namespace on its thread only):
+	// it works in the caller's, by its handle.
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		return internalError("open the node's network namespace", err)
+	}
+	defer hostNS.Close()
+	linksDone := make(chan created, 1)
+	go func() {
+		var made created
+		made.err = hostNS.Do(func(ns.NetNS) error {
+			lc := cfg
+			if lc.MTU == 0 {
+				mtu, err := nodenet.UplinkMTU()
+				if err != nil {
+					return fmt.Errorf("detect uplink MTU: %w", err)
+				}
+				lc.MTU = mtu
+			}
+			var err error
+			made.pod, err = nodenet.CreatePodLinks(lc)
+			return err
+		})
+		linksDone <- made
+	}()
+
 	where := fmt.Sprintf("allocate address for pod %s (container %s, %s) from coild at %s",
 		pod, att.ContainerID, att.Interface, c.conf.Coild)
 	resp, err := c.client.Allocate(ctx, api.AllocRequest{
@@ -97,26 +132,28 @@ func CmdAdd(args *skel.CmdArgs) error {
 		NetNS:        args.Netns,
 		Network:      c.conf.Name,
 	})
+	made := <-linksDone
 	if err != nil {
+		if made.pod != nil {
+			// Ours, just made: nothing else can hold this pod's links.
+			_ = made.pod.Abandon()
+		}
 		return coildError(where, err)
 	}
-
-	cfg := nodenet.PodConfig{
-		NetNSPath:    args.Netns,
-		IfName:       args.IfName,
-		HostVethName: hostVethName(pod, args),
-		Secondary:    secondary(args),
-		MTU:          mtu,
+	if made.err != nil {
+		return c.rollback(args, pod, cfg, false,
+			internalError(fmt.Sprintf("set up network of pod %s in %s", pod, args.Netns), made.err))
 	}
 	cfg.IPv4, cfg.IPv6, err = splitAddresses(resp)
 	if err != nil {
+		_ = made.pod.Abandon()
 		return c.rollback(args, pod, cfg, false, types.NewError(types.ErrInternal,
 			fmt.Sprintf("coil: coild at %s returned unusable addresses for pod %s: %v", c.conf.Coild, pod, err), ""))
 	}
-	// SetupPod removes what it made when it fails, and must be the only
-	// one to: the pod's interface name may be held by a link that is not
-	// ours, which a teardown here would delete.
-	links, err := nodenet.SetupPod(cfg)
+	// Finish removes what CreatePodLinks made when it fails, and must be
+	// the only one to: the pod's interface name may be held by a link
+	// that is not ours, which a teardown here would delete.
+	links, err := made.pod.Finish(cfg.IPv4, cfg.IPv6)
 	if err != nil {
 		return c.rollback(args, pod, cfg, false,
 			internalError(fmt.Sprintf("set up network of pod %s in %s", pod, args.Netns), err))

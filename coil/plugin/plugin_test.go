@@ -396,6 +396,19 @@ func TestAddErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.Contains(err.Error(), "ns1/web-0") {
 				t.Errorf("message %q lacks %q or the pod", err, tt.wantMsg)
 			}
+			// The links built while coild allocated are gone again.
+			inNS(t, host, func() error {
+				if _, err := netlink.LinkByName(nodenet.HostVethName("ns1", "web-0")); err == nil {
+					t.Error("host veth left after a failed allocation")
+				}
+				return nil
+			})
+			inNS(t, pod, func() error {
+				if _, err := netlink.LinkByName("eth0"); err == nil {
+					t.Error("pod interface left after a failed allocation")
+				}
+				return nil
+			})
 		})
 	}
 }
