@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -15,9 +12,7 @@ import (
 
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/ipam"
-	"github.com/coil-project/coil/coild/server"
 	"github.com/coil-project/coil/model"
-	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -82,38 +77,16 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 
 	// coild: the real REST handler over a real allocator and store.
 	kv := newCountingKV(cli.KV, allocPrefix)
-	st := model.NewWithKV(kv, allocPrefix)
-	if err := st.Init(ctx); err != nil {
-		return err
-	}
 	// Room for 16 clients at twice the first measurement's raw rate.
 	ar.poolSubnet = poolSubnetFor(int(2*refRaw16*o.phase.Seconds())*o.rounds+1<<16, "10.64.0.0")
-	sub, err := model.ParseSubnet(ar.poolSubnet, "")
+	alloc, err := benchAllocator(ctx, kv, allocPrefix, ar.poolSubnet, o.blockBits)
 	if err != nil {
 		return err
 	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}); err != nil {
-		return err
-	}
-	alloc := ipam.New(st, "bench-node", nil)
-	if err := alloc.Restore(ctx); err != nil {
-		return err
-	}
-	srv := server.New(server.Config{
-		Allocator:      alloc,
-		Selector:       fixedPool{},
-		RequestTimeout: 10 * time.Second,
-		Registry:       prometheus.NewRegistry(),
-		Logger:         slog.New(slog.DiscardHandler),
-	})
 	sock := filepath.Join(tmp, "coild-alloc.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
+	if err := serveREST(alloc, sock, cl); err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
-	cl.add("stop REST server", func() error { return hs.Close() })
 
 	// For each concurrency level, rounds of raw etcd then coild, so that
 	// drift of the disk or the machine weighs on both alike.
@@ -226,6 +199,28 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 // allocating n addresses (free ones of owned blocks first, new blocks for
 // the rest) and releasing them. What it costs in etcd requests is the cost
 // of allocating with block acquisitions, kept in ar.
+// benchAllocator returns the allocator of the bench's one coild node,
+// restored over a fresh store under prefix (through kv, which counts its
+// requests) holding one pool of subnet.
+func benchAllocator(ctx context.Context, kv *countingKV, prefix, subnet string, blockBits int) (*ipam.Allocator, error) {
+	st := model.NewWithKV(kv, prefix)
+	if err := st.Init(ctx); err != nil {
+		return nil, err
+	}
+	sub, err := model.ParseSubnet(subnet, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: blockBits, Subnets: []model.Subnet{sub}}); err != nil {
+		return nil, err
+	}
+	alloc := ipam.New(st, "bench-node", nil)
+	if err := alloc.Restore(ctx); err != nil {
+		return nil, err
+	}
+	return alloc, nil
+}
+
 func ensureBlocks(ctx context.Context, alloc *ipam.Allocator, kv *countingKV, n int, ar *allocResults) error {
 	blocks, _ := alloc.Usage()
 	if blocks*ar.blockSize >= n {

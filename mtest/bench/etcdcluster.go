@@ -26,7 +26,6 @@ import (
 	"github.com/coil-project/coil/coild/api"
 	"github.com/coil-project/coil/coild/ipam"
 	"github.com/coil-project/coil/coild/server"
-	"github.com/coil-project/coil/model"
 )
 
 // The cluster's private network: a bridge in a fabric namespace and one
@@ -406,19 +405,8 @@ func runAllocClusterBench(ctx context.Context, o *options, tmp string, cl *clean
 	}
 
 	kv := newCountingKV(cli.KV, clusterPrefix)
-	st := model.NewWithKV(kv, clusterPrefix)
-	if err := st.Init(ctx); err != nil {
-		return err
-	}
-	sub, err := model.ParseSubnet(poolSubnetFor(int(2*refRaw16*o.clusterPhase.Seconds())*o.rounds+1<<16, "10.64.0.0"), "")
+	alloc, err := benchAllocator(ctx, kv, clusterPrefix, poolSubnetFor(int(2*refRaw16*o.clusterPhase.Seconds())*o.rounds+1<<16, "10.64.0.0"), o.blockBits)
 	if err != nil {
-		return err
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}); err != nil {
-		return err
-	}
-	alloc := ipam.New(st, "bench-node", nil)
-	if err := alloc.Restore(ctx); err != nil {
 		return err
 	}
 	sock := filepath.Join(tmp, "coild-cluster.sock")
