@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -89,6 +90,12 @@ func TestAddressNotReusedBeforeOldLinkGone(t *testing.T) {
 			n.Del(p)
 		}
 		testenv.Eventually(t, 10*time.Second, "every veth to go", func() bool { return len(n.HostVeths()) == 0 })
+		// An address is freed once the deletion that took its veth has
+		// returned, a moment after the veth is no longer listed (the
+		// kernel lists it no more before it has finished with it).
+		testenv.Eventually(t, 10*time.Second, "every address to be free", func() bool {
+			return strings.Contains(n.Metrics(), `coild_addresses_free{pool="default"} 4`)
+		})
 	}
 }
 
