@@ -204,14 +204,7 @@ func runAllocBench(ctx context.Context, o *options, tmp string, cl *cleanups, re
 // requests) holding one pool of subnet.
 func benchAllocator(ctx context.Context, kv *countingKV, prefix, subnet string, blockBits int) (*ipam.Allocator, error) {
 	st := model.NewWithKV(kv, prefix)
-	if err := st.Init(ctx); err != nil {
-		return nil, err
-	}
-	sub, err := model.ParseSubnet(subnet, "")
-	if err != nil {
-		return nil, err
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: blockBits, Subnets: []model.Subnet{sub}}); err != nil {
+	if _, err := initPool(ctx, st, subnet, blockBits); err != nil {
 		return nil, err
 	}
 	alloc := ipam.New(st, "bench-node", nil)
@@ -219,6 +212,23 @@ func benchAllocator(ctx context.Context, kv *countingKV, prefix, subnet string, 
 		return nil, err
 	}
 	return alloc, nil
+}
+
+// initPool initialises a fresh store and creates the bench's one pool,
+// "default", over subnet with blocks of blockBits.
+func initPool(ctx context.Context, st *model.Store, subnet string, blockBits int) (model.Pool, error) {
+	if err := st.Init(ctx); err != nil {
+		return model.Pool{}, err
+	}
+	sub, err := model.ParseSubnet(subnet, "")
+	if err != nil {
+		return model.Pool{}, fmt.Errorf("bench pool subnet %q: %w", subnet, err)
+	}
+	pool := model.Pool{Name: "default", BlockSizeBits: blockBits, Subnets: []model.Subnet{sub}}
+	if err := st.CreatePool(ctx, pool); err != nil {
+		return model.Pool{}, err
+	}
+	return pool, nil
 }
 
 func ensureBlocks(ctx context.Context, alloc *ipam.Allocator, kv *countingKV, n int, ar *allocResults) error {

@@ -92,11 +92,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	}
 	defer cli.Close()
 	st := model.New(cli, etcdconfig.DefaultPrefix)
-	if err := st.Init(ctx); err != nil {
-		return err
-	}
-	sub, _ := model.ParseSubnet(coilPool, "")
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}); err != nil {
+	if _, err := initPool(ctx, st, coilPool, o.blockBits); err != nil {
 		return err
 	}
 

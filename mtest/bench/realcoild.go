@@ -95,11 +95,7 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 	}
 
 	st := model.New(cli, realPrefix)
-	if err := st.Init(ctx); err != nil {
-		return err
-	}
-	sub, _ := model.ParseSubnet(realPool, "")
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 5, Subnets: []model.Subnet{sub}}); err != nil {
+	if _, err := initPool(ctx, st, realPool, 5); err != nil {
 		return err
 	}
 

@@ -79,20 +79,13 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	defer cli.Close()
 	kv := newCountingKV(cli.KV, scalePrefix)
 	st := model.NewWithKV(kv, scalePrefix)
-	if err := st.Init(ctx); err != nil {
-		return nil, err
-	}
 	r := &scaleRun{nodes: z.nodes, podsPerNode: z.pods}
 	perNodeBlocks := (z.pods + sr.blockSize - 1) / sr.blockSize
 	r.minBlocks = perNodeBlocks * z.nodes
 	// Room for four times the blocks the pods need: a realistic fill
 	// level, where nodes starting at random spots rarely meet.
 	r.poolSubnet = poolSubnetFor(r.minBlocks*sr.blockSize*4, "10.64.0.0")
-	sub, err := model.ParseSubnet(r.poolSubnet, "")
-	if err != nil {
-		return nil, err
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}); err != nil {
+	if _, err := initPool(ctx, st, r.poolSubnet, o.blockBits); err != nil {
 		return nil, err
 	}
 

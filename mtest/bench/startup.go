@@ -70,18 +70,10 @@ func startupAt(ctx context.Context, o *options, tmp string, cl *cleanups, nodes 
 	defer cli.Close()
 	kv := newCountingKV(cli.KV, scalePrefix)
 	st := model.NewWithKV(kv, scalePrefix)
-	if err := st.Init(ctx); err != nil {
-		return sz, err
-	}
 	blockSize := 1 << o.blockBits
 	perNode := (o.startupPods + blockSize - 1) / blockSize
-	subnet := poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0")
-	sub, err := model.ParseSubnet(subnet, "")
+	pool, err := initPool(ctx, st, poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0"), o.blockBits)
 	if err != nil {
-		return sz, err
-	}
-	pool := model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}
-	if err := st.CreatePool(ctx, pool); err != nil {
 		return sz, err
 	}
 	names := make([]string, nodes)

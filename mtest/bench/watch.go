@@ -155,18 +155,11 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 	}
 	defer cli.Close()
 	st := model.New(cli, scalePrefix)
-	if err := st.Init(ctx); err != nil {
-		return z, err
-	}
 	blockSize := 1 << o.blockBits
 	perNode := (o.watchPods + blockSize - 1) / blockSize
 	z.perNode = perNode
-	sub, err := model.ParseSubnet(poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0"), "")
+	pool, err := initPool(ctx, st, poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0"), o.blockBits)
 	if err != nil {
-		return z, err
-	}
-	pool := model.Pool{Name: "default", BlockSizeBits: o.blockBits, Subnets: []model.Subnet{sub}}
-	if err := st.CreatePool(ctx, pool); err != nil {
 		return z, err
 	}
 
