@@ -3,7 +3,6 @@ package nodenet
 import (
 	"fmt"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -28,49 +27,26 @@ const DoomedLinkGroup = 0x636f696c
 // elsewhere), it deletes the pod side itself as TeardownPod does. A pod
 // netns or link already gone is success with nothing moved.
 func DoomPodLinks(netnsPath, ifName, hostVethName string) (bool, error) {
-	if netnsPath == "" || ifName == "" {
-		return false, nil
+	peerIndex, err := podVethPeer(netnsPath, ifName, false)
+	if err != nil || peerIndex == 0 {
+		// Gone already, or not made by Coil: leave it to whoever made it.
+		return false, err
 	}
-	peerIndex, isVeth := 0, false
-	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		link, err := netlink.LinkByName(ifName)
-		if err != nil {
-			if isLinkNotFound(err) {
-				return nil
-			}
-			return fmt.Errorf("find %q: %w", ifName, err)
-		}
-		isVeth = link.Type() == linkTypeVeth
-		peerIndex = link.Attrs().ParentIndex
-		return nil
-	})
+	host, err := hostPeer(hostVethName, peerIndex)
 	if err != nil {
-		if netnsGone(err) {
+		return false, err
+	}
+	if host == nil || host.Type() != linkTypeVeth {
+		// No host peer of that name here: delete the pod side the slow way.
+		return false, TeardownPod(netnsPath, ifName, "")
+	}
+	if err := netlink.LinkSetGroup(host, DoomedLinkGroup); err != nil {
+		if isLinkNotFound(err) {
 			return false, nil
 		}
-		return false, fmt.Errorf("look up %q in pod netns %q: %w", ifName, netnsPath, err)
+		return false, fmt.Errorf("mark host veth %q for deletion: %w", hostVethName, err)
 	}
-	if !isVeth {
-		// Gone already, or not made by Coil: leave it to whoever made it.
-		return false, nil
-	}
-	if peerIndex > 0 && hostVethName != "" {
-		host, err := netlink.LinkByName(hostVethName)
-		if err != nil && !isLinkNotFound(err) {
-			return false, fmt.Errorf("find host veth %q: %w", hostVethName, err)
-		}
-		if err == nil && host.Attrs().Index == peerIndex && host.Type() == linkTypeVeth {
-			if err := netlink.LinkSetGroup(host, DoomedLinkGroup); err != nil {
-				if isLinkNotFound(err) {
-					return false, nil
-				}
-				return false, fmt.Errorf("mark host veth %q for deletion: %w", hostVethName, err)
-			}
-			return true, nil
-		}
-	}
-	// No host peer of that name here: delete the pod side the slow way.
-	return false, TeardownPod(netnsPath, ifName, "")
+	return true, nil
 }
 
 // DoomHostLink moves the host link of the given index into DoomedLinkGroup

@@ -416,8 +416,29 @@ func addGateway(linkIndex int, gw netip.Addr, hostMAC net.HardwareAddr, withRout
 // that name can only be the veth of a newer sandbox of the same pod, and a
 // late DEL must not cut that one off.
 func TeardownPod(netnsPath, ifName, hostVethName string) error {
+	peerIndex, err := podVethPeer(netnsPath, ifName, true)
+	if err != nil {
+		return err
+	}
+	// The kernel deletes the peer with the pod side; this only catches a
+	// host link that somehow outlived it while still being that peer.
+	host, err := hostPeer(hostVethName, peerIndex)
+	if err != nil || host == nil {
+		return err
+	}
+	if err := DeleteLink(hostVethName); err != nil {
+		return fmt.Errorf("teardown host side: %w", err)
+	}
+	return nil
+}
+
+// podVethPeer finds the pod's interface ifName in its netns and, if it is
+// a veth, returns its peer's index (in the peer's namespace), deleting it
+// first if del. An interface that is not a veth is not Coil's: 0, left
+// alone. So is a netns or interface already gone.
+func podVethPeer(netnsPath, ifName string, del bool) (int, error) {
 	if netnsPath == "" || ifName == "" {
-		return nil
+		return 0, nil
 	}
 	peerIndex := 0
 	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
@@ -429,36 +450,40 @@ func TeardownPod(netnsPath, ifName, hostVethName string) error {
 			return fmt.Errorf("find %q: %w", ifName, err)
 		}
 		if link.Type() != linkTypeVeth {
-			// Not made by Coil: leave it to whoever made it.
 			return nil
 		}
 		peerIndex = link.Attrs().ParentIndex
-		if err := netlink.LinkDel(link); err != nil && !isLinkNotFound(err) {
-			return fmt.Errorf("delete %q: %w", ifName, err)
+		if del {
+			if err := netlink.LinkDel(link); err != nil && !isLinkNotFound(err) {
+				return fmt.Errorf("delete %q: %w", ifName, err)
+			}
 		}
 		return nil
 	})
 	if err != nil && !netnsGone(err) {
-		return fmt.Errorf("teardown %q in pod netns %q: %w", ifName, netnsPath, err)
+		return 0, fmt.Errorf("teardown %q in pod netns %q: %w", ifName, netnsPath, err)
 	}
+	return peerIndex, nil
+}
+
+// hostPeer returns the link of the current netns named hostVethName if it
+// is the peer of index peerIndex, nil if there is none: a link of that
+// name is never trusted by its name alone (see TeardownPod).
+func hostPeer(hostVethName string, peerIndex int) (netlink.Link, error) {
 	if peerIndex == 0 || hostVethName == "" {
-		return nil
+		return nil, nil
 	}
-	// The kernel deletes the peer with the pod side; this only catches a
-	// host link that somehow outlived it while still being that peer.
 	host, err := netlink.LinkByName(hostVethName)
 	if err != nil {
 		if isLinkNotFound(err) {
-			return nil
+			return nil, nil
 		}
-		return fmt.Errorf("find host veth %q: %w", hostVethName, err)
+		return nil, fmt.Errorf("find host veth %q: %w", hostVethName, err)
 	}
-	if host.Attrs().Index == peerIndex {
-		if err := DeleteLink(hostVethName); err != nil {
-			return fmt.Errorf("teardown host side: %w", err)
-		}
+	if host.Attrs().Index != peerIndex {
+		return nil, nil
 	}
-	return nil
+	return host, nil
 }
 
 // netnsGone reports whether err says the network namespace no longer exists.
