@@ -159,17 +159,20 @@ func CmdAdd(args *skel.CmdArgs) error {
 			internalError(fmt.Sprintf("set up network of pod %s in %s", pod, args.Netns), err))
 	}
 	// Egress tunnels go in before ADD returns, so that the pod's first
-	// packet to an egress destination already takes the gateway; a pod
-	// that uses no egress costs coild a cache look-up.
-	if _, err := c.client.SetupEgress(ctx, api.EgressRequest{
-		PodNamespace: pod.Namespace,
-		PodName:      pod.Name,
-		ContainerID:  att.ContainerID,
-		Interface:    att.Interface,
-		NetNS:        args.Netns,
-	}); err != nil {
-		return c.rollback(args, pod, cfg, true,
-			coildError(fmt.Sprintf("set up egress of pod %s at coild %s", pod, c.conf.Coild), err))
+	// packet to an egress destination already takes the gateway. coild
+	// says in its allocation when there is nothing to set up (no egress
+	// exists, or the pod it knows uses none), sparing a round trip.
+	if !resp.SkipEgress {
+		if _, err := c.client.SetupEgress(ctx, api.EgressRequest{
+			PodNamespace: pod.Namespace,
+			PodName:      pod.Name,
+			ContainerID:  att.ContainerID,
+			Interface:    att.Interface,
+			NetNS:        args.Netns,
+		}); err != nil {
+			return c.rollback(args, pod, cfg, true,
+				coildError(fmt.Sprintf("set up egress of pod %s at coild %s", pod, c.conf.Coild), err))
+		}
 	}
 	if err := types.PrintResult(buildResult(links, cfg.IPv4, cfg.IPv6, cfg.Secondary), c.conf.CNIVersion); err != nil {
 		return c.rollback(args, pod, cfg, true, internalError("print result", err))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -306,6 +307,36 @@ func TestAddRollback(t *testing.T) {
 		_, err := netlink.LinkByName("eth0")
 		return err
 	})
+}
+
+// TestAddSkipsEgressOnlyWhenCoildSaysSo: ADD sends POST /egress unless
+// coild's allocation answer says there is nothing to set up, and the pod
+// is wired up the same either way.
+func TestAddSkipsEgressOnlyWhenCoildSaysSo(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skip-egress=%v", skip), func(t *testing.T) {
+			host := newHost(t)
+			pod := newTestNS(t)
+			coild := fakecoild.New("10.1.0.13")
+			coild.SkipEgress = skip
+			args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+			add(t, host, args)
+			if sent := coild.Saw("POST /egress"); sent == skip {
+				t.Errorf("POST /egress sent = %v with skip-egress %v: %v", sent, skip, coild.Requests())
+			}
+			inNS(t, pod, func() error {
+				l, err := netlink.LinkByName("eth0")
+				if err != nil {
+					t.Fatalf("pod interface: %v", err)
+				}
+				addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+				if err != nil || len(addrs) != 1 || addrs[0].IP.String() != "10.1.0.13" {
+					t.Errorf("pod addresses = %v, %v", addrs, err)
+				}
+				return nil
+			})
+		})
+	}
 }
 
 // TestAddEgressRollback: when coild cannot set up the pod's egress, ADD

@@ -156,6 +156,12 @@ type AllocResponse struct {
 	Address string `json:"address"`
 	// Addresses are plain IPs ("10.1.0.5", "fd00::5"), IPv4 first.
 	Addresses []string `json:"addresses"`
+	// SkipEgress is set when coild knows, as it allocates, that POST
+	// /egress would set nothing up for this pod (no egress exists, or the
+	// pod, which coild's cache holds, is no egress client or gateway), so
+	// the plugin can spare the round trip. Absent (an older coild, or a
+	// pod coild cannot judge yet) means the plugin must ask.
+	SkipEgress bool `json:"skip-egress,omitempty"`
 }
 
 // ErrorResponse is the body of every failed request.

@@ -68,3 +68,60 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 		t.Errorf("PrefetchPod of a stopped reconciler sent a GET")
 	}
 }
+
+// TestPodNeedsSetup: the judgement coild sends with an allocation (the
+// plugin skips POST /egress on false) is false only where SetupPod would
+// set nothing up, and true whenever the reconciler cannot tell.
+func TestPodNeedsSetup(t *testing.T) {
+	nat := model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, VNI: 5}
+	pod := func(name string, annotations, labels map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Annotations: annotations, Labels: labels},
+			Spec: corev1.PodSpec{NodeName: "n1"}}
+	}
+	client := map[string]string{model.EgressClientAnnotationPrefix + "internet": "nat"}
+	tests := []struct {
+		name     string
+		egresses []model.Egress // nil: not loaded yet
+		loaded   bool
+		cached   *corev1.Pod
+		want     bool
+	}{
+		{"egresses not loaded, pod not cached", nil, false, nil, true},
+		{"no egress, pod not cached", nil, true, nil, false},
+		{"an egress, pod not cached", []model.Egress{nat}, true, nil, true},
+		{"an egress, cached pod uses none", []model.Egress{nat}, true, pod("web", nil, nil), false},
+		{"an egress, cached client", []model.Egress{nat}, true, pod("web", client, nil), true},
+		{"no egress, cached client of a missing one", nil, true, pod("web", client, nil), true},
+		{"an egress, cached gateway", []model.Egress{nat}, true, pod("web", nil, map[string]string{model.EgressGatewayLabel: "nat"}), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kube := fake.NewClientset()
+			r := New(Config{Node: "n1", Kube: kube})
+			if tt.loaded {
+				r.setEgresses(tt.egresses)
+			}
+			if tt.cached != nil {
+				if err := r.pods.localInf.GetStore().Add(tt.cached); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := r.PodNeedsSetup("app", "web"); got != tt.want {
+				t.Fatalf("PodNeedsSetup = %v, want %v", got, tt.want)
+			}
+			if tt.want {
+				return
+			}
+			// Where it says no, SetupPod does nothing either: no answer,
+			// no error, no API round trip.
+			addr := model.Address{IPv4: netip.MustParseAddr("10.1.0.5"), Owner: model.Owner{Namespace: "app", Pod: "web", NetNS: "/nonexistent"}}
+			got, err := r.SetupPod(context.Background(), addr)
+			if err != nil || len(got.Clients) > 0 || got.Gateway != "" || len(got.Missing) > 0 {
+				t.Errorf("SetupPod = %+v, %v; want nothing set up", got, err)
+			}
+			if n := len(kube.Actions()); n != 0 {
+				t.Errorf("SetupPod sent %d API requests", n)
+			}
+		})
+	}
+}

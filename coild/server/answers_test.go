@@ -28,10 +28,12 @@ func TestHandWrittenAnswers(t *testing.T) {
 		{IPv6: netip.MustParseAddr("fe80::1%eth\"0")},
 		{},
 	} {
-		got := record(func(w http.ResponseWriter) { writeAllocated(w, addr) })
-		want := record(func(w http.ResponseWriter) { writeJSON(w, http.StatusOK, allocResponse(addr)) })
-		if got != want {
-			t.Errorf("%v: got %s, want %s", addr.IPs(), got, want)
+		for _, skip := range []bool{false, true} {
+			got := record(func(w http.ResponseWriter) { writeAllocated(w, addr, skip) })
+			want := record(func(w http.ResponseWriter) { writeJSON(w, http.StatusOK, allocResponse(addr, skip)) })
+			if got != want {
+				t.Errorf("%v, skip-egress %v: got %s, want %s", addr.IPs(), skip, got, want)
+			}
 		}
 	}
 	for _, removes := range []bool{false, true} {

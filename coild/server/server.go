@@ -68,6 +68,13 @@ type podPrefetcher interface {
 	PrefetchPod(namespace, name string)
 }
 
+// setupJudge is an Egress that can tell, without I/O, that SetupPod of a
+// pod would do nothing: POST /ip then says so, and the plugin skips POST
+// /egress (coild/egress).
+type setupJudge interface {
+	PodNeedsSetup(namespace, name string) bool
+}
+
 // PodNetNS checks the network namespace paths that requests carry
 // (nodenet): a path from a request is not trusted.
 type PodNetNS interface {
@@ -248,7 +255,12 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	// A retried ADD returns what the first got, whatever the namespace's
 	// pool is now.
 	addr, ok := s.cfg.Allocator.Lookup(att)
+	skipEgress := false
 	if !ok {
+		// Judged before the allocation, as the prefetch below is: a pod
+		// the cache does not hold yet is never skipped while an egress
+		// exists. A retried ADD (the Lookup above) is not judged and asks.
+		skipEgress = s.egressNotNeeded(req.PodNamespace, req.PodName)
 		if pf, ok := s.cfg.Egress.(podPrefetcher); ok {
 			// POST /egress follows once the plugin has set up the veth;
 			// a Pod it will need from the API server is fetched meanwhile.
@@ -271,7 +283,19 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		s.metrics.allocations.Inc()
 		s.metrics.latency.Observe(s.now().Sub(start).Seconds())
 	}
-	writeAllocated(w, addr)
+	writeAllocated(w, addr, skipEgress)
+}
+
+// egressNotNeeded reports whether POST /egress of a pod would set nothing
+// up. Egress changes after that (an egress created, a pod annotated)
+// reach the pod through the egress reconciler's passes, as they do for
+// every running pod.
+func (s *Server) egressNotNeeded(namespace, pod string) bool {
+	if s.cfg.Egress == nil {
+		return true
+	}
+	j, ok := s.cfg.Egress.(setupJudge)
+	return ok && !j.PodNeedsSetup(namespace, pod)
 }
 
 // handleEgress sets up the egress tunnels of a pod whose interface the
@@ -334,8 +358,8 @@ func egressResponse(setup EgressSetup) api.EgressResponse {
 	return resp
 }
 
-func allocResponse(addr model.Address) api.AllocResponse {
-	resp := api.AllocResponse{Status: http.StatusOK}
+func allocResponse(addr model.Address, skipEgress bool) api.AllocResponse {
+	resp := api.AllocResponse{Status: http.StatusOK, SkipEgress: skipEgress}
 	for _, ip := range addr.IPs() {
 		resp.Addresses = append(resp.Addresses, ip.String())
 	}
@@ -365,7 +389,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("no address for pod %s/%s container %s interface %s", r.PathValue("ns"), r.PathValue("pod"), att.ContainerID, att.Interface))
 		return
 	}
-	writeAllocated(w, addr)
+	writeAllocated(w, addr, false)
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
@@ -557,13 +581,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // writeAllocated answers POST /ip (and GET /ip/...) with addr: the JSON
-// of allocResponse(addr), as writeJSON would write it, without reflection.
-func writeAllocated(w http.ResponseWriter, addr model.Address) {
+// of allocResponse(addr, skipEgress), as writeJSON would write it, without reflection.
+func writeAllocated(w http.ResponseWriter, addr model.Address, skipEgress bool) {
 	bp := buffers.Get().(*[]byte)
 	b := append((*bp)[:0], `{"status":200,"address":`...)
 	ips := addr.IPs()
 	if len(ips) == 0 {
-		b = append(b, `"","addresses":null}`...)
+		b = append(b, `"","addresses":null`...)
 	} else {
 		b = appendAddr(b, ips[0])
 		b = append(b, `,"addresses":[`...)
@@ -573,9 +597,12 @@ func writeAllocated(w http.ResponseWriter, addr model.Address) {
 			}
 			b = appendAddr(b, ip)
 		}
-		b = append(b, `]}`...)
+		b = append(b, ']')
 	}
-	b = append(b, '\n')
+	if skipEgress {
+		b = append(b, `,"skip-egress":true`...)
+	}
+	b = append(b, "}\n"...)
 	w.Header()["Content-Type"] = jsonType
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)

@@ -323,3 +323,48 @@ func TestIsLoopback(t *testing.T) {
 		}
 	}
 }
+
+// judgingEgress is a fakeEgress that judges whether pods need set-up.
+type judgingEgress struct {
+	fakeEgress
+	needs bool
+}
+
+func (j *judgingEgress) PodNeedsSetup(namespace, name string) bool { return j.needs }
+
+// TestAllocationSaysWhenEgressIsNotNeeded: POST /ip tells the plugin to
+// skip POST /egress only when egress says so (or coild runs without
+// egress), never for an egress that cannot judge, and not on a retried
+// ADD, which coild answers from what it holds.
+func TestAllocationSaysWhenEgressIsNotNeeded(t *testing.T) {
+	tests := []struct {
+		name string
+		eg   server.Egress
+		want bool
+	}{
+		{"no egress in coild", nil, true},
+		{"egress cannot judge", &fakeEgress{}, false},
+		{"egress: needed", &judgingEgress{needs: true}, false},
+		{"egress: not needed", &judgingEgress{needs: false}, true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts, _ := newServerWith(t, etcd, fmt.Sprintf("10.26.%d.0/28", i), 2, tt.eg)
+			req := `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1","netns":"/var/run/netns/p1"}`
+			code, body := do(t, "POST", ts.URL+"/ip", req)
+			if code != 200 {
+				t.Fatalf("allocate = %d %v", code, body)
+			}
+			if got := body["skip-egress"] == true; got != tt.want {
+				t.Errorf("skip-egress in %v = %v, want %v", body, got, tt.want)
+			}
+			if _, present := body["skip-egress"]; present && !tt.want {
+				t.Errorf("skip-egress present when egress is needed: %v", body)
+			}
+			code, body = do(t, "POST", ts.URL+"/ip", req)
+			if _, present := body["skip-egress"]; code != 200 || present {
+				t.Errorf("retried allocation = %d %v, want 200 without skip-egress", code, body)
+			}
+		})
+	}
+}

@@ -35,6 +35,8 @@ type Coild struct {
 	// FailEgress, when set, is the answer to POST /egress, which is still
 	// recorded.
 	FailEgress *api.ErrorResponse
+	// SkipEgress is what new allocations answer as AllocResponse.SkipEgress.
+	SkipEgress bool
 	// Egress are the routes a successful POST /egress returns.
 	Egress []api.EgressRoute
 	// Status is the answer to GET /status; its Status field is set to 200.
@@ -98,7 +100,7 @@ func (f *Coild) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.lastAlloc = &req
 		f.held[holdKey(req.PodNamespace, req.PodName, req.ContainerID, req.Attachment().Interface)] = f.Addrs
-		reply(w, http.StatusOK, api.AllocResponse{Status: http.StatusOK, Address: f.Addrs[0], Addresses: f.Addrs})
+		reply(w, http.StatusOK, api.AllocResponse{Status: http.StatusOK, Address: f.Addrs[0], Addresses: f.Addrs, SkipEgress: f.SkipEgress})
 	case r.Method == http.MethodPost && r.URL.Path == api.PathEgress:
 		var req api.EgressRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Validate() != nil || req.NetNS == "" {
