@@ -2,6 +2,7 @@ package nodenet
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -195,6 +196,41 @@ func TestUplinkMTU(t *testing.T) {
 		}, 1450},
 		{"ipv4 default route", func() error { return defaultVia("up0", "up1", 1380, "192.168.60.1/24", "192.168.60.2") }, 1380},
 		{"ipv6 default route", func() error { return defaultVia("up0", "up1", 1280, "fd60::1/64", "fd60::2") }, 1280},
+		// The default route is found by asking which route takes a
+		// documentation address; these would mislead that question.
+		{"a route covers the probe address", func() error {
+			if err := defaultVia("up0", "up1", 1380, "192.168.60.1/24", "192.168.60.2"); err != nil {
+				return err
+			}
+			return linkRoute("cv0", "cv1", 1300, "192.0.2.0/24", 0)
+		}, 1380},
+		{"policy routing sends the probe to another table", func() error {
+			if err := defaultVia("up0", "up1", 1380, "192.168.60.1/24", "192.168.60.2"); err != nil {
+				return err
+			}
+			if err := linkRoute("cv0", "cv1", 1300, "0.0.0.0/0", 100); err != nil {
+				return err
+			}
+			rule := netlink.NewRule()
+			rule.Priority, rule.Table, rule.Dst = 100, 100, ipNet(netip.MustParsePrefix("192.0.2.0/24"))
+			return netlink.RuleAdd(rule)
+		}, 1380},
+		{"lowest metric default route", func() error {
+			if err := defaultVia("up0", "up1", 1380, "192.168.60.1/24", "192.168.60.2"); err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName("up0")
+			if err != nil {
+				return err
+			}
+			if err := netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(defaultV4), Gw: net.IPv4(192, 168, 60, 2)}); err != nil {
+				return err
+			}
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(defaultV4), Gw: net.IPv4(192, 168, 60, 2), Priority: 200}); err != nil {
+				return err
+			}
+			return linkRouteMetric("cv0", "cv1", 1300, "0.0.0.0/0", 0, 100)
+		}, 1300},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -237,4 +273,197 @@ func defaultVia(name, peer string, mtu int, addr, gw string) error {
 		dst = defaultV6
 	}
 	return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(dst), Gw: g.AsSlice()})
+}
+
+// linkRoute makes a veth pair with the given MTU, up, and a route to dst
+// through its first end in table (0: main).
+func linkRoute(name, peer string, mtu int, dst string, table int) error {
+	return linkRouteMetric(name, peer, mtu, dst, table, 0)
+}
+
+func linkRouteMetric(name, peer string, mtu int, dst string, table, metric int) error {
+	if err := addVethPair(name, peer, mtu); err != nil {
+		return err
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return err
+	}
+	return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.MustParsePrefix(dst)),
+		Scope: netlink.SCOPE_LINK, Table: table, Priority: metric})
+}
+
+// TestUplinkMTUDoesNotListTheTable: with flat-L2 or BGP routing a node's
+// main table holds a route per block of the cluster, and the plugin looks
+// up the uplink MTU on every ADD: it must cost one request, not a listing
+// of the table (10 ms per ADD at 5,000 routes). The listing remains for
+// when the quick answer is not the default route.
+func TestUplinkMTUDoesNotListTheTable(t *testing.T) {
+	listings := 0
+	countListings(t, &listings)
+
+	host := newTestNS(t)
+	inNS(t, host, func() error {
+		if err := defaultVia("up0", "up1", 1380, "192.168.60.1/24", "192.168.60.2"); err != nil {
+			return err
+		}
+		if err := linkRoute("pv0", "pv1", 1500, "10.9.0.1/32", 0); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("pv0")
+		if err != nil {
+			return err
+		}
+		for i := 2; i < 2000; i++ {
+			dst := netip.AddrFrom4([4]byte{10, 9, byte(i / 256), byte(i % 256)})
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+				return err
+			}
+		}
+		mtu, err := UplinkMTU()
+		if err != nil || mtu != 1380 {
+			t.Fatalf("UplinkMTU = %d, %v; want 1380", mtu, err)
+		}
+		if listings != 0 {
+			t.Errorf("UplinkMTU listed the routing table %d times, want 0", listings)
+		}
+		// A route covering the probe address: the listing decides.
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("192.0.2.0/24")), Scope: netlink.SCOPE_LINK}); err != nil {
+			return err
+		}
+		if mtu, err := UplinkMTU(); err != nil || mtu != 1380 || listings != 1 {
+			t.Errorf("with the probe covered: UplinkMTU = %d, %v after %d listings; want 1380 after 1", mtu, err, listings)
+		}
+		return nil
+	})
+}
+
+// countListings counts the calls of listRoutes into n for the test.
+func countListings(t *testing.T, n *int) {
+	orig := listRoutes
+	listRoutes = func(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+		*n++
+		return orig(family, filter, mask)
+	}
+	t.Cleanup(func() { listRoutes = orig })
+}
+
+// TestRemoveHostRoutes: DEL's first step deletes the host routes to the
+// pod's addresses through Coil veths, and only those, in one look-up per
+// route rather than a listing of the main table, which holds a route per
+// block of the cluster with flat-L2 or BGP routing.
+func TestRemoveHostRoutes(t *testing.T) {
+	const podVeth, otherVeth = "veth0123456789a", "cali0123456789"
+	v4, v6 := netip.MustParseAddr("10.9.200.5"), netip.MustParseAddr("fd09::5")
+	tests := []struct {
+		name         string
+		prepare      func(pod, other int) error
+		addrs        []netip.Addr
+		wantVeth     string
+		wantLeft     int // host routes to the addresses left in main
+		wantListings int
+	}{
+		{"dual-stack pod", func(pod, _ int) error {
+			return addRoutes(hostRouteVia(pod, v4, 0), hostRouteVia(pod, v6, 0))
+		}, []netip.Addr{v4, v6}, podVeth, 0, 0},
+		{"no route", func(int, int) error { return nil }, []netip.Addr{v4}, "", 0, 0},
+		{"only a block route covers it", func(pod, _ int) error {
+			return addRoutes(&netlink.Route{LinkIndex: pod, Dst: ipNet(netip.MustParsePrefix("10.9.200.0/27")), Scope: netlink.SCOPE_LINK})
+		}, []netip.Addr{v4}, "", 0, 0},
+		{"two routes of Coil's, two metrics", func(pod, _ int) error {
+			return addRoutes(hostRouteVia(pod, v4, 0), hostRouteVia(pod, v4, 50))
+		}, []netip.Addr{v4}, podVeth, 0, 0},
+		{"another plugin's route is left alone", func(_, other int) error {
+			return addRoutes(hostRouteVia(other, v4, 0))
+		}, []netip.Addr{v4}, "", 1, 1},
+		{"another plugin's route in front of Coil's", func(pod, other int) error {
+			return addRoutes(hostRouteVia(other, v4, 0), hostRouteVia(pod, v4, 50))
+		}, []netip.Addr{v4}, podVeth, 1, 1},
+		{"policy routing in front of main", func(pod, other int) error {
+			rule := netlink.NewRule()
+			rule.Priority, rule.Table, rule.Dst = 100, 100, ipNet(netip.MustParsePrefix("10.9.200.0/24"))
+			if err := netlink.RuleAdd(rule); err != nil {
+				return err
+			}
+			r := hostRouteVia(other, v4, 0)
+			r.Table = 100
+			return addRoutes(r, hostRouteVia(pod, v4, 0))
+		}, []netip.Addr{v4}, podVeth, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newTestNS(t)
+			inNS(t, host, func() error {
+				if err := addVethPair(podVeth, "pod0", 1500); err != nil {
+					return err
+				}
+				if err := addVethPair(otherVeth, "pod1", 1500); err != nil {
+					return err
+				}
+				pod, err := netlink.LinkByName(podVeth)
+				if err != nil {
+					return err
+				}
+				other, err := netlink.LinkByName(otherVeth)
+				if err != nil {
+					return err
+				}
+				// The rest of the cluster's routes, which must not be read.
+				for i := 0; i < 1000; i++ {
+					dst := netip.AddrFrom4([4]byte{10, 10, byte(i / 8), byte(i % 8 * 32)})
+					if err := addRoutes(&netlink.Route{LinkIndex: other.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 27)), Scope: netlink.SCOPE_LINK}); err != nil {
+						return err
+					}
+				}
+				if err := tt.prepare(pod.Attrs().Index, other.Attrs().Index); err != nil {
+					return err
+				}
+				listings := 0
+				countListings(t, &listings)
+				index, name, err := RemoveHostRoutes(tt.addrs)
+				if err != nil {
+					t.Fatalf("RemoveHostRoutes = %v", err)
+				}
+				if name != tt.wantVeth || (name == "") != (index == 0) || name == podVeth && index != pod.Attrs().Index {
+					t.Errorf("RemoveHostRoutes = %d %q, want veth %q", index, name, tt.wantVeth)
+				}
+				if listings != tt.wantListings {
+					t.Errorf("listed the routing table %d times, want %d", listings, tt.wantListings)
+				}
+				left := 0
+				for _, a := range tt.addrs {
+					routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: hostNet(a)}, netlink.RT_FILTER_DST)
+					if err != nil {
+						return err
+					}
+					for _, r := range routes {
+						if r.LinkIndex == pod.Attrs().Index {
+							t.Errorf("route to %s through the pod's veth left: %v", a, r)
+						}
+					}
+					left += len(routes)
+				}
+				if left != tt.wantLeft {
+					t.Errorf("%d host routes left in main, want %d", left, tt.wantLeft)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func hostRouteVia(link int, a netip.Addr, metric int) *netlink.Route {
+	return &netlink.Route{LinkIndex: link, Dst: hostNet(a), Scope: netlink.SCOPE_LINK, Priority: metric}
+}
+
+func addRoutes(routes ...*netlink.Route) error {
+	for _, r := range routes {
+		if err := netlink.RouteAdd(r); err != nil {
+			return fmt.Errorf("add route %v: %w", r, err)
+		}
+	}
+	return nil
 }
