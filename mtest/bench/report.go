@@ -422,8 +422,9 @@ func (r *results) tables() []table {
 				fmtDur(z.indexed.percentile(50)), fmtDur(z.indexed.percentile(99)), fmt.Sprintf("%.1f", z.reqIndexed),
 				fmtDur(z.scanned.percentile(50)), fmtDur(z.scanned.percentile(99)), fmt.Sprintf("%.1f", z.reqScanned)})
 		}
-		t.note = fmt.Sprintf("One fresh etcd per size, filled with every node's blocks, addresses and index as coild leaves them. Then %d nodes "+
-			"spread over the cluster start one after the other as coild does (node record, then ipam.Allocator.Restore: revision, the node's "+
+		t.note = fmt.Sprintf("One fresh etcd per size, filled with every node's blocks, addresses and index as coild leaves them; the sizes' etcds "+
+			"then run side by side. %d nodes per size, spread over the cluster, start one after the other, the sizes taking turns (so that the machine's "+
+			"moments weigh on every size alike), as coild does (node record, then ipam.Allocator.Restore: revision, the node's "+
 			"index and its block keys, the addresses of each block). Before the index: the same nodes finding their blocks as the restore "+
 			"did before (node record, revision, every block of the cluster listed, then the addresses of the node's blocks).", st.sample)
 		ts = append(ts, t)

@@ -38,47 +38,108 @@ type startupSize struct {
 // runStartupBench fills one etcd per cluster size with nodes of podsPerNode
 // addresses each (written directly, as many coilds would have), then
 // starts a sample of the nodes one after the other as coild does, and
-// the same sample again finding its blocks by the scan.
+// the same sample again finding its blocks by the scan. The sizes' etcds
+// run side by side and their start-ups alternate, one of each size in
+// turn, so that what the machine does meanwhile (other processes, the
+// page cache, CPU frequency) weighs on every size alike: the sizes are
+// compared at the same moments, not minutes apart.
 func runStartupBench(ctx context.Context, o *options, tmp string, cl *cleanups, res *results) error {
 	sr := &startupResults{podsPerNode: o.startupPods, sample: o.startupSample}
 	res.startup = sr
+	clusters := make([]*startupCluster, 0, len(o.startupNodes))
+	defer func() {
+		for _, c := range clusters {
+			c.close()
+		}
+	}()
 	for _, n := range o.startupNodes {
-		logf("part 4: start-up of %d of %d nodes with %d pods each, with the node index and with a scan of every block", o.startupSample, n, o.startupPods)
-		sz, err := startupAt(ctx, o, tmp, cl, n)
+		logf("part 4: filling a cluster of %d nodes with %d pods each", n, o.startupPods)
+		c, err := fillStartupCluster(ctx, o, tmp, cl, n)
+		if c != nil {
+			clusters = append(clusters, c)
+		}
 		if err != nil {
 			return fmt.Errorf("%d nodes: %w", n, err)
 		}
+		logf("  %d nodes: filled in %s (%s keys)", n, fmtSeconds(c.size.fill), fmtCount(c.size.keys))
+	}
+	logf("part 4: start-up of %d nodes per size, sizes alternating, with the node index and with a scan of every block", o.startupSample)
+	for _, scan := range []bool{false, true} {
+		for _, c := range clusters {
+			c.before = c.kv.snapshot()
+		}
+		for j := range o.startupSample {
+			for _, c := range clusters {
+				if err := c.startOne(ctx, j, scan); err != nil {
+					return fmt.Errorf("%d nodes: %w", c.size.nodes, err)
+				}
+			}
+		}
+		for _, c := range clusters {
+			reqs := float64(c.kv.snapshot().sub(c.before).requests) / float64(c.sample())
+			if scan {
+				c.size.reqScanned = reqs
+			} else {
+				c.size.reqIndexed = reqs
+			}
+		}
+	}
+	for _, c := range clusters {
+		sz := c.size
 		sr.sizes = append(sr.sizes, sz)
-		logf("  %d nodes: filled in %s (%s keys); start-up p50/p99 indexed %s / %s, scanning %s / %s",
-			n, fmtSeconds(sz.fill), fmtCount(sz.keys), fmtDur(sz.indexed.percentile(50)), fmtDur(sz.indexed.percentile(99)),
+		logf("  %d nodes: start-up p50/p99 indexed %s / %s, scanning %s / %s",
+			sz.nodes, fmtDur(sz.indexed.percentile(50)), fmtDur(sz.indexed.percentile(99)),
 			fmtDur(sz.scanned.percentile(50)), fmtDur(sz.scanned.percentile(99)))
 	}
 	return nil
 }
 
-func startupAt(ctx context.Context, o *options, tmp string, cl *cleanups, nodes int) (startupSize, error) {
-	sz := startupSize{nodes: nodes}
+// startupCluster is one cluster size of part 4: its etcd, filled, and the
+// figures measured on it.
+type startupCluster struct {
+	o       *options
+	etcd    *etcdServer
+	cli     *clientv3.Client
+	kv      *countingKV
+	st      *model.Store
+	names   []string
+	perNode int
+	size    startupSize
+	before  kvCounts
+}
+
+func (c *startupCluster) close() {
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	c.etcd.Stop()
+}
+
+// sample is how many of the cluster's nodes are started.
+func (c *startupCluster) sample() int { return min(c.o.startupSample, len(c.names)) }
+
+// fillStartupCluster starts an etcd and writes a cluster of nodes into it.
+// The cluster is returned whenever its etcd runs, for the caller to stop.
+func fillStartupCluster(ctx context.Context, o *options, tmp string, cl *cleanups, nodes int) (*startupCluster, error) {
 	etcd, err := startEtcd(ctx, o.etcdBin, tmp, fmt.Sprintf("startup-%d", nodes), cl)
 	if err != nil {
-		return sz, err
+		return nil, err
 	}
-	defer etcd.Stop()
-	cli, err := etcd.Client()
-	if err != nil {
-		return sz, err
+	c := &startupCluster{o: o, etcd: etcd, size: startupSize{nodes: nodes}}
+	if c.cli, err = etcd.Client(); err != nil {
+		return c, err
 	}
-	defer cli.Close()
-	kv := newCountingKV(cli.KV, scalePrefix)
-	st := model.NewWithKV(kv, scalePrefix)
+	c.kv = newCountingKV(c.cli.KV, scalePrefix)
+	c.st = model.NewWithKV(c.kv, scalePrefix)
 	blockSize := 1 << o.blockBits
-	perNode := (o.startupPods + blockSize - 1) / blockSize
-	pool, err := initPool(ctx, st, poolSubnetFor(perNode*nodes*blockSize*2, "10.64.0.0"), o.blockBits)
+	c.perNode = (o.startupPods + blockSize - 1) / blockSize
+	pool, err := initPool(ctx, c.st, poolSubnetFor(c.perNode*nodes*blockSize*2, "10.64.0.0"), o.blockBits)
 	if err != nil {
-		return sz, err
+		return c, err
 	}
-	names := make([]string, nodes)
-	for i := range names {
-		names[i] = fmt.Sprintf("node-%05d", i)
+	c.names = make([]string, nodes)
+	for i := range c.names {
+		c.names[i] = fmt.Sprintf("node-%05d", i)
 	}
 
 	// Fill: one node at a time per writer, each node's blocks, addresses
@@ -95,7 +156,7 @@ func startupAt(ctx context.Context, o *options, tmp string, cl *cleanups, nodes 
 				if i >= nodes || failed.Load() != nil || ctx.Err() != nil {
 					return
 				}
-				if err := writeNode(ctx, cli, st, &pool, names[i], i, perNode, o.startupPods); err != nil {
+				if err := writeNode(ctx, c.cli, c.st, &pool, c.names[i], i, c.perNode, o.startupPods); err != nil {
 					failed.CompareAndSwap(nil, &err)
 					return
 				}
@@ -103,73 +164,64 @@ func startupAt(ctx context.Context, o *options, tmp string, cl *cleanups, nodes 
 		})
 	}
 	wg.Wait()
-	sz.fill = time.Since(start)
+	c.size.fill = time.Since(start)
 	if p := failed.Load(); p != nil {
-		return sz, *p
+		return c, *p
 	}
-	if err := compact(ctx, cli); err != nil {
-		return sz, err
+	if err := compact(ctx, c.cli); err != nil {
+		return c, err
 	}
-	status, err := etcd.status(ctx, cli)
+	status, err := etcd.status(ctx, c.cli)
 	if err != nil {
-		return sz, err
+		return c, err
 	}
-	sz.keys = status.keys
+	c.size.keys = status.keys
+	return c, nil
+}
 
-	// The sample, spread over the cluster; one start-up at a time, so
-	// the figures are latencies, not queueing.
-	sample := min(o.startupSample, nodes)
-	before := kv.snapshot()
-	for j := range sample {
-		node := names[j*nodes/sample]
-		t0 := time.Now()
-		if err := st.PutNode(ctx, model.Node{Name: node, Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}); err != nil {
-			return sz, err
-		}
-		a := ipam.New(st, node, nil)
+// startOne starts the j-th node of the sample (spread over the cluster)
+// as coild does, or, with scan, finds its blocks the way the restore did
+// before the node index: every block listed, then the node's addresses.
+func (c *startupCluster) startOne(ctx context.Context, j int, scan bool) error {
+	nodes := len(c.names)
+	node := c.names[j*nodes/c.sample()]
+	t0 := time.Now()
+	if err := c.st.PutNode(ctx, model.Node{Name: node, Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}); err != nil {
+		return err
+	}
+	if !scan {
+		a := ipam.New(c.st, node, nil)
 		if err := a.Restore(ctx); err != nil {
-			return sz, err
+			return err
 		}
-		sz.indexed = append(sz.indexed, time.Since(t0))
-		if b, n := a.Usage(); b != perNode || n != o.startupPods {
-			return sz, fmt.Errorf("node %s restored %d blocks and %d addresses, want %d and %d", node, b, n, perNode, o.startupPods)
+		c.size.indexed = append(c.size.indexed, time.Since(t0))
+		if b, n := a.Usage(); b != c.perNode || n != c.o.startupPods {
+			return fmt.Errorf("node %s restored %d blocks and %d addresses, want %d and %d", node, b, n, c.perNode, c.o.startupPods)
+		}
+		return nil
+	}
+	if _, err := c.st.Revision(ctx); err != nil {
+		return err
+	}
+	all, err := c.st.ListBlocks(ctx, "")
+	if err != nil {
+		return err
+	}
+	found := 0
+	for _, b := range all {
+		if b.Node != node {
+			continue
+		}
+		found++
+		if _, err := c.st.BlockAddresses(ctx, b); err != nil {
+			return err
 		}
 	}
-	sz.reqIndexed = float64(kv.snapshot().sub(before).requests) / float64(sample)
-
-	// The same with the restore before the index: every block listed to
-	// find the node's, then its addresses.
-	before = kv.snapshot()
-	for j := range sample {
-		node := names[j*nodes/sample]
-		t0 := time.Now()
-		if err := st.PutNode(ctx, model.Node{Name: node, Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}); err != nil {
-			return sz, err
-		}
-		if _, err := st.Revision(ctx); err != nil {
-			return sz, err
-		}
-		all, err := st.ListBlocks(ctx, "")
-		if err != nil {
-			return sz, err
-		}
-		found := 0
-		for _, b := range all {
-			if b.Node != node {
-				continue
-			}
-			found++
-			if _, err := st.BlockAddresses(ctx, b); err != nil {
-				return sz, err
-			}
-		}
-		sz.scanned = append(sz.scanned, time.Since(t0))
-		if found != perNode {
-			return sz, fmt.Errorf("scan found %d blocks of %s, want %d", found, node, perNode)
-		}
+	c.size.scanned = append(c.size.scanned, time.Since(t0))
+	if found != c.perNode {
+		return fmt.Errorf("scan found %d blocks of %s, want %d", found, node, c.perNode)
 	}
-	sz.reqScanned = float64(kv.snapshot().sub(before).requests) / float64(sample)
-	return sz, nil
+	return nil
 }
 
 // writeNode writes the records of one node as coild leaves them: its
