@@ -255,34 +255,37 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 			order = []string{ptpNet, coilNet}
 		}
 		for _, net := range order {
-			cpu0 := ourTime() + cpuTime(etcd.PID())
+			cpu0 := readCNICPU(etcd.PID())
 			add, err := countedPhase(ctx, par, func(w int) int { return (len(pods) - w + par - 1) / par }, func(w, i int) error {
 				return r.run(ctx, "add", net, pods[w+par*i])
 			})
 			if err != nil {
 				return fmt.Errorf("%s ADD, %d concurrent: %w", net, par, err)
 			}
-			add.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.PID()) - cpu0}
+			add.cpu = readCNICPU(etcd.PID()).since(cpu0)
 			if net == coilNet {
 				if err := expectPods(ctx, client, len(pods)); err != nil {
 					return err
 				}
 			}
-			cpu0 = ourTime() + cpuTime(etcd.PID())
+			cpu0 = readCNICPU(etcd.PID())
 			del, err := countedPhase(ctx, par, func(w int) int { return (len(pods) - w + par - 1) / par }, func(w, i int) error {
 				return r.run(ctx, "del", net, pods[w+par*i])
 			})
 			if err != nil {
 				return fmt.Errorf("%s DEL, %d concurrent: %w", net, par, err)
 			}
-			del.cpu = &cpuMeter{selfCPU: ourTime() + cpuTime(etcd.PID()) - cpu0}
 			if net == coilNet {
-				if err := expectPods(ctx, client, 0); err != nil {
+				// coild deletes the veths after DEL answered; the pod
+				// namespaces are used again by the next phase. The
+				// deletions are part of DEL's CPU, as ptp's are of its.
+				if err := waitVethsGone(ctx, nodeNS); err != nil {
 					return err
 				}
-				// coild deletes the veths after DEL answered; the pod
-				// namespaces are used again by the next phase.
-				if err := waitVethsGone(ctx, nodeNS); err != nil {
+			}
+			del.cpu = readCNICPU(etcd.PID()).since(cpu0)
+			if net == coilNet {
+				if err := expectPods(ctx, client, 0); err != nil {
 					return err
 				}
 			}

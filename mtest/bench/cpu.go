@@ -39,6 +39,9 @@ type cpuMeter struct {
 	etcdPID          int
 	etcd0, self0     time.Duration
 	etcdCPU, selfCPU time.Duration
+	// childCPU is the CPU time of the processes this one ran and waited
+	// for (the CNI part's cnitool and plugins); 0 elsewhere.
+	childCPU time.Duration
 }
 
 func startCPU(etcdPID int) *cpuMeter {
@@ -105,13 +108,35 @@ func busyTime() time.Duration {
 
 // ourTime is the CPU time of this process and its reaped children.
 func ourTime() time.Duration {
-	var self, children syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	self, children := ourTimes()
+	return self + children
+}
+
+// ourTimes returns the CPU time of this process and that of the children
+// it waited for, apart.
+func ourTimes() (self, children time.Duration) {
+	var s, c syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &s)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &c)
 	tv := func(t syscall.Timeval) time.Duration {
 		return time.Duration(t.Sec)*time.Second + time.Duration(t.Usec)*time.Microsecond
 	}
-	return tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
+	return tv(s.Utime) + tv(s.Stime), tv(c.Utime) + tv(c.Stime)
+}
+
+// cniCPU is a reading of the CPU time the CNI part's processes used:
+// this process (coild, for coil), its children (cnitool and the plugins)
+// and etcd.
+type cniCPU struct{ self, children, etcd time.Duration }
+
+func readCNICPU(etcdPID int) cniCPU {
+	self, children := ourTimes()
+	return cniCPU{self: self, children: children, etcd: cpuTime(etcdPID)}
+}
+
+// since is the CPU used between an earlier reading c0 and c.
+func (c cniCPU) since(c0 cniCPU) *cpuMeter {
+	return &cpuMeter{selfCPU: c.self - c0.self, childCPU: c.children - c0.children, etcdCPU: c.etcd - c0.etcd}
 }
 
 func loadAvg() string {

@@ -370,6 +370,7 @@ func (r *results) tables() []table {
 	if c := r.cni; c != nil {
 		t := table{id: "cni", title: fmt.Sprintf("2. CNI ADD/DEL of %d pods through cnitool: coil vs ptp+host-local", c.pods),
 			header: []string{"run", "op", "coil p50", "coil p99", "ptp+host-local p50", "ptp+host-local p99", "p50 ratio", "p99 ratio", "coil ops/s", "ptp ops/s", "coil CPU/op", "ptp CPU/op"}}
+		var splits []string
 		for mi, par := range c.parallel {
 			mode := "sequential"
 			if par > 1 {
@@ -384,12 +385,16 @@ func (r *results) tables() []table {
 				t.rows = append(t.rows, []string{mode, op, fmtDur(coil.p50), fmtDur(coil.p99), fmtDur(ptp.p50), fmtDur(ptp.p99),
 					fmtRatio(float64(coil.p50) / float64(ptp.p50)), fmtRatio(float64(coil.p99) / float64(ptp.p99)),
 					fmtRate(coil.rate()), fmtRate(ptp.rate()), cpuPerOp(coil), cpuPerOp(ptp)})
+				splits = append(splits, fmt.Sprintf("%s %s coil %s, ptp %s", mode, op, cpuSplit(coil), cpuSplit(ptp)))
 			}
 		}
 		t.note = fmt.Sprintf("Latency of one cnitool run (process start to exit), executed inside a node namespace; each pod is its own "+
 			"network namespace, all %d pods ADDed, then all DELeted. coil: the plugin built from this tree, coild running in-process for the "+
 			"node (daemon.Run with HostNS, a fake API server, unix socket, real etcd). ptp: ipMasq off, host-local over %s with its dataDir "+
-			"in a temporary directory. CPU/op: CPU time of every process involved (cnitool, plugins, coild, etcd) per command. First measurement reference for ptp+host-local: ADD p50 %s, DEL p50 %s.", c.pods, ptpSubnet, refPtpAddP50, refPtpDelP50)
+			"in a temporary directory. CPU/op: CPU time of every process involved (cnitool, plugins, coild, etcd) per command; for coil's DEL "+
+			"it includes coild's deletions of the veths after the DELs answered (measured until the last veth is gone). Split as cnitool and "+
+			"plugins + this process (coild) + etcd, ms: %s. First measurement reference for ptp+host-local: ADD p50 %s, DEL p50 %s.",
+			c.pods, ptpSubnet, strings.Join(splits, "; "), refPtpAddP50, refPtpDelP50)
 		if len(c.traces) > 0 {
 			t.note += " Process timelines of single commands (strace of execve and exit_group, relative to cnitool's start): " + strings.Join(c.traces, "; ") + "."
 		}
@@ -611,7 +616,17 @@ func cpuPerOp(p phaseResult) string {
 	if p.cpu == nil || p.ops == 0 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.1f ms", float64(p.cpu.selfCPU+p.cpu.etcdCPU)/float64(time.Millisecond)/float64(p.ops))
+	return fmt.Sprintf("%.1f ms", float64(p.cpu.selfCPU+p.cpu.childCPU+p.cpu.etcdCPU)/float64(time.Millisecond)/float64(p.ops))
+}
+
+// cpuSplit shows a CNI phase's CPU per command as cnitool and plugins +
+// this process (coild, for coil) + etcd, in milliseconds.
+func cpuSplit(p phaseResult) string {
+	if p.cpu == nil || p.ops == 0 {
+		return "n/a"
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(p.ops) }
+	return fmt.Sprintf("%.1f+%.1f+%.1f", ms(p.cpu.childCPU), ms(p.cpu.selfCPU), ms(p.cpu.etcdCPU))
 }
 
 // requestCounts are the etcd requests of the coild allocation phases.

@@ -50,6 +50,7 @@ func mergePhases(ps []phaseResult) phaseResult {
 		if p.cpu != nil {
 			cpu.etcdCPU += p.cpu.etcdCPU
 			cpu.selfCPU += p.cpu.selfCPU
+			cpu.childCPU += p.cpu.childCPU
 		}
 	}
 	r := newPhaseResult(ps[0].clients, elapsed, all, errs)
