@@ -44,6 +44,17 @@ type cniResults struct {
 	traces []string
 	// real are the runs with the coild binary and a real kube-apiserver.
 	real []realPhase
+	// routes are coil's sequential runs without and with clusterRoutes
+	// routes in the node's main table (-cni-cluster-routes).
+	clusterRoutes int
+	routes        []routesPhase
+}
+
+// routesPhase is coil's sequential ADD and DEL with routes cluster routes
+// in the node's main table.
+type routesPhase struct {
+	routes   int
+	add, del phaseResult
 }
 
 const (
@@ -296,6 +307,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 				fmtDur(add.p50), fmtDur(add.p99), fmtRate(add.rate()), fmtDur(del.p50), fmtDur(del.p99), fmtRate(del.rate()))
 		}
 	}
+	if o.cniRoutes > 0 {
+		if err := runWithClusterRoutes(ctx, r, nodeNS, pods, o.cniRoutes, cr); err != nil {
+			return fmt.Errorf("cluster routes: %w", err)
+		}
+	}
 	if o.realCoild {
 		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, cl, cr); err != nil {
 			return fmt.Errorf("real coild: %w", err)
@@ -315,6 +331,75 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 					cr.traces = append(cr.traces, fmt.Sprintf("%s %s: %s", pluginKey(net), strings.ToUpper(cmd), tl))
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// runWithClusterRoutes runs coil's sequential ADD and DEL of the pods twice
+// in a row, first as before, then with n block routes in the node's main
+// table, as flat-L2 or BGP routing installs one per block of the rest of
+// the cluster: a per-node cost that grew with the cluster (a listing of
+// the table on every ADD or DEL) shows here.
+func runWithClusterRoutes(ctx context.Context, r *cniRunner, node ns.NetNS, pods []*benchPod, n int, cr *cniResults) error {
+	cr.clusterRoutes = n
+	for _, routes := range []int{0, n} {
+		if routes > 0 {
+			logf("  adding %d cluster routes to the node's main table", routes)
+			if err := node.Do(func(ns.NetNS) error { return addClusterRoutes(routes) }); err != nil {
+				return err
+			}
+		}
+		seq := func(int) int { return len(pods) }
+		add, err := countedPhase(ctx, 1, seq, func(_, i int) error { return r.run(ctx, "add", coilNet, pods[i]) })
+		if err != nil {
+			return fmt.Errorf("ADD with %d routes: %w", routes, err)
+		}
+		del, err := countedPhase(ctx, 1, seq, func(_, i int) error { return r.run(ctx, "del", coilNet, pods[i]) })
+		if err != nil {
+			return fmt.Errorf("DEL with %d routes: %w", routes, err)
+		}
+		if err := waitVethsGone(ctx, node); err != nil {
+			return err
+		}
+		cr.routes = append(cr.routes, routesPhase{routes: routes, add: add, del: del})
+		logf("  coil sequential, %d cluster routes: ADD p50 %s p99 %s; DEL p50 %s p99 %s", routes,
+			fmtDur(add.p50), fmtDur(add.p99), fmtDur(del.p50), fmtDur(del.p99))
+	}
+	// The routes go with their link.
+	return node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(clusterLink)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	})
+}
+
+// clusterLink carries the cluster routes of runWithClusterRoutes.
+const clusterLink = "cluster0"
+
+// addClusterRoutes adds n /27 routes (blocks of 32 addresses of other
+// nodes) through a link of their own, in the current namespace.
+func addClusterRoutes(n int) error {
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: clusterLink}, PeerName: clusterLink + "p"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add %s: %w", clusterLink, err)
+	}
+	l, err := netlink.LinkByName(clusterLink)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return err
+	}
+	base := netip.MustParseAddr("10.160.0.0").As4()
+	for i := range n {
+		v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(i)*32
+		dst := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 27)
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(27, 32)}, Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteAdd(r); err != nil {
+			return fmt.Errorf("add route %s: %w", dst, err)
 		}
 	}
 	return nil

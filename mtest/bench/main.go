@@ -41,6 +41,9 @@ type options struct {
 	cpuProfile string
 	rounds     int
 	cniTrace   bool
+	// cniRoutes is how many cluster routes the CNI part puts into the
+	// node's main table for its run with them (0: no such run).
+	cniRoutes int
 	realCoild  bool
 
 	etcdCluster    bool
@@ -71,6 +74,7 @@ func parseFlags() *options {
 	clients := flag.String("clients", "1,2,4,8,16", "concurrency levels of the allocation benchmark")
 	flag.IntVar(&o.pods, "pods", 200, "pods (network namespaces) of the CNI benchmark")
 	flag.IntVar(&o.cniPar, "cni-parallel", 8, "concurrent CNI commands in the concurrent CNI run")
+	flag.IntVar(&o.cniRoutes, "cni-cluster-routes", 5000, "after the CNI benchmark, run coil's sequential ADD and DEL again without and then with this many block routes in the node's main table, as flat-L2 or BGP routing installs for the rest of the cluster (0: skip)")
 	flag.BoolVar(&o.cniTrace, "cni-trace", true, "after the CNI benchmark, trace single ADDs and DELs with strace (if installed) and show where the time goes")
 	flag.BoolVar(&o.realCoild, "real-coild", true, "after the CNI benchmark, run ADD and DEL with the coild binary and a real kube-apiserver (built once into the cache), pods present in and absent from the API")
 	flag.BoolVar(&o.etcdCluster, "etcd-cluster", true, "after the allocation benchmark, run its raw etcd and coild phases against a 3-member etcd cluster (network namespaces, fsync on); off in -quick unless given")
