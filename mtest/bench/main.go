@@ -44,7 +44,7 @@ type options struct {
 	// cniRoutes is how many cluster routes the CNI part puts into the
 	// node's main table for its run with them (0: no such run).
 	cniRoutes int
-	realCoild  bool
+	realCoild bool
 
 	etcdCluster    bool
 	clusterClients []int
