@@ -467,3 +467,47 @@ func addRoutes(routes ...*netlink.Route) error {
 	}
 	return nil
 }
+
+// TestHasHostRouteDoesNotListTheTable: CHECK's look for the node's host
+// route to a pod asks the kernel for that address rather than listing the
+// main table; a route it does not find is still looked for in the list.
+func TestHasHostRouteDoesNotListTheTable(t *testing.T) {
+	host := newTestNS(t)
+	inNS(t, host, func() error {
+		if err := linkRoute("veth0123456789a", "pod0", 1500, "10.9.200.5/32", 0); err != nil {
+			return err
+		}
+		if err := linkRoute("cluster0", "cluster1", 1500, "10.10.0.0/27", 0); err != nil {
+			return err
+		}
+		pod, err := netlink.LinkByName("veth0123456789a")
+		if err != nil {
+			return err
+		}
+		cluster, err := netlink.LinkByName("cluster0")
+		if err != nil {
+			return err
+		}
+		for i := 1; i < 1000; i++ {
+			dst := netip.AddrFrom4([4]byte{10, 10, byte(i / 8), byte(i % 8 * 32)})
+			if err := addRoutes(&netlink.Route{LinkIndex: cluster.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 27)), Scope: netlink.SCOPE_LINK}); err != nil {
+				return err
+			}
+		}
+		listings := 0
+		countListings(t, &listings)
+		ok, err := hasRoute(hostRoute(pod.Attrs().Index, netip.MustParseAddr("10.9.200.5")))
+		if err != nil || !ok || listings != 0 {
+			t.Errorf("present host route: hasRoute = %v, %v after %d listings; want true after 0", ok, err, listings)
+		}
+		ok, err = hasRoute(hostRoute(pod.Attrs().Index, netip.MustParseAddr("10.9.200.6")))
+		if err != nil || ok {
+			t.Errorf("missing host route: hasRoute = %v, %v; want false", ok, err)
+		}
+		ok, err = hasRoute(hostRoute(cluster.Attrs().Index, netip.MustParseAddr("10.9.200.5")))
+		if err != nil || ok {
+			t.Errorf("host route through another link: hasRoute = %v, %v; want false", ok, err)
+		}
+		return nil
+	})
+}
