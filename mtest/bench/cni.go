@@ -216,8 +216,11 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		return errors.Join(errs...)
 	})
 
-	logf("  creating %d pod namespaces", o.pods+1)
-	pods := make([]*benchPod, o.pods+1) // the last one warms up
+	// Pods: o.pods for coil (and for ptp in the concurrent runs), o.pods
+	// more for ptp in the sequential run, which interleaves the two, and
+	// one that warms up.
+	logf("  creating %d pod namespaces", 2*o.pods+1)
+	pods := make([]*benchPod, 2*o.pods+1)
 	var mu sync.Mutex
 	_, err = countedPhase(ctx, 4, func(w int) int { return (len(pods) - w + 3) / 4 }, func(w, i int) error {
 		idx := w + 4*i
@@ -241,7 +244,8 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 
 	r := &cniRunner{binDir: binDir, confDir: confDir, node: nodeNS}
 	warm := pods[len(pods)-1]
-	pods = pods[:len(pods)-1]
+	ptpSeqPods := pods[o.pods : 2*o.pods]
+	pods = pods[:o.pods]
 	for _, net := range []string{coilNet, ptpNet} {
 		if err := r.run(ctx, "add", net, warm); err != nil {
 			return err
@@ -259,6 +263,12 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 	cr := &cniResults{pods: o.pods, parallel: []int{1, o.cniPar}, add: map[string][]phaseResult{}, del: map[string][]phaseResult{}}
 	res.cni = cr
 	for mode, par := range cr.parallel {
+		if par == 1 {
+			if err := r.sequentialInterleaved(ctx, client, nodeNS, etcd.PID(), pods, ptpSeqPods, cr); err != nil {
+				return err
+			}
+			continue
+		}
 		// Alternate which plugin goes first, so neither always runs on
 		// the machine the other has just warmed (or loaded).
 		order := []string{coilNet, ptpNet}
@@ -313,7 +323,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		}
 	}
 	if o.realCoild {
-		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, cl, cr); err != nil {
+		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, ptpSeqPods, cl, cr); err != nil {
 			return fmt.Errorf("real coild: %w", err)
 		}
 	}
@@ -334,6 +344,84 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		}
 	}
 	return nil
+}
+
+// sequentialInterleaved is the sequential run: every pod ADDed one at a
+// time, then DELeted one at a time, coil's pods (a) and ptp's (b) taking
+// turns command by command (see interleave).
+func (r *cniRunner) sequentialInterleaved(ctx context.Context, client *api.Client, node ns.NetNS, etcdPID int, a, b []*benchPod, cr *cniResults) error {
+	coil, ptp, err := r.interleave(ctx, coilNet, client, node, etcdPID, a, b)
+	if err != nil {
+		return err
+	}
+	for _, side := range []struct {
+		key string
+		res [2]phaseResult
+	}{{"coil", coil}, {"ptp", ptp}} {
+		cr.add[side.key] = append(cr.add[side.key], side.res[0])
+		cr.del[side.key] = append(cr.del[side.key], side.res[1])
+		logf("  %-14s 1 concurrent, interleaved: ADD p50 %s p99 %s (%s); DEL p50 %s p99 %s (%s)", side.key,
+			fmtDur(side.res[0].p50), fmtDur(side.res[0].p99), fmtRate(side.res[0].rate()),
+			fmtDur(side.res[1].p50), fmtDur(side.res[1].p99), fmtRate(side.res[1].rate()))
+	}
+	return nil
+}
+
+// interleave ADDs every pod one at a time, then DELetes them one at a
+// time, for the coil network coilNetwork on pods a and for ptp on pods b,
+// the two taking turns command by command (which goes first alternates),
+// so that both plugins see the same moments of the machine: the ratio
+// does not depend on what the machine did in one plugin's seconds and not
+// in the other's. It returns the ADD and the DEL phase of each. CPU per
+// command: each cnitool run's own (with its plugins); for coil, all of
+// this process's and etcd's during the run too (coild serving coil, and
+// the little it takes to start ptp's commands). client is the coild that
+// holds coil's pods, checked after each phase.
+func (r *cniRunner) interleave(ctx context.Context, coilNetwork string, client *api.Client, node ns.NetNS, etcdPID int, a, b []*benchPod) (coil, ptp [2]phaseResult, err error) {
+	for k, cmd := range []string{"add", "del"} {
+		var lat [2]latencies
+		var child, busy [2]time.Duration
+		cpu0 := readCNICPU(etcdPID)
+		for i := range a {
+			for j := range 2 {
+				side := (i + j) % 2 // 0: coil, 1: ptp
+				net, pod := coilNetwork, a[i]
+				if side == 1 {
+					net, pod = ptpNet, b[i]
+				}
+				_, c0 := ourTimes()
+				t0 := time.Now()
+				if err := r.run(ctx, cmd, net, pod); err != nil {
+					return coil, ptp, fmt.Errorf("%s %s, sequential: %w", net, strings.ToUpper(cmd), err)
+				}
+				d := time.Since(t0)
+				_, c1 := ourTimes()
+				lat[side] = append(lat[side], d)
+				busy[side] += d
+				child[side] += c1 - c0
+			}
+		}
+		if cmd == "del" {
+			// coild deletes the veths after DEL answered: part of its
+			// DEL's CPU, as ptp's deletions are of ptp's.
+			if err := waitVethsGone(ctx, node); err != nil {
+				return coil, ptp, err
+			}
+		}
+		rest := readCNICPU(etcdPID).since(cpu0)
+		coil[k] = newPhaseResult(1, busy[0], lat[0], 0)
+		coil[k].cpu = &cpuMeter{childCPU: child[0], selfCPU: rest.selfCPU, etcdCPU: rest.etcdCPU}
+		ptp[k] = newPhaseResult(1, busy[1], lat[1], 0)
+		ptp[k].cpu = &cpuMeter{childCPU: child[1]}
+		want := len(a)
+		if cmd == "del" {
+			want = 0
+		}
+		if err := expectPods(ctx, client, want); err != nil {
+			return coil, ptp, err
+		}
+	}
+	return coil, ptp, nil
 }
 
 // runWithClusterRoutes runs coil's sequential ADD and DEL of the pods twice

@@ -31,6 +31,9 @@ import (
 type realPhase struct {
 	name     string
 	add, del phaseResult
+	// ptpAdd and ptpDel are ptp+host-local's commands that took turns
+	// with this phase's: its reference.
+	ptpAdd, ptpDel phaseResult
 }
 
 const (
@@ -46,7 +49,7 @@ const (
 // informer has them), for pods it does not hold (a static pod before its
 // mirror exists, a lagging watch), and for such pods while an egress
 // exists (coild must then ask the API server for the pod).
-func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint string, cli *clientv3.Client, node ns.NetNS, pods []*benchPod, cl *cleanups, cr *cniResults) error {
+func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint string, cli *clientv3.Client, node ns.NetNS, pods, ptpPods []*benchPod, cl *cleanups, cr *cniResults) error {
 	logf("  real coild and kube-apiserver: %d pods, sequential", len(pods))
 	bin, err := kubeapi.Ensure(ctx)
 	if err != nil {
@@ -173,19 +176,15 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 		return kube.CoreV1().Pods(benchNS).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
 	}
 	phase := func(name string) error {
-		add, err := countedPhase(ctx, 1, func(int) int { return len(pods) }, func(_, i int) error { return r.run(ctx, "add", realNet, pods[i]) })
+		// ptp+host-local's commands take turns with coil's: the
+		// reference of each case is measured at the same moments.
+		coil, ptp, err := r.interleave(ctx, realNet, client, node, 0, pods, ptpPods)
 		if err != nil {
-			return fmt.Errorf("%s ADD: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		del, err := countedPhase(ctx, 1, func(int) int { return len(pods) }, func(_, i int) error { return r.run(ctx, "del", realNet, pods[i]) })
-		if err != nil {
-			return fmt.Errorf("%s DEL: %w", name, err)
-		}
-		if err := waitVethsGone(ctx, node); err != nil {
-			return err
-		}
-		cr.real = append(cr.real, realPhase{name: name, add: add, del: del})
-		logf("  real coild, %s: ADD p50 %s p99 %s; DEL p50 %s p99 %s", name, fmtDur(add.p50), fmtDur(add.p99), fmtDur(del.p50), fmtDur(del.p99))
+		cr.real = append(cr.real, realPhase{name: name, add: coil[0], del: coil[1], ptpAdd: ptp[0], ptpDel: ptp[1]})
+		logf("  real coild, %s: ADD p50 %s p99 %s; DEL p50 %s p99 %s (ptp+host-local, interleaved: ADD p50 %s, DEL p50 %s)", name,
+			fmtDur(coil[0].p50), fmtDur(coil[0].p99), fmtDur(coil[1].p50), fmtDur(coil[1].p99), fmtDur(ptp[0].p50), fmtDur(ptp[1].p50))
 		return nil
 	}
 	// Warm up the binaries and coild's first block.

@@ -262,9 +262,9 @@ func (r *results) verdicts() []verdict {
 			}
 		}
 	}
-	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
-		ptp := c.add["ptp"][0]
+	if c := r.cni; c != nil && len(c.real) > 0 {
 		for _, ph := range c.real {
+			ptp := ph.ptpAdd
 			r50 := float64(ph.add.p50) / float64(ptp.p50)
 			r99 := float64(ph.add.p99) / float64(ptp.p99)
 			v := verdict{target: "CNI ADD sequential, coild binary + kube-apiserver, " + ph.name + ", vs ptp+host-local",
@@ -403,9 +403,12 @@ func (r *results) tables() []table {
 			}
 		}
 		t.note = fmt.Sprintf("Latency of one cnitool run (process start to exit), executed inside a node namespace; each pod is its own "+
-			"network namespace, all %d pods ADDed, then all DELeted. coil: the plugin built from this tree, coild running in-process for the "+
+			"network namespace, all %d pods ADDed, then all DELeted. Sequential: coil's and ptp's commands take turns one by one (each on "+
+			"its own pods), so both meet the same moments of the machine; 8 concurrent: one plugin's run, then the other's, the order "+
+			"alternating between levels. coil: the plugin built from this tree, coild running in-process for the "+
 			"node (daemon.Run with HostNS, a fake API server, unix socket, real etcd). ptp: ipMasq off, host-local over %s with its dataDir "+
-			"in a temporary directory. CPU/op: CPU time of every process involved (cnitool, plugins, coild, etcd) per command; for coil's DEL "+
+			"in a temporary directory. CPU/op: CPU time of every process involved (cnitool, plugins, coild, etcd) per command (in the interleaved "+
+			"sequential run, all of this process's and etcd's CPU counts as coil's); for coil's DEL "+
 			"it includes coild's deletions of the veths after the DELs answered (measured until the last veth is gone). Split as cnitool and "+
 			"plugins + this process (coild) + etcd, ms: %s. First measurement reference for ptp+host-local: ADD p50 %s, DEL p50 %s.",
 			c.pods, ptpSubnet, strings.Join(splits, "; "), refPtpAddP50, refPtpDelP50)
@@ -414,20 +417,20 @@ func (r *results) tables() []table {
 		}
 		ts = append(ts, t)
 	}
-	if c := r.cni; c != nil && len(c.real) > 0 && len(c.add["ptp"]) > 0 {
-		ptpAdd, ptpDel := c.add["ptp"][0], c.del["ptp"][0]
+	if c := r.cni; c != nil && len(c.real) > 0 {
 		t := table{id: "cni-real", title: "2b. CNI ADD/DEL with the coild binary and a real kube-apiserver, sequential",
-			header: []string{"case", "ADD p50", "ADD p99", "ADD p50 vs ptp", "DEL p50", "DEL p99", "DEL p50 vs ptp"}}
+			header: []string{"case", "ADD p50", "ADD p99", "ptp ADD p50", "ADD p50 vs ptp", "DEL p50", "DEL p99", "ptp DEL p50", "DEL p50 vs ptp"}}
 		for _, ph := range c.real {
-			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtRatio(float64(ph.add.p50) / float64(ptpAdd.p50)),
-				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtRatio(float64(ph.del.p50) / float64(ptpDel.p50))})
+			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtDur(ph.ptpAdd.p50), fmtRatio(float64(ph.add.p50) / float64(ph.ptpAdd.p50)),
+				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtDur(ph.ptpDel.p50), fmtRatio(float64(ph.del.p50) / float64(ph.ptpDel.p50))})
 		}
 		t.note = fmt.Sprintf("The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node "+
 			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes "+
 			"on the same etcd (both reached through forwarders on the node's loopback). \"in the API\": the Pod objects exist with "+
 			"spec.nodeName set, seconds before the ADDs, so coild's informer holds them; \"not in the API yet\": no Pod object (a static pod "+
 			"before its mirror, a watch behind), once with no egress in etcd and once with one, when coild must ask the API server whether the "+
-			"pod is an egress client. Reference: the sequential ptp+host-local run above (ADD p50 %s, DEL p50 %s).", fmtDur(ptpAdd.p50), fmtDur(ptpDel.p50))
+			"pod is an egress client. Reference: ptp+host-local on pods of its own, its commands taking turns with coil's one by one in each case, "+
+			"so that both meet the same moments of the machine.")
 		ts = append(ts, t)
 	}
 	if c := r.cni; c != nil && len(c.routes) > 0 {
