@@ -317,11 +317,8 @@ func TestUplinkMTUDoesNotListTheTable(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for i := 2; i < 2000; i++ {
-			dst := netip.AddrFrom4([4]byte{10, 9, byte(i / 256), byte(i % 256)})
-			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
-				return err
-			}
+		if err := addClusterRoutes(l.Attrs().Index, 2000); err != nil {
+			return err
 		}
 		mtu, err := UplinkMTU()
 		if err != nil || mtu != 1380 {
@@ -412,11 +409,8 @@ func TestRemoveHostRoutes(t *testing.T) {
 					return err
 				}
 				// The rest of the cluster's routes, which must not be read.
-				for i := 0; i < 1000; i++ {
-					dst := netip.AddrFrom4([4]byte{10, 10, byte(i / 8), byte(i % 8 * 32)})
-					if err := addRoutes(&netlink.Route{LinkIndex: other.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 27)), Scope: netlink.SCOPE_LINK}); err != nil {
-						return err
-					}
+				if err := addClusterRoutes(other.Attrs().Index, 1000); err != nil {
+					return err
 				}
 				if err := tt.prepare(pod.Attrs().Index, other.Attrs().Index); err != nil {
 					return err
@@ -477,7 +471,7 @@ func TestHasHostRouteDoesNotListTheTable(t *testing.T) {
 		if err := linkRoute("veth0123456789a", "pod0", 1500, "10.9.200.5/32", 0); err != nil {
 			return err
 		}
-		if err := linkRoute("cluster0", "cluster1", 1500, "10.10.0.0/27", 0); err != nil {
+		if err := addVethPair("cluster0", "cluster1", 1500); err != nil {
 			return err
 		}
 		pod, err := netlink.LinkByName("veth0123456789a")
@@ -488,11 +482,8 @@ func TestHasHostRouteDoesNotListTheTable(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for i := 1; i < 1000; i++ {
-			dst := netip.AddrFrom4([4]byte{10, 10, byte(i / 8), byte(i % 8 * 32)})
-			if err := addRoutes(&netlink.Route{LinkIndex: cluster.Attrs().Index, Dst: ipNet(netip.PrefixFrom(dst, 27)), Scope: netlink.SCOPE_LINK}); err != nil {
-				return err
-			}
+		if err := addClusterRoutes(cluster.Attrs().Index, 1000); err != nil {
+			return err
 		}
 		listings := 0
 		countListings(t, &listings)
@@ -510,4 +501,17 @@ func TestHasHostRouteDoesNotListTheTable(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// addClusterRoutes adds n /27 routes in 10.10.0.0/16 through link, as
+// flat-L2 or BGP routing puts one per block of the other nodes into the
+// main table.
+func addClusterRoutes(link, n int) error {
+	for i := range n {
+		dst := netip.AddrFrom4([4]byte{10, 10, byte(i / 8), byte(i % 8 * 32)})
+		if err := addRoutes(&netlink.Route{LinkIndex: link, Dst: ipNet(netip.PrefixFrom(dst, 27)), Scope: netlink.SCOPE_LINK}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
