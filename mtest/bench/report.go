@@ -424,13 +424,13 @@ func (r *results) tables() []table {
 			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtDur(ph.ptpAdd.p50), fmtRatio(float64(ph.add.p50) / float64(ph.ptpAdd.p50)),
 				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtDur(ph.ptpDel.p50), fmtRatio(float64(ph.del.p50) / float64(ph.ptpDel.p50))})
 		}
-		t.note = fmt.Sprintf("The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node " +
+		t.note = "The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node " +
 			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes " +
 			"on the same etcd (both reached through forwarders on the node's loopback). \"in the API\": the Pod objects exist with " +
 			"spec.nodeName set, seconds before the ADDs, so coild's informer holds them; \"not in the API yet\": no Pod object (a static pod " +
 			"before its mirror, a watch behind), once with no egress in etcd and once with one, when coild must ask the API server whether the " +
 			"pod is an egress client. Reference: ptp+host-local on pods of its own, its commands taking turns with coil's one by one in each case, " +
-			"so that both meet the same moments of the machine.")
+			"so that both meet the same moments of the machine."
 		ts = append(ts, t)
 	}
 	if c := r.cni; c != nil && len(c.routes) > 0 {
