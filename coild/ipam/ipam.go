@@ -84,7 +84,19 @@ type Allocator struct {
 	// drained holds the subnets that give no new blocks (all of a
 	// drained pool's), as SetPools last saw them.
 	drained map[subnetRef]bool
+	// held counts per pool the addresses released but not freed yet
+	// (ReleaseHeld: their previous owner's links are being deleted), and
+	// unheld is closed, then replaced, whenever one of them is freed:
+	// an allocation that finds its pool full waits on it (see
+	// allocateWaitingForHeld).
+	held   map[string]int
+	unheld chan struct{}
 }
+
+// maxHeldWait bounds how long an allocation in a full pool waits for an
+// address this node released to be freed. Freeing one waits for the
+// deletion of its previous owner's veth (tens of milliseconds, batched).
+const maxHeldWait = 2 * time.Second
 
 // subnetRef names a subnet of a pool by its position.
 type subnetRef struct {
@@ -155,6 +167,8 @@ func New(store Store, node string, observer Observer) *Allocator {
 		fresh:     map[string]int{},
 		pending:   map[api.Attachment]pendingCommit{},
 		drained:   map[subnetRef]bool{},
+		held:      map[string]int{},
+		unheld:    make(chan struct{}),
 	}
 }
 
@@ -303,7 +317,7 @@ func (a *Allocator) Allocate(ctx context.Context, pool string, owner model.Owner
 
 		addr, settled, err := a.settle(ctx, key)
 		if !settled && err == nil {
-			addr, err = a.allocate(ctx, pool, owner)
+			addr, err = a.allocateWaitingForHeld(ctx, pool, owner)
 		}
 
 		a.mu.Lock()
@@ -411,6 +425,45 @@ func (a *Allocator) allocate(ctx context.Context, pool string, owner model.Owner
 		return addr, nil
 	}
 	return model.Address{}, fmt.Errorf("allocate in pool %q: gave up after %d conflicting attempts: %w", pool, maxAttempts, model.ErrUnavailable)
+}
+
+// allocateWaitingForHeld is allocate, except that when the pool is full
+// while addresses of it that this node released are still held (their
+// previous owners' veths being deleted: ReleaseHeld), it waits for one of
+// them to be freed and tries again, up to maxHeldWait, instead of failing
+// an ADD that would succeed moments later. With the veth deleted after
+// DEL answers, a full pool's DEL and the ADD that follows it would
+// otherwise fail the ADD, and the runtime retry it seconds later.
+func (a *Allocator) allocateWaitingForHeld(ctx context.Context, pool string, owner model.Owner) (model.Address, error) {
+	deadline := a.now().Add(maxHeldWait)
+	for {
+		a.mu.Lock()
+		// Taken before the attempt, so that a release freed during it
+		// is not missed.
+		unheld := a.unheld
+		a.mu.Unlock()
+		addr, err := a.allocate(ctx, pool, owner)
+		if !errors.Is(err, model.ErrPoolExhausted) {
+			return addr, err
+		}
+		a.mu.Lock()
+		waiting := a.held[pool] > 0
+		a.mu.Unlock()
+		left := deadline.Sub(a.now())
+		if !waiting || left <= 0 {
+			return addr, err
+		}
+		timer := time.NewTimer(left)
+		select {
+		case <-unheld:
+			timer.Stop()
+		case <-timer.C:
+			return addr, err
+		case <-ctx.Done():
+			timer.Stop()
+			return addr, err
+		}
+	}
 }
 
 func attachmentOf(owner model.Owner) api.Attachment {
@@ -620,6 +673,12 @@ func (a *Allocator) ReleaseHeld(ctx context.Context, att api.Attachment) (addr m
 				if a.blocks[held.ID()] == held {
 					a.freeLocked(held, addr.Offset)
 				}
+				a.held[addr.Pool]--
+				if a.held[addr.Pool] <= 0 {
+					delete(a.held, addr.Pool)
+				}
+				close(a.unheld)
+				a.unheld = make(chan struct{})
 			})
 		}
 	}
@@ -671,6 +730,8 @@ func (a *Allocator) release(ctx context.Context, att api.Attachment) (model.Addr
 	}
 	delete(a.owners, att)
 	if b, ok := a.blocks[model.Block{Pool: addr.Pool, Subnet: addr.Subnet, Index: addr.Block}.ID()]; ok && !notOwner {
+		// Held until the caller's free (ReleaseHeld).
+		a.held[addr.Pool]++
 		return addr, true, b, nil
 	}
 	return addr, true, nil, nil

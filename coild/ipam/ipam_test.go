@@ -430,3 +430,63 @@ func TestReuseOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestFullPoolWaitsForHeldAddress: DEL frees an address only once its
+// old veth is gone (ReleaseHeld), after answering; an ADD arriving in a
+// full pool meanwhile waits for that address rather than failing with
+// ErrPoolExhausted and being retried by the runtime seconds later. With
+// nothing held, a full pool fails at once, and the wait is bounded.
+func TestFullPoolWaitsForHeldAddress(t *testing.T) {
+	st, _ := setup(t, "default", "10.12.0.0/30", "", 2) // one block of 4
+	a := restored(t, st, "n1", nil)
+	ctx := context.Background()
+	got := map[string]model.Address{}
+	for i := range 4 {
+		cid := fmt.Sprintf("c%d", i)
+		ad, err := a.Allocate(ctx, "default", owner(cid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[cid] = ad
+	}
+	if _, err := a.Allocate(ctx, "default", owner("full")); !errors.Is(err, model.ErrPoolExhausted) {
+		t.Fatalf("allocation in a full pool with nothing held = %v, want ErrPoolExhausted", err)
+	}
+
+	addr, released, free, err := a.ReleaseHeld(ctx, api.Attachment{ContainerID: "c0", Interface: "eth0"})
+	if err != nil || !released {
+		t.Fatalf("ReleaseHeld = %v, %v", released, err)
+	}
+	done := make(chan error, 1)
+	var next model.Address
+	go func() {
+		var err error
+		next, err = a.Allocate(ctx, "default", owner("c4"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("allocation returned (%v) while the only free address was still held", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	free()
+	if err := <-done; err != nil {
+		t.Fatalf("allocation after the held address was freed = %v", err)
+	}
+	if next.IPv4 != addr.IPv4 {
+		t.Errorf("allocation got %s, want the freed %s", next.IPv4, addr.IPv4)
+	}
+
+	// A hold that outlives the request: the request's end ends the wait
+	// with the pool's error.
+	_, _, free1, err := a.ReleaseHeld(ctx, api.Attachment{ContainerID: "c1", Interface: "eth0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer free1()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Allocate(short, "default", owner("c5")); !errors.Is(err, model.ErrPoolExhausted) {
+		t.Errorf("allocation while an address is held past the request's deadline = %v, want ErrPoolExhausted", err)
+	}
+}

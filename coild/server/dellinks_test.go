@@ -2,8 +2,11 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,17 +95,35 @@ func TestDelHoldsAddressUntilLinksGone(t *testing.T) {
 	if recs, _ := st.ListAddresses(ctx, ""); len(recs) != 3 {
 		t.Fatalf("%d records after DEL, want 3: DEL releases before it answers", len(recs))
 	}
-	// The pool is full but for the held address: no ADD gets it yet.
-	for i := 10; i < 13; i++ {
-		code, body := do(t, "POST", ts.URL+"/ip", fmt.Sprintf(`{"pod-namespace":"ns","pod-name":"p%d","container-id":"c%d"}`, i, i))
-		if code == 200 {
-			t.Fatalf("ADD got %v while the veth of its previous owner still existed", body["address"])
+	// The pool is full but for the held address: an ADD waits for it,
+	// and gets it only once the veth of its previous owner is gone.
+	type answer struct {
+		code int
+		body map[string]any
+		err  error
+	}
+	added := make(chan answer, 1)
+	go func() {
+		// Not do: t.Fatal belongs to the test's goroutine.
+		resp, err := http.Post(ts.URL+"/ip", "application/json",
+			strings.NewReader(`{"pod-namespace":"ns","pod-name":"p20","container-id":"c20"}`))
+		if err != nil {
+			added <- answer{err: err}
+			return
 		}
+		defer resp.Body.Close()
+		var body map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		added <- answer{resp.StatusCode, body, err}
+	}()
+	select {
+	case a := <-added:
+		t.Fatalf("ADD answered %d %v while the veth of the address's previous owner still existed", a.code, a.body)
+	case <-time.After(100 * time.Millisecond):
 	}
 	links.finish()
-	code, body := do(t, "POST", ts.URL+"/ip", `{"pod-namespace":"ns","pod-name":"p20","container-id":"c20"}`)
-	if code != 200 || body["address"] != freed {
-		t.Fatalf("ADD after the links went = %d %v, want %s", code, body, freed)
+	if a := <-added; a.err != nil || a.code != 200 || a.body["address"] != freed {
+		t.Fatalf("ADD after the links went = %d %v (%v), want %s", a.code, a.body, a.err, freed)
 	}
 	// DEL of an attachment holding nothing detaches and removes nothing.
 	links.calls = nil
