@@ -36,7 +36,40 @@ type EgressSummary struct {
 }
 
 // SummarizeEgress counts the egress settings in the namespace at netnsPath.
+// coild rewrites a pod's settings in place while it runs (a client's
+// nftables table is replaced in one transaction on every resync), and a
+// reading is several dumps, which can straddle such a rewrite, count a
+// table twice or fail on an object gone in between: the summary is read
+// until two readings in a row agree, a failed reading tried again.
 func SummarizeEgress(netnsPath string) (EgressSummary, error) {
+	var prev EgressSummary
+	have := false
+	var lastErr error
+	for range maxSummaryReads {
+		cur, err := summarizeEgressOnce(netnsPath)
+		switch {
+		case err != nil:
+			// Something went between two dumps of the reading (the
+			// nftables library does not keep the errno to tell), or
+			// the namespace is gone, which the next readings tell.
+			have, lastErr = false, err
+			continue
+		case have && cur == prev:
+			return cur, nil
+		}
+		prev, have, lastErr = cur, true, nil
+	}
+	if lastErr != nil {
+		return prev, lastErr
+	}
+	return prev, fmt.Errorf("egress settings in %s changed on each of %d readings", netnsPath, maxSummaryReads)
+}
+
+// maxSummaryReads bounds the readings SummarizeEgress makes.
+const maxSummaryReads = 10
+
+// summarizeEgressOnce is one reading of SummarizeEgress.
+func summarizeEgressOnce(netnsPath string) (EgressSummary, error) {
 	var sum EgressSummary
 	err := inPodNS(netnsPath, func(podNS ns.NetNS) error {
 		links, err := retryDump("links", netlink.LinkList)
