@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coil-project/coil/coild/ipam"
@@ -39,38 +37,22 @@ func rollingRestart(ctx context.Context, etcd *etcdServer, st *model.Store, kv *
 	}
 	before := kv.snapshot()
 	cpu := startCPU(etcd.PID())
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
 	start := time.Now()
-	var wg sync.WaitGroup
-	for range par {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) || failed.Load() != nil || ctx.Err() != nil {
-					return
-				}
-				t0 := time.Now()
-				n, err := restartNode(ctx, st, names[i])
-				r.lat[i] = time.Since(t0)
-				if err == nil && n != pods {
-					err = fmt.Errorf("restored %d addresses, want %d", n, pods)
-				}
-				if err != nil {
-					err = fmt.Errorf("node %s: %w", names[i], err)
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	err = forEach(ctx, len(names), par, func(i int) error {
+		t0 := time.Now()
+		n, err := restartNode(ctx, st, names[i])
+		r.lat[i] = time.Since(t0)
+		if err == nil && n != pods {
+			err = fmt.Errorf("restored %d addresses, want %d", n, pods)
+		}
+		if err != nil {
+			return fmt.Errorf("node %s: %w", names[i], err)
+		}
+		return nil
+	})
 	r.total = time.Since(start)
 	cpu.stop()
-	if p := failed.Load(); p != nil {
-		return nil, *p
-	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	r.etcdCPU, r.selfCPU = cpu.etcdCPU, cpu.selfCPU

@@ -103,41 +103,25 @@ func scaleAt(ctx context.Context, o *options, tmp string, cl *cleanups, sr *scal
 	allocators := make([]*ipam.Allocator, z.nodes)
 
 	before := kv.snapshot()
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
 	var progress atomic.Int64
 	start := time.Now()
-	var wg sync.WaitGroup
-	for range o.scalePar {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= z.nodes || failed.Load() != nil || ctx.Err() != nil {
-					return
-				}
-				// A store per node, as each coild has its own: a node's
-				// concurrent address writes share transactions, different
-				// nodes' never do.
-				a, rt, err := fillNode(ctx, model.NewWithKV(kv, scalePrefix), names[i], z.pods, o.podPar, &allocLat[i])
-				if err != nil {
-					err = fmt.Errorf("node %s: %w", names[i], err)
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
-				allocators[i] = a
-				restoreLat[i] = rt
-				if n := progress.Add(1); n%500 == 0 {
-					debugf("  %d nodes filled", n)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	err = forEach(ctx, z.nodes, o.scalePar, func(i int) error {
+		// A store per node, as each coild has its own: a node's
+		// concurrent address writes share transactions, different
+		// nodes' never do.
+		a, rt, err := fillNode(ctx, model.NewWithKV(kv, scalePrefix), names[i], z.pods, o.podPar, &allocLat[i])
+		if err != nil {
+			return fmt.Errorf("node %s: %w", names[i], err)
+		}
+		allocators[i] = a
+		restoreLat[i] = rt
+		if n := progress.Add(1); n%500 == 0 {
+			debugf("  %d nodes filled", n)
+		}
+		return nil
+	})
 	r.fill = time.Since(start)
-	if p := failed.Load(); p != nil {
-		return nil, *p
-	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	r.kv = kv.snapshot().sub(before)

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -146,27 +144,12 @@ func fillStartupCluster(ctx context.Context, o *options, tmp string, cl *cleanup
 	// and index written in transactions of at most 100 operations, the
 	// same records coild would have written.
 	start := time.Now()
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= nodes || failed.Load() != nil || ctx.Err() != nil {
-					return
-				}
-				if err := writeNode(ctx, c.cli, c.st, &pool, c.names[i], i, c.perNode, o.startupPods); err != nil {
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	err = forEach(ctx, nodes, 8, func(i int) error {
+		return writeNode(ctx, c.cli, c.st, &pool, c.names[i], i, c.perNode, o.startupPods)
+	})
 	c.size.fill = time.Since(start)
-	if p := failed.Load(); p != nil {
-		return c, *p
+	if err != nil {
+		return c, err
 	}
 	if err := compact(ctx, c.cli); err != nil {
 		return c, err
