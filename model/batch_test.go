@@ -30,36 +30,14 @@ func newGatedKV(kv clientv3.KV) *gatedKV {
 }
 
 func (g *gatedKV) Txn(ctx context.Context) clientv3.Txn {
-	return &gatedTxn{Txn: g.KV.Txn(ctx), kv: g}
-}
-
-type gatedTxn struct {
-	clientv3.Txn
-	kv *gatedKV
-}
-
-func (t *gatedTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(cs...)
-	return t
-}
-
-func (t *gatedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *gatedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-
-func (t *gatedTxn) Commit() (*clientv3.TxnResponse, error) {
-	t.kv.commits.Add(1)
-	if t.kv.armed.CompareAndSwap(true, false) {
-		close(t.kv.held)
-		<-t.kv.release
-	}
-	return t.Txn.Commit()
+	return etcdtest.HookTxn(g.KV.Txn(ctx), func(_ []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+		g.commits.Add(1)
+		if g.armed.CompareAndSwap(true, false) {
+			close(g.held)
+			<-g.release
+		}
+		return commit()
+	})
 }
 
 // holdAndQueue runs first with its commit held, then starts each of rest

@@ -45,34 +45,16 @@ func (r *readRecorder) Txn(ctx context.Context) clientv3.Txn {
 	r.mu.Lock()
 	r.requests++
 	r.mu.Unlock()
-	return &recordingTxn{Txn: r.KV.Txn(ctx), r: r}
+	return etcdtest.HookTxn(r.KV.Txn(ctx), func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+		r.note(then...)
+		return commit()
+	})
 }
 
 func (r *readRecorder) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.requests, r.reads = 0, nil
-}
-
-type recordingTxn struct {
-	clientv3.Txn
-	r *readRecorder
-}
-
-func (t *recordingTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(cs...)
-	return t
-}
-
-func (t *recordingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.r.note(ops...)
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *recordingTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
 }
 
 // fillNodes makes n nodes named node-<i> own one block each, with one

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 )
 
 // countingKV wraps the KV a model.Store uses and counts every request it
@@ -114,44 +116,21 @@ func (c *countingKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpRespons
 }
 
 func (c *countingKV) Txn(ctx context.Context) clientv3.Txn {
-	return &countingTxn{Txn: c.KV.Txn(ctx), kv: c}
+	return etcdtest.HookTxn(c.KV.Txn(ctx), c.commit)
 }
 
-// countingTxn records what a transaction writes, and counts it when it is
-// committed (one request).
-type countingTxn struct {
-	clientv3.Txn
-	kv   *countingKV
-	then []clientv3.Op
-}
-
-func (t *countingTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(cs...)
-	return t
-}
-
-func (t *countingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.then = append(t.then, ops...)
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *countingTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-
-func (t *countingTxn) Commit() (*clientv3.TxnResponse, error) {
-	c := t.kv
+// commit counts a transaction when it is committed (one request), and
+// what it wrote when it succeeded.
+func (c *countingKV) commit(then []clientv3.Op, send func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
 	c.requests.Add(1)
 	c.txns.Add(1)
-	resp, err := t.Txn.Commit()
+	resp, err := send()
 	if err != nil {
 		return resp, err
 	}
 	var putBlock, delBlock bool
 	var putAddr, delAddr int64
-	for _, op := range t.then {
+	for _, op := range then {
 		key := string(op.KeyBytes())
 		switch {
 		case op.IsPut() && strings.HasPrefix(key, c.blocksPart):

@@ -16,6 +16,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/coil-project/coil/coild/ipam"
@@ -167,32 +169,16 @@ func watchAt(ctx context.Context, o *options, wr *watchResults, tmp string, cl *
 	// (writeNode), without the address records: the topology watch never
 	// reads them, and the churn below allocates its pods for real.
 	start := time.Now()
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= nodes || failed.Load() != nil || ctx.Err() != nil {
-					return
-				}
-				name := fmt.Sprintf("node-%05d", i)
-				err := st.PutNode(ctx, model.Node{Name: name, Addresses: []netip.Addr{simNodeAddr(i)}})
-				if err == nil {
-					err = writeNode(ctx, cli, st, &pool, name, i, perNode, 0)
-				}
-				if err != nil {
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	err = forEach(ctx, nodes, 8, func(i int) error {
+		name := fmt.Sprintf("node-%05d", i)
+		if err := st.PutNode(ctx, model.Node{Name: name, Addresses: []netip.Addr{simNodeAddr(i)}}); err != nil {
+			return err
+		}
+		return writeNode(ctx, cli, st, &pool, name, i, perNode, 0)
+	})
 	z.fill = time.Since(start)
-	if p := failed.Load(); p != nil {
-		return z, *p
+	if err != nil {
+		return z, err
 	}
 	z.blocks = nodes * perNode
 	if err := compact(ctx, cli); err != nil {
@@ -539,36 +525,14 @@ func (k *countingWatchKV) Get(ctx context.Context, key string, opts ...clientv3.
 }
 
 func (k *countingWatchKV) Txn(ctx context.Context) clientv3.Txn {
-	return &countingWatchTxn{Txn: k.KV.Txn(ctx), c: k.c}
-}
-
-type countingWatchTxn struct {
-	clientv3.Txn
-	c *watchCounter
-}
-
-func (t *countingWatchTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
-	t.Txn = t.Txn.If(cs...)
-	return t
-}
-
-func (t *countingWatchTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *countingWatchTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-
-func (t *countingWatchTxn) Commit() (*clientv3.TxnResponse, error) {
-	resp, err := t.Txn.Commit()
-	t.c.lists.Add(1)
-	if err == nil {
-		t.c.bytes.Add(int64((*pb.TxnResponse)(resp).Size()))
-	}
-	return resp, err
+	return etcdtest.HookTxn(k.KV.Txn(ctx), func(_ []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+		resp, err := commit()
+		k.c.lists.Add(1)
+		if err == nil {
+			k.c.bytes.Add(int64((*pb.TxnResponse)(resp).Size()))
+		}
+		return resp, err
+	})
 }
 
 // countingWatcher counts the events a watcher receives and their bytes.
