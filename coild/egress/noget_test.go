@@ -49,12 +49,15 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 		t.Errorf("SetupPod with an egress sent %d GETs of the pod, want 1", n)
 	}
 
-	// PrefetchPod, called at the ADD's allocation, starts the one GET
+	// PrepareSetup, called at the ADD's allocation, starts the one GET
 	// that SetupPod then uses.
 	ctx2, cancel := context.WithCancel(ctx)
 	stop := r.runPrefetch(ctx2)
-	r.PrefetchPod("app", "web")
-	r.PrefetchPod("app", "web") // a retried allocation: still one GET
+	for range 2 { // a retried allocation: still one GET
+		if !r.PrepareSetup("app", "web") {
+			t.Error("PrepareSetup of a pod not cached while an egress exists = false")
+		}
+	}
 	if _, err := r.SetupPod(ctx, addr); err == nil {
 		t.Error("SetupPod of a client before coild is ready succeeded")
 	}
@@ -63,16 +66,16 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 	}
 	cancel()
 	stop()
-	r.PrefetchPod("app", "web") // not running: nothing started
+	r.PrepareSetup("app", "web") // not running: nothing started
 	if n := gets(); n != 2 {
-		t.Errorf("PrefetchPod of a stopped reconciler sent a GET")
+		t.Errorf("PrepareSetup of a stopped reconciler sent a GET")
 	}
 }
 
-// TestPodNeedsSetup: the judgement coild sends with an allocation (the
+// TestPrepareSetup: the judgement coild sends with an allocation (the
 // plugin skips POST /egress on false) is false only where SetupPod would
 // set nothing up, and true whenever the reconciler cannot tell.
-func TestPodNeedsSetup(t *testing.T) {
+func TestPrepareSetup(t *testing.T) {
 	nat := model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, VNI: 5}
 	pod := func(name string, annotations, labels map[string]string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: name, Annotations: annotations, Labels: labels},
@@ -106,8 +109,8 @@ func TestPodNeedsSetup(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := r.PodNeedsSetup("app", "web"); got != tt.want {
-				t.Fatalf("PodNeedsSetup = %v, want %v", got, tt.want)
+			if got := r.PrepareSetup("app", "web"); got != tt.want {
+				t.Fatalf("PrepareSetup = %v, want %v", got, tt.want)
 			}
 			if tt.want {
 				return

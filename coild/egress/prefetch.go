@@ -11,7 +11,7 @@ import (
 // An ADD asks coild twice: for the address (POST /ip), then, once the
 // plugin has set up the pod's veth, for its egress (POST /egress, SetupPod).
 // When the informer does not hold the pod yet and an egress exists, the
-// second needs the Pod from the API server; PrefetchPod starts that GET at
+// second needs the Pod from the API server; PrepareSetup starts that GET at
 // the first request, so that its round trip overlaps the plugin's veth work
 // instead of adding to the ADD.
 
@@ -34,13 +34,28 @@ type prefetcher struct {
 	fetches map[string]*podFetch
 }
 
-// PrefetchPod starts fetching the Pod namespace/name from the API server if
-// SetupPod will need it: an egress exists and the informer does not hold
-// the pod. It does not wait.
-func (r *Reconciler) PrefetchPod(namespace, name string) {
-	if r.noEgresses() || r.pods.localPod(namespace, name) != nil {
-		return
+// PrepareSetup is called as a pod's ADD allocates. It reports whether
+// SetupPod of the pod could set anything up, from what the reconciler
+// holds: false when no egress exists and the cache does not hold the pod,
+// or when the cached pod is no egress client or gateway; true whenever it
+// cannot tell (a pod not cached yet while egresses exist, inputs not
+// loaded). It decides as SetupPod does, so that skipping SetupPod on false
+// changes nothing. When only the API server can tell, it starts fetching
+// the pod for SetupPod, without waiting.
+func (r *Reconciler) PrepareSetup(namespace, name string) bool {
+	if p := r.pods.localPod(namespace, name); p != nil {
+		return len(clientEgresses(p)) > 0 || gatewayOf(p) != ""
 	}
+	if r.noEgresses() {
+		return false
+	}
+	r.prefetchPod(namespace, name)
+	return true
+}
+
+// prefetchPod starts fetching the Pod namespace/name from the API server
+// for SetupPod, once per pod at a time, while the reconciler runs.
+func (r *Reconciler) prefetchPod(namespace, name string) {
 	key := namespace + "/" + name
 	p := &r.prefetch
 	p.mu.Lock()
@@ -72,7 +87,7 @@ func (r *Reconciler) PrefetchPod(namespace, name string) {
 }
 
 // takePrefetched returns the fetch of namespace/name started by
-// PrefetchPod, if any, removing it: each serves one SetupPod.
+// PrepareSetup, if any, removing it: each serves one SetupPod.
 func (r *Reconciler) takePrefetched(namespace, name string) *podFetch {
 	p := &r.prefetch
 	p.mu.Lock()
@@ -83,7 +98,7 @@ func (r *Reconciler) takePrefetched(namespace, name string) *podFetch {
 	return f
 }
 
-// runPrefetch lets PrefetchPod start fetches under ctx until it ends, and
+// runPrefetch lets PrepareSetup start fetches under ctx until it ends, and
 // waits for those in flight.
 func (r *Reconciler) runPrefetch(ctx context.Context) func() {
 	p := &r.prefetch

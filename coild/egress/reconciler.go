@@ -677,20 +677,6 @@ func (r *Reconciler) teardownLeftovers(key, netns string) {
 	}
 }
 
-// PodNeedsSetup reports whether SetupPod of a pod could set anything up,
-// from what the reconciler holds, without I/O: false when no egress
-// exists and the cache does not hold the pod, or when the cached pod is
-// no egress client or gateway; true whenever it cannot tell (a pod not
-// cached yet while egresses exist, inputs not loaded). It decides as
-// SetupPod does, so that skipping SetupPod on false changes nothing.
-func (r *Reconciler) PodNeedsSetup(namespace, name string) bool {
-	p := r.pods.localPod(namespace, name)
-	if p == nil {
-		return !r.noEgresses()
-	}
-	return len(clientEgresses(p)) > 0 || gatewayOf(p) != ""
-}
-
 // SetupPod programs the egress configuration of a pod during its CNI ADD,
 // once its interface exists, so that its first packet takes the right
 // path. A pod that is neither a client nor a gateway costs one look-up in
@@ -796,7 +782,7 @@ func splitKey(k string) (namespace, name string) {
 }
 
 // pod returns the Pod object from the informer's cache, or from the API
-// when the cache does not hold it yet (through the fetch PrefetchPod
+// when the cache does not hold it yet (through the fetch PrepareSetup
 // started, if any); nil when it does not exist.
 func (r *Reconciler) pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	if p := r.pods.localPod(namespace, name); p != nil {

@@ -62,17 +62,12 @@ type Egress interface {
 	PodReleased(addr model.Address)
 }
 
-// podPrefetcher is an Egress that can start fetching what SetupPod of a
-// pod will need while its ADD is still allocating (coild/egress).
-type podPrefetcher interface {
-	PrefetchPod(namespace, name string)
-}
-
-// setupJudge is an Egress that can tell, without I/O, that SetupPod of a
-// pod would do nothing: POST /ip then says so, and the plugin skips POST
-// /egress (coild/egress).
-type setupJudge interface {
-	PodNeedsSetup(namespace, name string) bool
+// setupPreparer is an Egress that, as a pod's ADD allocates, tells
+// without I/O whether SetupPod of the pod could set anything up (POST /ip
+// then says when not, and the plugin skips POST /egress), and starts
+// fetching what SetupPod will need meanwhile (coild/egress).
+type setupPreparer interface {
+	PrepareSetup(namespace, name string) bool
 }
 
 // PodNetNS checks the network namespace paths that requests carry
@@ -257,15 +252,10 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	addr, ok := s.cfg.Allocator.Lookup(att)
 	skipEgress := false
 	if !ok {
-		// Judged before the allocation, as the prefetch below is: a pod
-		// the cache does not hold yet is never skipped while an egress
-		// exists. A retried ADD (the Lookup above) is not judged and asks.
-		skipEgress = s.egressNotNeeded(req.PodNamespace, req.PodName)
-		if pf, ok := s.cfg.Egress.(podPrefetcher); ok {
-			// POST /egress follows once the plugin has set up the veth;
-			// a Pod it will need from the API server is fetched meanwhile.
-			pf.PrefetchPod(req.PodNamespace, req.PodName)
-		}
+		// Before the allocation: a Pod that POST /egress will need from
+		// the API server is fetched meanwhile. A retried ADD (the Lookup
+		// above) is not judged and asks.
+		skipEgress = !s.prepareEgress(req.PodNamespace, req.PodName)
 		pool, err := s.cfg.Selector.PoolFor(ctx, req.PodNamespace)
 		if err != nil {
 			s.fail(w, fmt.Errorf("choose pool for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -286,16 +276,17 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	writeAllocated(w, addr, skipEgress)
 }
 
-// egressNotNeeded reports whether POST /egress of a pod would set nothing
-// up. Egress changes after that (an egress created, a pod annotated)
-// reach the pod through the egress reconciler's passes, as they do for
-// every running pod.
-func (s *Server) egressNotNeeded(namespace, pod string) bool {
+// prepareEgress reports whether POST /egress of a pod could set anything
+// up (true when Egress cannot tell), and lets Egress prepare it. Egress
+// changes after that (an egress created, a pod annotated) reach the pod
+// through the egress reconciler's passes, as they do for every running
+// pod.
+func (s *Server) prepareEgress(namespace, pod string) bool {
 	if s.cfg.Egress == nil {
-		return true
+		return false
 	}
-	j, ok := s.cfg.Egress.(setupJudge)
-	return ok && !j.PodNeedsSetup(namespace, pod)
+	p, ok := s.cfg.Egress.(setupPreparer)
+	return !ok || p.PrepareSetup(namespace, pod)
 }
 
 // handleEgress sets up the egress tunnels of a pod whose interface the

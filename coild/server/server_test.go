@@ -330,7 +330,7 @@ type judgingEgress struct {
 	needs bool
 }
 
-func (j *judgingEgress) PodNeedsSetup(namespace, name string) bool { return j.needs }
+func (j *judgingEgress) PrepareSetup(namespace, name string) bool { return j.needs }
 
 // TestAllocationSaysWhenEgressIsNotNeeded: POST /ip tells the plugin to
 // skip POST /egress only when egress says so (or coild runs without
