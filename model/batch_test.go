@@ -348,16 +348,33 @@ func TestQueuedWriteGivesUp(t *testing.T) {
 	}
 }
 
-// TestBatchAnswerLost: a batch etcd applied but whose answer was lost is
-// asked again, fails its compares (its writes are there), and each write
-// then learns alone that its record is there: every caller gets its
-// address, the one etcd holds.
-func TestBatchAnswerLost(t *testing.T) {
+// lostBatch is a batch of n allocations (b0...) queued behind a held one
+// (first), which etcd applied and whose answer was lost.
+type lostBatch struct {
+	st     *model.Store
+	kv     *gatedKV
+	b      model.Block
+	got    []model.Address
+	errs   []error
+	before int32 // transactions committed before first's
+}
+
+// loseBatchAnswer sets up a store over a KV that can lose answers (wait,
+// if not zero, is its outcome wait), takes a block from pool subnet cidr,
+// and has a batch of n allocations committed by etcd while the connection
+// is cut, its answer lost. With reconnect the connection comes back at
+// once; else it stays cut until the batch's writes gave up, and is then
+// restored.
+func loseBatchAnswer(t *testing.T, cidr string, n int, wait time.Duration, reconnect bool) lostBatch {
+	t.Helper()
 	ctx := context.Background()
 	losing := server.LosingKV(t)
 	kv := newGatedKV(losing)
 	st := model.NewWithKV(kv, etcdtest.Prefix(t))
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{mustSubnet(t, "10.13.0.0/24", "")}}); err != nil {
+	if wait > 0 {
+		model.SetOutcomeWait(st, wait)
+	}
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{mustSubnet(t, cidr, "")}}); err != nil {
 		t.Fatal(err)
 	}
 	b, _, err := st.AcquireBlock(ctx, "default", batchOwner("c0"))
@@ -367,15 +384,15 @@ func TestBatchAnswerLost(t *testing.T) {
 	direct := server.Client(t)
 	recorded := func() bool {
 		resp, err := direct.Get(ctx, st.Prefix()+"addresses/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		return err == nil && resp.Count == 5 // the block's first, first's, and the batch's three
+		// The block's first, first's, and the batch's.
+		return err == nil && resp.Count == int64(2+n)
 	}
-	got := make([]model.Address, 3)
-	errs := make([]error, 3)
+	lb := lostBatch{st: st, kv: kv, b: b, got: make([]model.Address, n), errs: make([]error, n)}
 	var rest []func()
-	for i := range got {
-		rest = append(rest, func() { got[i], errs[i] = st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i))) })
+	for i := range n {
+		rest = append(rest, func() { lb.got[i], lb.errs[i] = st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i))) })
 	}
-	before := kv.commits.Load()
+	lb.before = kv.commits.Load()
 	cut := make(chan struct{})
 	holdAndQueue(t, st, kv, func() { _, _ = st.AllocateAddress(ctx, b, 1, batchOwner("first")) }, rest, func() {
 		// The next transaction created is the batch's (first's exists).
@@ -388,15 +405,29 @@ func TestBatchAnswerLost(t *testing.T) {
 			}
 			losing.Proxy.SetCut(true)
 			losing.Proxy.SetDropResponses(false)
-			losing.Proxy.SetCut(false)
+			if reconnect {
+				losing.Proxy.SetCut(false)
+			}
 		}()
 	})
 	<-cut
+	losing.Proxy.SetCut(false)
+	return lb
+}
+
+// TestBatchAnswerLost: a batch etcd applied but whose answer was lost is
+// asked again, fails its compares (its writes are there), and each write
+// then learns alone that its record is there: every caller gets its
+// address, the one etcd holds.
+func TestBatchAnswerLost(t *testing.T) {
+	ctx := context.Background()
+	lb := loseBatchAnswer(t, "10.13.0.0/24", 3, 0, true)
+	st, kv, b, got, errs := lb.st, lb.kv, lb.b, lb.got, lb.errs
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
 	// first's, the batch, the batch asked again, and each write alone.
-	if n := kv.commits.Load() - before; n != 1+1+1+3 {
+	if n := kv.commits.Load() - lb.before; n != 1+1+1+3 {
 		t.Errorf("%d transactions, want 6: the answer was not lost, or not settled write by write", n)
 	}
 	recs, err := st.BlockAddresses(ctx, b)
@@ -423,43 +454,9 @@ func TestBatchAnswerLost(t *testing.T) {
 // settles each.
 func TestBatchOutcomeUnknown(t *testing.T) {
 	ctx := context.Background()
-	losing := server.LosingKV(t)
-	kv := newGatedKV(losing)
-	st := model.NewWithKV(kv, etcdtest.Prefix(t))
-	model.SetOutcomeWait(st, 300*time.Millisecond)
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 4, Subnets: []model.Subnet{mustSubnet(t, "10.14.0.0/24", "")}}); err != nil {
-		t.Fatal(err)
-	}
-	b, _, err := st.AcquireBlock(ctx, "default", batchOwner("c0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := server.Client(t)
-	recorded := func() bool {
-		resp, err := direct.Get(ctx, st.Prefix()+"addresses/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		return err == nil && resp.Count == 4
-	}
-	errs := make([]error, 2)
-	var rest []func()
-	for i := range errs {
-		rest = append(rest, func() { _, errs[i] = st.AllocateAddress(ctx, b, 2+i, batchOwner(fmt.Sprint("b", i))) })
-	}
-	cut := make(chan struct{})
-	holdAndQueue(t, st, kv, func() { _, _ = st.AllocateAddress(ctx, b, 1, batchOwner("first")) }, rest, func() {
-		losing.Arm()
-		go func() {
-			defer close(cut)
-			if !eventually(recorded) {
-				t.Error("the batch never took effect in etcd")
-				return
-			}
-			// Cut until the writes gave up asking.
-			losing.Proxy.SetCut(true)
-			losing.Proxy.SetDropResponses(false)
-		}()
-	})
-	<-cut
-	losing.Proxy.SetCut(false)
+	// Cut until the writes gave up asking.
+	lb := loseBatchAnswer(t, "10.14.0.0/24", 2, 300*time.Millisecond, false)
+	st, b, errs := lb.st, lb.b, lb.errs
 	for i, err := range errs {
 		if !errors.Is(err, model.ErrOutcomeUnknown) || !errors.Is(err, model.ErrUnavailable) {
 			t.Errorf("b%d: err = %v, want ErrOutcomeUnknown and ErrUnavailable", i, err)
