@@ -57,6 +57,25 @@ func (r *readRecorder) reset() {
 	r.requests, r.reads = 0, nil
 }
 
+// recordedStore returns an initialised store over a readRecorder, with a
+// pool "default" of blocks of 4 addresses in subnet cidr, and what it
+// stands on.
+func recordedStore(t *testing.T, cidr string) (*clientv3.Client, string, *readRecorder, *model.Store) {
+	t.Helper()
+	ctx := context.Background()
+	cli := server.Client(t)
+	prefix := etcdtest.Prefix(t)
+	rec := &readRecorder{KV: cli.KV}
+	st := model.NewWithKV(rec, prefix)
+	if err := st.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, cidr, "")}}); err != nil {
+		t.Fatal(err)
+	}
+	return cli, prefix, rec, st
+}
+
 // fillNodes makes n nodes named node-<i> own one block each, with one
 // address in it.
 func fillNodes(t *testing.T, st *model.Store, n int) map[string]model.Block {
@@ -78,16 +97,7 @@ func fillNodes(t *testing.T, st *model.Store, n int) map[string]model.Block {
 // never another node's, however many nodes there are.
 func TestNodeBlocksReadsOnlyTheNode(t *testing.T) {
 	ctx := context.Background()
-	cli := server.Client(t)
-	prefix := etcdtest.Prefix(t)
-	rec := &readRecorder{KV: cli.KV}
-	st := model.NewWithKV(rec, prefix)
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, "10.60.0.0/20", "")}}); err != nil {
-		t.Fatal(err)
-	}
+	cli, prefix, rec, st := recordedStore(t, "10.60.0.0/20")
 	// Mark every node indexed the way coild's first start does.
 	for _, n := range []int{3, 60} {
 		t.Run(fmt.Sprint(n, " nodes"), func(t *testing.T) {
@@ -148,16 +158,7 @@ func TestNodeBlocksReadsOnlyTheNode(t *testing.T) {
 // it; entries left by a release that did not know the index are dropped.
 func TestNodeIndexMigration(t *testing.T) {
 	ctx := context.Background()
-	cli := server.Client(t)
-	prefix := etcdtest.Prefix(t)
-	rec := &readRecorder{KV: cli.KV}
-	st := model.NewWithKV(rec, prefix)
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, "10.61.0.0/24", "")}}); err != nil {
-		t.Fatal(err)
-	}
+	cli, prefix, rec, st := recordedStore(t, "10.61.0.0/24")
 	blocks := fillNodes(t, st, 4)
 	// What a cluster written by a Coil without the index holds: blocks
 	// and addresses, no nodeblocks/.
@@ -239,16 +240,7 @@ func TestNodeIndexMigration(t *testing.T) {
 // whose blocks are indexed but not marked complete finds them the same way.
 func TestNewNodeInIndexedCluster(t *testing.T) {
 	ctx := context.Background()
-	cli := server.Client(t)
-	prefix := etcdtest.Prefix(t)
-	rec := &readRecorder{KV: cli.KV}
-	st := model.NewWithKV(rec, prefix)
-	if err := st.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreatePool(ctx, model.Pool{Name: "default", BlockSizeBits: 2, Subnets: []model.Subnet{mustSubnet(t, "10.62.0.0/24", "")}}); err != nil {
-		t.Fatal(err)
-	}
+	cli, prefix, rec, st := recordedStore(t, "10.62.0.0/24")
 	blocks := fillNodes(t, st, 8)
 
 	tests := []struct {
