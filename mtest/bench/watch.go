@@ -579,7 +579,7 @@ func relistTopology(ctx context.Context, st *model.Store, kv clientv3.KV, w clie
 			clientv3.OpGet(nodesPrefix, clientv3.WithPrefix()),
 		).Commit()
 		if err != nil {
-			sleep(ctx, retry)
+			_ = sleepCtx(ctx, retry)
 			continue
 		}
 		var topo model.Topology
@@ -608,21 +608,13 @@ func relistTopology(ctx context.Context, st *model.Store, kv clientv3.KV, w clie
 		}
 		cancel()
 		if !ok || wresp.Err() != nil || wresp.Canceled {
-			sleep(ctx, retry)
+			_ = sleepCtx(ctx, retry)
 			continue
 		}
-		sleep(ctx, settle)
+		_ = sleepCtx(ctx, settle)
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
 
 // etcdSentBytes reads etcd's count of the bytes it sent to gRPC clients
 // from its metrics endpoint.
