@@ -615,7 +615,6 @@ func relistTopology(ctx context.Context, st *model.Store, kv clientv3.KV, w clie
 	}
 }
 
-
 // etcdSentBytes reads etcd's count of the bytes it sent to gRPC clients
 // from its metrics endpoint.
 func etcdSentBytes(ctx context.Context, endpoint string) (int64, error) {
