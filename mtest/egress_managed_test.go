@@ -9,6 +9,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -62,9 +63,14 @@ func TestEgressManagedGateways(t *testing.T) {
 		if template["coil.cybozu.com/egress"] != "nat" {
 			t.Fatalf("pod template labels %v", template)
 		}
-		pdb, err := c.Kube.PolicyV1().PodDisruptionBudgets("internet").Get(ctx, "nat-gateway", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
+		// The controller creates the budget after the Deployment.
+		var pdb *policyv1.PodDisruptionBudget
+		if err := Eventually(15*time.Second, func() error {
+			var err error
+			pdb, err = c.Kube.PolicyV1().PodDisruptionBudgets("internet").Get(ctx, "nat-gateway", metav1.GetOptions{})
+			return err
+		}); err != nil {
+			t.Fatalf("gateway PodDisruptionBudget: %v", err)
 		}
 		if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 			t.Errorf("PodDisruptionBudget %+v", pdb.Spec)
