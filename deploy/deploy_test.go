@@ -6,6 +6,7 @@ package deploy_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"testing"
 
 	"github.com/coil-project/coil/coil-controller/controller"
+	"github.com/coil-project/coil/coild/api"
 	installercmd "github.com/coil-project/coil/coil-installer/cmd"
 	"github.com/coil-project/coil/coil-installer/installer"
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
@@ -204,8 +206,23 @@ func TestRender(t *testing.T) {
 	if cni.Data["conflist.tmpl"] != string(tmpl) {
 		t.Errorf("ConfigMap coil-cni holds %q, want the content of %s", cni.Data["conflist.tmpl"], conflistTmpl)
 	}
-	if _, err := installer.RenderConflist(conflistTmpl, installer.TemplateData{CoildEndpoint: "unix:///run/coil/coild.sock"}); err != nil {
+	rendered, err := installer.RenderConflist(conflistTmpl, installer.TemplateData{CoildEndpoint: "unix:///run/coil/coild.sock"})
+	if err != nil {
 		t.Error(err)
+	} else {
+		// containerd passes the pod's annotations only to a plugin
+		// that declares the capability; coild then judges egress
+		// without asking the API server.
+		var list struct {
+			Plugins []struct {
+				Type         string          `json:"type"`
+				Capabilities map[string]bool `json:"capabilities"`
+			} `json:"plugins"`
+		}
+		if err := json.Unmarshal(rendered, &list); err != nil || len(list.Plugins) == 0 || list.Plugins[0].Type != "coil" ||
+			!list.Plugins[0].Capabilities[api.PodAnnotationsCapability] {
+			t.Errorf("the coil plugin must declare capability %s: %s (%v)", api.PodAnnotationsCapability, rendered, err)
+		}
 	}
 	if v := convert[corev1.ConfigMap](t, find(t, objs, "ConfigMap", "coil-config")).Data["etcd-endpoints"]; v == "" {
 		t.Error("ConfigMap coil-config has no etcd-endpoints")

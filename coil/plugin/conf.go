@@ -24,6 +24,14 @@ type NetConf struct {
 	Coild string `json:"coild,omitempty"`
 	// MTU of the pod interface; 0 follows the node's uplink.
 	MTU int `json:"mtu,omitempty"`
+	// RuntimeConfig holds what the runtime passes for the capabilities
+	// the configuration declares.
+	RuntimeConfig struct {
+		// PodAnnotations are the pod's annotations, which containerd
+		// passes when the configuration declares the capability
+		// api.PodAnnotationsCapability; nil when the runtime did not.
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations"`
+	} `json:"runtimeConfig"`
 }
 
 // parseNetConf decodes and checks the network configuration from stdin.

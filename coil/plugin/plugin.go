@@ -131,6 +131,9 @@ func CmdAdd(args *skel.CmdArgs) error {
 		Interface:    att.Interface,
 		NetNS:        args.Netns,
 		Network:      c.conf.Name,
+		// Lets coild tell whether the pod uses an egress without
+		// asking the API server, when its cache lags behind.
+		EgressAnnotations: api.EgressAnnotations(c.conf.RuntimeConfig.PodAnnotations),
 	})
 	made := <-linksDone
 	if err != nil {

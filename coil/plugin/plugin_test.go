@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -118,7 +119,7 @@ func TestAddCheckDel(t *testing.T) {
 			hostVeth := nodenet.HostVethName("ns1", "web-0")
 
 			out := add(t, host, args)
-			if got := coild.LastAlloc(); got == nil || *got != (api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path(), Network: "k8s"}) {
+			if got := coild.LastAlloc(); got == nil || !reflect.DeepEqual(*got, api.AllocRequest{PodNamespace: "ns1", PodName: "web-0", ContainerID: "cid-1", Interface: "eth0", NetNS: pod.Path(), Network: "k8s"}) {
 				t.Errorf("coild got %+v", got)
 			}
 
@@ -335,6 +336,48 @@ func TestAddSkipsEgressOnlyWhenCoildSaysSo(t *testing.T) {
 				}
 				return nil
 			})
+		})
+	}
+}
+
+// TestAddPassesTheRuntimesEgressAnnotations: the pod annotations the
+// runtime passes (containerd's io.kubernetes.cri.pod-annotations) reach
+// coild's POST /ip, only those of egress, and as "none" rather than
+// "unknown" when the runtime passed annotations without any.
+func TestAddPassesTheRuntimesEgressAnnotations(t *testing.T) {
+	tests := []struct {
+		name          string
+		runtimeConfig map[string]any
+		want          map[string]string
+	}{
+		{"no runtimeConfig", nil, nil},
+		{"other capabilities only", map[string]any{"portMappings": []any{}}, nil},
+		{"annotations, no egress", map[string]any{api.PodAnnotationsCapability: map[string]string{"kubernetes.io/config.seen": "2026-12-01T00:00:00Z"}}, map[string]string{}},
+		{"a client", map[string]any{api.PodAnnotationsCapability: map[string]string{
+			"kubernetes.io/config.seen":       "2026-12-01T00:00:00Z",
+			"egress.coil.cybozu.com/internet": "nat",
+			"egress.coil.cybozu.com/":         "not a namespace",
+			"other.example/egress":            "x",
+		}}, map[string]string{"egress.coil.cybozu.com/internet": "nat"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newHost(t)
+			pod := newTestNS(t)
+			coild := fakecoild.New("10.1.0.14")
+			var extra map[string]any
+			if tt.runtimeConfig != nil {
+				extra = map[string]any{"runtimeConfig": tt.runtimeConfig}
+			}
+			add(t, host, cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), extra)))
+			got := coild.LastAlloc()
+			if got == nil {
+				t.Fatal("no POST /ip")
+			}
+			// DeepEqual tells a nil map (unknown) from an empty one (none).
+			if !reflect.DeepEqual(got.EgressAnnotations, tt.want) {
+				t.Errorf("egress-annotations = %#v, want %#v", got.EgressAnnotations, tt.want)
+			}
 		})
 	}
 }

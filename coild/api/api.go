@@ -21,6 +21,12 @@ const (
 	// MaxRequestBytes is the largest request body coild accepts; requests
 	// are small, so anything bigger is a mistake or an attack.
 	MaxRequestBytes = 64 << 10
+	// EgressAnnotationPrefix starts the keys of the pod annotations that
+	// opt a pod into egresses (egress.coil.cybozu.com/<namespace>).
+	EgressAnnotationPrefix = "egress.coil.cybozu.com/"
+	// PodAnnotationsCapability is the CNI capability under which
+	// containerd passes a pod's annotations to plugins that declare it.
+	PodAnnotationsCapability = "io.kubernetes.cri.pod-annotations"
 )
 
 // Paths of the endpoints.
@@ -88,6 +94,12 @@ type AllocRequest struct {
 	// another network never does. Empty (v1 clients) means unknown: no GC
 	// frees the address.
 	Network string `json:"network,omitempty"`
+	// EgressAnnotations are the pod's annotations whose keys start with
+	// EgressAnnotationPrefix, out of those the container runtime passed
+	// (PodAnnotationsCapability). nil means the runtime passed none: coild
+	// cannot tell. Non-nil, even empty, lets coild judge a pod its cache
+	// does not hold yet without asking the API server.
+	EgressAnnotations map[string]string `json:"egress-annotations,omitzero"`
 }
 
 // Attachment returns the (normalized) attachment the request is for.
@@ -101,7 +113,40 @@ func (r AllocRequest) Validate() error {
 		return err
 	}
 	if r.Network != "" {
-		return ValidateNetwork(r.Network)
+		if err := ValidateNetwork(r.Network); err != nil {
+			return err
+		}
+	}
+	return validateEgressAnnotations(r.EgressAnnotations)
+}
+
+// EgressAnnotations returns, out of a pod's annotations as the runtime
+// passed them, those AllocRequest.EgressAnnotations carries: non-nil
+// (possibly empty) when all is, nil when all is nil.
+func EgressAnnotations(all map[string]string) map[string]string {
+	if all == nil {
+		return nil
+	}
+	out := map[string]string{}
+	for k, v := range all {
+		if isEgressAnnotation(k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func isEgressAnnotation(key string) bool {
+	return strings.HasPrefix(key, EgressAnnotationPrefix) && len(key) > len(EgressAnnotationPrefix)
+}
+
+// validateEgressAnnotations refuses annotations other than egress ones:
+// a client that sends them has not filtered what the runtime passed.
+func validateEgressAnnotations(a map[string]string) error {
+	for k := range a {
+		if !isEgressAnnotation(k) {
+			return fmt.Errorf("egress-annotations: key %q is not %s<namespace>", k, EgressAnnotationPrefix)
+		}
 	}
 	return nil
 }
@@ -120,6 +165,10 @@ type EgressRequest struct {
 	NetNS string `json:"netns,omitempty"`
 	// PodUID is accepted, as in AllocRequest, and ignored.
 	PodUID string `json:"pod-uid,omitempty"`
+	// Network and EgressAnnotations are accepted, as in AllocRequest, and
+	// ignored: POST /egress reads the pod from coild's cache or the API.
+	Network           string            `json:"network,omitempty"`
+	EgressAnnotations map[string]string `json:"egress-annotations,omitzero"`
 }
 
 // Attachment returns the (normalized) attachment the request is for.

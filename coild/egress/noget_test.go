@@ -8,6 +8,7 @@ import (
 	"github.com/coil-project/coil/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -54,7 +55,7 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 	ctx2, cancel := context.WithCancel(ctx)
 	stop := r.runPrefetch(ctx2)
 	for range 2 { // a retried allocation: still one GET
-		if !r.PrepareSetup("app", "web") {
+		if !r.PrepareSetup("app", "web", nil) {
 			t.Error("PrepareSetup of a pod not cached while an egress exists = false")
 		}
 	}
@@ -66,7 +67,7 @@ func TestSetupPodAsksTheAPIOnlyWhenItMatters(t *testing.T) {
 	}
 	cancel()
 	stop()
-	r.PrepareSetup("app", "web") // not running: nothing started
+	r.PrepareSetup("app", "web", nil) // not running: nothing started
 	if n := gets(); n != 2 {
 		t.Errorf("PrepareSetup of a stopped reconciler sent a GET")
 	}
@@ -82,24 +83,42 @@ func TestPrepareSetup(t *testing.T) {
 			Spec: corev1.PodSpec{NodeName: "n1"}}
 	}
 	client := map[string]string{model.EgressClientAnnotationPrefix + "internet": "nat"}
+	// The runtime's annotations (io.kubernetes.cri.pod-annotations, as
+	// containerd passes them): nil when it passed none.
+	none := map[string]string{}
+	inApp := model.Egress{Namespace: "app", Name: "out", Destinations: nat.Destinations, VNI: 6}
 	tests := []struct {
-		name     string
-		egresses []model.Egress // nil: not loaded yet
-		loaded   bool
-		cached   *corev1.Pod
-		want     bool
+		name        string
+		egresses    []model.Egress // nil: not loaded yet
+		loaded      bool
+		cached      *corev1.Pod
+		annotations map[string]string
+		want        bool
 	}{
-		{"egresses not loaded, pod not cached", nil, false, nil, true},
-		{"no egress, pod not cached", nil, true, nil, false},
-		{"an egress, pod not cached", []model.Egress{nat}, true, nil, true},
-		{"an egress, cached pod uses none", []model.Egress{nat}, true, pod("web", nil, nil), false},
-		{"an egress, cached client", []model.Egress{nat}, true, pod("web", client, nil), true},
-		{"no egress, cached client of a missing one", nil, true, pod("web", client, nil), true},
-		{"an egress, cached gateway", []model.Egress{nat}, true, pod("web", nil, map[string]string{model.EgressGatewayLabel: "nat"}), true},
+		{"egresses not loaded, pod not cached", nil, false, nil, nil, true},
+		{"no egress, pod not cached", nil, true, nil, nil, false},
+		{"an egress, pod not cached", []model.Egress{nat}, true, nil, nil, true},
+		{"an egress, cached pod uses none", []model.Egress{nat}, true, pod("web", nil, nil), nil, false},
+		{"an egress, cached client", []model.Egress{nat}, true, pod("web", client, nil), nil, true},
+		{"no egress, cached client of a missing one", nil, true, pod("web", client, nil), nil, true},
+		{"an egress, cached gateway", []model.Egress{nat}, true, pod("web", nil, map[string]string{model.EgressGatewayLabel: "nat"}), nil, true},
+		// The runtime's annotations answer for a pod not cached, unless
+		// it may be a gateway (labels are not passed).
+		{"an egress elsewhere, runtime says no client", []model.Egress{nat}, true, nil, none, false},
+		{"an egress elsewhere, runtime says client", []model.Egress{nat}, true, nil, client, true},
+		{"an egress in the pod's namespace, runtime says no client", []model.Egress{nat, inApp}, true, nil, none, true},
+		{"egresses not loaded, runtime says no client", nil, false, nil, none, true},
+		{"cache wins over the runtime", []model.Egress{nat}, true, pod("web", client, nil), none, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			kube := fake.NewClientset()
+			var objs []runtime.Object
+			fromRuntime := tt.cached == nil && tt.annotations != nil
+			if fromRuntime {
+				// The API holds the pod as the runtime described it.
+				objs = append(objs, pod("web", tt.annotations, nil))
+			}
+			kube := fake.NewClientset(objs...)
 			r := New(Config{Node: "n1", Kube: kube})
 			if tt.loaded {
 				r.setEgresses(tt.egresses)
@@ -109,20 +128,23 @@ func TestPrepareSetup(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := r.PrepareSetup("app", "web"); got != tt.want {
+			if got := r.PrepareSetup("app", "web", tt.annotations); got != tt.want {
 				t.Fatalf("PrepareSetup = %v, want %v", got, tt.want)
 			}
 			if tt.want {
 				return
 			}
+			if n := len(kube.Actions()); n != 0 {
+				t.Errorf("PrepareSetup sent %d API requests", n)
+			}
 			// Where it says no, SetupPod does nothing either: no answer,
-			// no error, no API round trip.
+			// no error, and no API round trip when the cache told.
 			addr := model.Address{IPv4: netip.MustParseAddr("10.1.0.5"), Owner: model.Owner{Namespace: "app", Pod: "web", NetNS: "/nonexistent"}}
 			got, err := r.SetupPod(context.Background(), addr)
 			if err != nil || len(got.Clients) > 0 || got.Gateway != "" || len(got.Missing) > 0 {
 				t.Errorf("SetupPod = %+v, %v; want nothing set up", got, err)
 			}
-			if n := len(kube.Actions()); n != 0 {
+			if n := len(kube.Actions()); n != 0 && !fromRuntime {
 				t.Errorf("SetupPod sent %d API requests", n)
 			}
 		})

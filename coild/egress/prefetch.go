@@ -42,11 +42,23 @@ type prefetcher struct {
 // loaded). It decides as SetupPod does, so that skipping SetupPod on false
 // changes nothing. When only the API server can tell, it starts fetching
 // the pod for SetupPod, without waiting.
-func (r *Reconciler) PrepareSetup(namespace, name string) bool {
+//
+// annotations are the pod's annotations as the container runtime passed
+// them to the plugin (containerd's io.kubernetes.cri.pod-annotations),
+// nil when it passed none. Only those with EgressClientAnnotationPrefix
+// matter. For a pod the cache does not hold yet they answer for the API
+// server when they show no egress client and no egress lives in the pod's
+// namespace: the pod can then be neither client nor gateway (which labels
+// make, and the runtime does not pass labels). The cache, when it holds
+// the pod, wins: it follows later changes.
+func (r *Reconciler) PrepareSetup(namespace, name string, annotations map[string]string) bool {
 	if p := r.pods.localPod(namespace, name); p != nil {
 		return len(clientEgresses(p)) > 0 || gatewayOf(p) != ""
 	}
 	if r.noEgresses() {
+		return false
+	}
+	if annotations != nil && len(clientEgressesOf(annotations)) == 0 && !r.egressIn(namespace) {
 		return false
 	}
 	r.prefetchPod(namespace, name)

@@ -332,6 +332,22 @@ func (r *Reconciler) noEgresses() bool {
 	return r.egressesSeen && len(r.egresses) == 0
 }
 
+// egressIn reports whether an egress lives in namespace, or the egresses
+// are not loaded yet (it cannot tell): its pods may be gateways.
+func (r *Reconciler) egressIn(namespace string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.egressesSeen {
+		return true
+	}
+	for _, e := range r.egresses {
+		if e.Namespace == namespace {
+			return true
+		}
+	}
+	return false
+}
+
 // snapshot is every input of one reconciliation.
 type snapshot struct {
 	// seq orders snapshots: see podState.seq.

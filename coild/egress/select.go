@@ -63,8 +63,14 @@ func outer(client, gateway addrs) (c, g netip.Addr, ok bool) {
 // egress.coil.cybozu.com/<namespace>; a value may list several names,
 // comma-separated.
 func clientEgresses(p *corev1.Pod) []string {
+	return clientEgressesOf(p.Annotations)
+}
+
+// clientEgressesOf returns the egresses ("namespace/name") that a pod of
+// these annotations is a client of, sorted.
+func clientEgressesOf(annotations map[string]string) []string {
 	var out []string
-	for k, v := range p.Annotations {
+	for k, v := range annotations {
 		ns, ok := strings.CutPrefix(k, model.EgressClientAnnotationPrefix)
 		if !ok || ns == "" {
 			continue

@@ -67,7 +67,7 @@ type Egress interface {
 // then says when not, and the plugin skips POST /egress), and starts
 // fetching what SetupPod will need meanwhile (coild/egress).
 type setupPreparer interface {
-	PrepareSetup(namespace, name string) bool
+	PrepareSetup(namespace, name string, annotations map[string]string) bool
 }
 
 // PodNetNS checks the network namespace paths that requests carry
@@ -255,7 +255,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		// Before the allocation: a Pod that POST /egress will need from
 		// the API server is fetched meanwhile. A retried ADD (the Lookup
 		// above) is not judged and asks.
-		skipEgress = !s.prepareEgress(req.PodNamespace, req.PodName)
+		skipEgress = !s.prepareEgress(req.PodNamespace, req.PodName, req.EgressAnnotations)
 		pool, err := s.cfg.Selector.PoolFor(ctx, req.PodNamespace)
 		if err != nil {
 			s.fail(w, fmt.Errorf("choose pool for pod %s/%s: %w", req.PodNamespace, req.PodName, err))
@@ -281,12 +281,12 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 // changes after that (an egress created, a pod annotated) reach the pod
 // through the egress reconciler's passes, as they do for every running
 // pod.
-func (s *Server) prepareEgress(namespace, pod string) bool {
+func (s *Server) prepareEgress(namespace, pod string, annotations map[string]string) bool {
 	if s.cfg.Egress == nil {
 		return false
 	}
 	p, ok := s.cfg.Egress.(setupPreparer)
-	return !ok || p.PrepareSetup(namespace, pod)
+	return !ok || p.PrepareSetup(namespace, pod, annotations)
 }
 
 // handleEgress sets up the egress tunnels of a pod whose interface the

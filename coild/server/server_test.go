@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -324,13 +325,71 @@ func TestIsLoopback(t *testing.T) {
 	}
 }
 
-// judgingEgress is a fakeEgress that judges whether pods need set-up.
+// judgingEgress is a fakeEgress that judges whether pods need set-up,
+// recording the runtime's annotations it was given.
 type judgingEgress struct {
 	fakeEgress
 	needs bool
+	mu    sync.Mutex
+	given []map[string]string
 }
 
-func (j *judgingEgress) PrepareSetup(namespace, name string) bool { return j.needs }
+func (j *judgingEgress) PrepareSetup(namespace, name string, annotations map[string]string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.given = append(j.given, annotations)
+	return j.needs
+}
+
+// TestAllocationPassesTheRuntimesAnnotations: the egress annotations a
+// client sends with POST /ip reach the egress judgement as sent: absent
+// stays nil (unknown), {} stays empty (the runtime passed annotations,
+// none for egress). Keys other than egress ones are refused.
+func TestAllocationPassesTheRuntimesAnnotations(t *testing.T) {
+	tests := []struct {
+		name   string
+		extra  string
+		status int
+		want   map[string]string
+	}{
+		{"absent", ``, 200, nil},
+		{"null", `,"egress-annotations":null`, 200, nil},
+		{"empty", `,"egress-annotations":{}`, 200, map[string]string{}},
+		{"a client", `,"egress-annotations":{"egress.coil.cybozu.com/internet":"nat"}`, 200, map[string]string{"egress.coil.cybozu.com/internet": "nat"}},
+		{"another annotation", `,"egress-annotations":{"kubernetes.io/config.seen":"x"}`, 400, nil},
+		{"no namespace in the key", `,"egress-annotations":{"egress.coil.cybozu.com/":"nat"}`, 400, nil},
+		{"not an object", `,"egress-annotations":["x"]`, 400, nil},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			eg := &judgingEgress{}
+			ts, _ := newServerWith(t, etcd, fmt.Sprintf("10.27.%d.0/28", i), 2, eg)
+			req := `{"pod-namespace":"ns","pod-name":"p1","container-id":"c1","netns":"/var/run/netns/p1"` + tt.extra + `}`
+			code, body := do(t, "POST", ts.URL+"/ip", req)
+			if code != tt.status {
+				t.Fatalf("allocate = %d %v, want %d", code, body, tt.status)
+			}
+			eg.mu.Lock()
+			defer eg.mu.Unlock()
+			if tt.status != 200 {
+				if len(eg.given) != 0 {
+					t.Errorf("a refused request was judged")
+				}
+				return
+			}
+			if len(eg.given) != 1 {
+				t.Fatalf("judged %d times, want 1", len(eg.given))
+			}
+			got := eg.given[0]
+			if (got == nil) != (tt.want == nil) || !maps.Equal(got, tt.want) {
+				t.Errorf("annotations given = %#v, want %#v", got, tt.want)
+			}
+		})
+	}
+	if api.EgressAnnotationPrefix != model.EgressClientAnnotationPrefix {
+		t.Errorf("api.EgressAnnotationPrefix %q != model.EgressClientAnnotationPrefix %q", api.EgressAnnotationPrefix, model.EgressClientAnnotationPrefix)
+	}
+}
 
 // TestAllocationSaysWhenEgressIsNotNeeded: POST /ip tells the plugin to
 // skip POST /egress only when egress says so (or coild runs without
