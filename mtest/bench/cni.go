@@ -510,6 +510,10 @@ type benchPod struct {
 type cniRunner struct {
 	binDir, confDir string
 	node            ns.NetNS
+	// capArgs, when set, is passed as cnitool's CAP_ARGS: the
+	// capability arguments a runtime passes (containerd's pod
+	// annotations), given to plugins that declare them.
+	capArgs string
 }
 
 func (r *cniRunner) run(ctx context.Context, cmd, net string, p *benchPod) error {
@@ -521,6 +525,9 @@ func (r *cniRunner) run(ctx context.Context, cmd, net string, p *benchPod) error
 			"CNI_IFNAME=eth0",
 			"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+benchNS+";K8S_POD_NAME="+p.name,
 		)
+		if r.capArgs != "" {
+			c.Env = append(c.Env, "CAP_ARGS="+r.capArgs)
+		}
 		var stderr strings.Builder
 		c.Stderr = &stderr
 		out, err := c.Output()

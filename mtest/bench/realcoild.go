@@ -151,7 +151,8 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 	}
 	conf := map[string]any{
 		"cniVersion": "1.1.0", "name": realNet,
-		"plugins": []any{map[string]any{"type": "coil", "coild": "unix://" + sock}},
+		"plugins": []any{map[string]any{"type": "coil", "coild": "unix://" + sock,
+			"capabilities": map[string]bool{api.PodAnnotationsCapability: true}}},
 	}
 	b, _ := json.MarshalIndent(conf, "", "  ")
 	if err := os.WriteFile(filepath.Join(confDir, realNet+".conflist"), b, 0o644); err != nil {
@@ -219,7 +220,22 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 	if err := waitInformer(ctx, client, 3*time.Second); err != nil {
 		return err
 	}
-	return phase("pod not in the API yet, an egress exists")
+	if err := phase("pod not in the API yet, an egress exists, runtime passes no annotations"); err != nil {
+		return err
+	}
+	// What containerd passes for a static pod (the plugin declares the
+	// capability): its annotations, none of them egress ones.
+	capArgs, err := json.Marshal(map[string]any{api.PodAnnotationsCapability: map[string]string{
+		"kubernetes.io/config.source": "file",
+		"kubernetes.io/config.seen":   "2026-12-01T00:00:00.000000000Z",
+		"kubernetes.io/config.hash":   "0123456789abcdef0123456789abcdef",
+	}})
+	if err != nil {
+		return err
+	}
+	r.capArgs = string(capArgs)
+	defer func() { r.capArgs = "" }()
+	return phase("pod not in the API yet, an egress exists, runtime passes annotations (containerd)")
 }
 
 // waitInformer gives coild's watches time to deliver, checking it stays up.

@@ -428,8 +428,9 @@ func (r *results) tables() []table {
 			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes " +
 			"on the same etcd (both reached through forwarders on the node's loopback). \"in the API\": the Pod objects exist with " +
 			"spec.nodeName set, seconds before the ADDs, so coild's informer holds them; \"not in the API yet\": no Pod object (a static pod " +
-			"before its mirror, a watch behind), once with no egress in etcd and once with one, when coild must ask the API server whether the " +
-			"pod is an egress client. Reference: ptp+host-local on pods of its own, its commands taking turns with coil's one by one in each case, " +
+			"before its mirror, a watch behind), once with no egress in etcd and twice with one (in another namespace): when the runtime passes no " +
+			"annotations, coild must ask the API server whether the pod is an egress client; when it passes them (containerd, to a plugin that " +
+			"declares io.kubernetes.cri.pod-annotations, here through cnitool's CAP_ARGS: a static pod's, none for egress), they answer. Reference: ptp+host-local on pods of its own, its commands taking turns with coil's one by one in each case, " +
 			"so that both meet the same moments of the machine."
 		ts = append(ts, t)
 	}
