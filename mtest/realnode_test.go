@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -521,6 +522,28 @@ func TestRealNodes(t *testing.T) {
 		}
 	})
 
+	t.Run("containerd passes the pod annotations to the plugin", func(t *testing.T) {
+		// The manifests' configuration declares the capability: every
+		// pod the kubelet started came with its annotations, which let
+		// coild judge egress without the API server.
+		total := 0.0
+		for _, n := range c.Nodes {
+			m, err := n.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all, ok1 := plainSample(m, "coild_allocations_total")
+			annotated, ok2 := plainSample(m, "coild_allocations_with_pod_annotations_total")
+			if !ok1 || !ok2 || annotated != all {
+				t.Errorf("%s: %v of %v allocations carried the pod's annotations, want all", n.Name, annotated, all)
+			}
+			total += all
+		}
+		if total == 0 {
+			t.Error("no allocation on any node")
+		}
+	})
+
 	t.Run("leaves nothing on the host", func(t *testing.T) {
 		// The kubelet did write its sysctls: into the node's shadow files.
 		shadow, err := os.ReadFile(filepath.Join(states[0].Dir, "sysctl", "vm_overcommit_memory"))
@@ -878,4 +901,16 @@ func (n *Node) coildAnswersReady(ctx context.Context) bool {
 	buf := make([]byte, 64)
 	k, _ := conn.Read(buf)
 	return strings.HasPrefix(string(buf[:k]), "HTTP/1.0 200") || strings.HasPrefix(string(buf[:k]), "HTTP/1.1 200")
+}
+
+// plainSample returns the value of an unlabelled metric in a Prometheus
+// text scrape.
+func plainSample(scrape, metric string) (float64, bool) {
+	for line := range strings.SplitSeq(scrape, "\n") {
+		if v, ok := strings.CutPrefix(line, metric+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }

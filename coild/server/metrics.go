@@ -4,9 +4,12 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	allocations prometheus.Counter
-	releases    prometheus.Counter
-	failures    *prometheus.CounterVec
-	latency     prometheus.Histogram
+	// annotated counts the allocations that carried the runtime's pod
+	// annotations: an operator sees whether the runtime passes them.
+	annotated prometheus.Counter
+	releases  prometheus.Counter
+	failures  *prometheus.CounterVec
+	latency   prometheus.Histogram
 }
 
 func newMetrics(reg *prometheus.Registry, alloc Allocator) *metrics {
@@ -14,6 +17,11 @@ func newMetrics(reg *prometheus.Registry, alloc Allocator) *metrics {
 		allocations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "coild", Name: "allocations_total",
 			Help: "Addresses allocated to pods.",
+		}),
+		annotated: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coild", Name: "allocations_with_pod_annotations_total",
+			Help: "Addresses allocated to pods whose request carried the pod's annotations from the container runtime " +
+				"(io.kubernetes.cri.pod-annotations), which spare coild asking the API server whether a pod it does not hold yet uses an egress.",
 		}),
 		releases: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "coild", Name: "releases_total",
@@ -37,7 +45,7 @@ func newMetrics(reg *prometheus.Registry, alloc Allocator) *metrics {
 		Namespace: "coild", Name: "addresses_in_use",
 		Help: "Addresses allocated on this node.",
 	}, func() float64 { _, n := alloc.Usage(); return float64(n) })
-	reg.MustRegister(m.allocations, m.releases, m.failures, m.latency, blocks, inUse, freeCollector{alloc})
+	reg.MustRegister(m.allocations, m.annotated, m.releases, m.failures, m.latency, blocks, inUse, freeCollector{alloc})
 	return m
 }
 

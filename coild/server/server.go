@@ -271,6 +271,9 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.metrics.allocations.Inc()
+		if req.EgressAnnotations != nil {
+			s.metrics.annotated.Inc()
+		}
 		s.metrics.latency.Observe(s.now().Sub(start).Seconds())
 	}
 	writeAllocated(w, addr, skipEgress)

@@ -301,13 +301,17 @@ func TestGCKeepsValidAndYoung(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	ts, _ := newServer(t, etcd, "10.24.0.0/28", 2)
 	do(t, "POST", ts.URL+"/ip", validBody)
+	// One more, with the runtime's annotations (none for egress).
+	if code, body := do(t, "POST", ts.URL+"/ip", `{"pod-namespace":"ns","pod-name":"p2","container-id":"c2","egress-annotations":{}}`); code != 200 {
+		t.Fatalf("allocate = %d %v", code, body)
+	}
 	resp, err := http.Get(ts.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{"coild_allocations_total 1", "coild_blocks_owned 1", "coild_addresses_in_use 1", "coild_allocation_duration_seconds_count 1", `coild_addresses_free{pool="default"} 3`} {
+	for _, want := range []string{"coild_allocations_total 2", "coild_allocations_with_pod_annotations_total 1", "coild_blocks_owned 1", "coild_addresses_in_use 2", "coild_allocation_duration_seconds_count 2", `coild_addresses_free{pool="default"} 2`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("metrics lack %q", want)
 		}
