@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -194,6 +195,47 @@ func TestEgress(t *testing.T) {
 		if s := summary(t, u); s != (nodenet.EgressSummary{}) {
 			t.Errorf("unannotated pod holds egress settings %+v", s)
 		}
+	})
+
+	t.Run("a client the API does not hold yet is set up from the runtime's annotations", func(t *testing.T) {
+		// A static pod before its mirror exists: the API server cannot
+		// tell coild about it, the annotations containerd passes can.
+		before := map[string]nodenet.EgressSummary{}
+		for _, g := range gws {
+			before[g.Name] = summary(t, g)
+		}
+		c := nodetest.NewPod(t, "app", "static-client")
+		c.Annotations = map[string]string{"kubernetes.io/config.source": "file"}
+		maps.Copy(c.Annotations, optIn)
+		ips := n.Add(c)
+		seen, err := netnstest.SeenAs(c.NS, ext.server4, 5*time.Second)
+		if err != nil {
+			t.Fatalf("client cannot reach the external host right after ADD: %v", err)
+		}
+		if _, ok := gws[seen]; !ok {
+			t.Errorf("external host saw the client as %s, not as a gateway", seen)
+		}
+		for _, a := range n.Kube.Actions() {
+			if g, ok := a.(interface{ GetName() string }); ok && a.GetVerb() == "get" && a.GetResource().Resource == "pods" && g.GetName() == c.Name {
+				t.Errorf("coild asked the API server for the pod: %v", a)
+			}
+		}
+		// Its mirror shows up; then it goes.
+		n.CreatePod(c, nil, optIn)
+		n.SetRunning(c, ips)
+		n.Del(c)
+		if err := n.Kube.CoreV1().Pods(c.Namespace).Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// The subtests after this one find the gateways as before.
+		testenv.Eventually(t, 5*time.Second, "the gateways to forget the client", func() error {
+			for _, g := range gws {
+				if s := summary(t, g); s != before[g.Name] {
+					return fmt.Errorf("gateway %s holds %+v, before the client %+v", g.Name, s, before[g.Name])
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("metrics", func(t *testing.T) {

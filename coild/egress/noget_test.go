@@ -2,6 +2,7 @@ package egress
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -146,6 +147,54 @@ func TestPrepareSetup(t *testing.T) {
 			}
 			if n := len(kube.Actions()); n != 0 && !fromRuntime {
 				t.Errorf("SetupPod sent %d API requests", n)
+			}
+		})
+	}
+}
+
+// TestSetupPodOfAClientFromTheRuntimesAnnotations: a client pod the cache
+// does not hold yet is set up from the annotations the runtime passed,
+// without asking the API server, unless an egress lives in its namespace
+// (it may be a gateway, which only the API can tell).
+func TestSetupPodOfAClientFromTheRuntimesAnnotations(t *testing.T) {
+	nat := model.Egress{Namespace: "internet", Name: "nat", Destinations: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, VNI: 5}
+	inApp := model.Egress{Namespace: "app", Name: "out", Destinations: nat.Destinations, VNI: 6}
+	client := map[string]string{model.EgressClientAnnotationPrefix + "internet": "nat"}
+	tests := []struct {
+		name     string
+		egresses []model.Egress
+		gets     int
+	}{
+		{"no egress in the pod's namespace", []model.Egress{nat}, 0},
+		{"an egress in the pod's namespace", []model.Egress{nat, inApp}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kube := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web", Annotations: client}})
+			r := New(Config{Node: "n1", Kube: kube})
+			r.setEgresses(tt.egresses)
+			ctx, cancel := context.WithCancel(context.Background())
+			stop := r.runPrefetch(ctx)
+			defer func() { cancel(); stop() }()
+
+			if !r.PrepareSetup("app", "web", client) {
+				t.Fatal("PrepareSetup of a client = false")
+			}
+			// coild is not ready (no pools, no informers): SetupPod fails
+			// closed, having found that the pod is a client.
+			addr := model.Address{IPv4: netip.MustParseAddr("10.1.0.5"), Owner: model.Owner{Namespace: "app", Pod: "web", NetNS: "/nonexistent"}}
+			if _, err := r.SetupPod(ctx, addr); !errors.Is(err, ErrNotReady) {
+				t.Errorf("SetupPod = %v, want the client refused as not ready", err)
+			}
+			stop() // waits for the fetch PrepareSetup may have started
+			n := 0
+			for _, a := range kube.Actions() {
+				if a.GetVerb() == "get" && a.GetResource().Resource == "pods" {
+					n++
+				}
+			}
+			if n != tt.gets {
+				t.Errorf("%d GETs of the pod, want %d", n, tt.gets)
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // An ADD asks coild twice: for the address (POST /ip), then, once the
@@ -13,7 +14,9 @@ import (
 // When the informer does not hold the pod yet and an egress exists, the
 // second needs the Pod from the API server; PrepareSetup starts that GET at
 // the first request, so that its round trip overlaps the plugin's veth work
-// instead of adding to the ADD.
+// instead of adding to the ADD. When the runtime passed the pod's
+// annotations and they tell all SetupPod needs, PrepareSetup hands it the
+// pod they describe instead, and the API server is not asked at all.
 
 // prefetchTTL bounds how long a fetched Pod waits for its SetupPod; one
 // that never came (the ADD failed before) is dropped after it.
@@ -47,10 +50,11 @@ type prefetcher struct {
 // them to the plugin (containerd's io.kubernetes.cri.pod-annotations),
 // nil when it passed none. Only those with EgressClientAnnotationPrefix
 // matter. For a pod the cache does not hold yet they answer for the API
-// server when they show no egress client and no egress lives in the pod's
-// namespace: the pod can then be neither client nor gateway (which labels
-// make, and the runtime does not pass labels). The cache, when it holds
-// the pod, wins: it follows later changes.
+// server when no egress lives in the pod's namespace: the pod is then no
+// gateway (which a label makes, and runtimes pass no labels), and the
+// annotations say whether it is a client, and of what. The cache, when it
+// holds the pod, wins: it follows later changes, as the reconciler's
+// passes do for a pod set up from the runtime's annotations.
 func (r *Reconciler) PrepareSetup(namespace, name string, annotations map[string]string) bool {
 	if p := r.pods.localPod(namespace, name); p != nil {
 		return len(clientEgresses(p)) > 0 || gatewayOf(p) != ""
@@ -58,11 +62,39 @@ func (r *Reconciler) PrepareSetup(namespace, name string, annotations map[string
 	if r.noEgresses() {
 		return false
 	}
-	if annotations != nil && len(clientEgressesOf(annotations)) == 0 && !r.egressIn(namespace) {
-		return false
+	if annotations != nil && !r.egressIn(namespace) {
+		if len(clientEgressesOf(annotations)) == 0 {
+			return false
+		}
+		// What SetupPod reads of a client pod: who it is, where it
+		// runs, which egresses it uses.
+		r.prefetched(namespace, name, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Annotations: annotations},
+			Spec:       corev1.PodSpec{NodeName: r.cfg.Node},
+		})
+		return true
 	}
 	r.prefetchPod(namespace, name)
 	return true
+}
+
+// prefetched hands SetupPod of namespace/name pod, known without the API
+// server, as if fetched; while the reconciler runs (else SetupPod asks).
+func (r *Reconciler) prefetched(namespace, name string, pod *corev1.Pod) {
+	p := &r.prefetch
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil || p.ctx.Err() != nil {
+		return
+	}
+	now := time.Now()
+	p.sweepLocked(now)
+	f := &podFetch{done: make(chan struct{}), pod: pod, started: now}
+	close(f.done)
+	if p.fetches == nil {
+		p.fetches = map[string]*podFetch{}
+	}
+	p.fetches[namespace+"/"+name] = f
 }
 
 // prefetchPod starts fetching the Pod namespace/name from the API server
@@ -76,11 +108,7 @@ func (r *Reconciler) prefetchPod(namespace, name string) {
 		return
 	}
 	now := time.Now()
-	for k, f := range p.fetches {
-		if now.Sub(f.started) > prefetchTTL {
-			delete(p.fetches, k)
-		}
-	}
+	p.sweepLocked(now)
 	if _, ok := p.fetches[key]; ok {
 		return
 	}
@@ -96,6 +124,15 @@ func (r *Reconciler) prefetchPod(namespace, name string) {
 		defer cancel()
 		f.pod, f.err = r.getPod(gctx, namespace, name)
 	})
+}
+
+// sweepLocked drops the fetches no SetupPod took within prefetchTTL.
+func (p *prefetcher) sweepLocked(now time.Time) {
+	for k, f := range p.fetches {
+		if now.Sub(f.started) > prefetchTTL {
+			delete(p.fetches, k)
+		}
+	}
 }
 
 // takePrefetched returns the fetch of namespace/name started by

@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/coil-project/coil/coild/api"
 	netnstest "github.com/coil-project/coil/internal/testenv/netns"
 	"github.com/coil-project/coil/nodenet"
 )
@@ -35,6 +36,9 @@ type Pod struct {
 	NS              ns.NetNS
 	// PortMappings are passed as the portMappings capability.
 	PortMappings []PortMapping
+	// Annotations, when not nil, are passed as containerd passes the
+	// pod's annotations (io.kubernetes.cri.pod-annotations).
+	Annotations map[string]string
 }
 
 // PortMapping is one entry of the portMappings capability, as kubelet
@@ -84,8 +88,12 @@ func (p *Pod) RuntimeConfOf(ifName string) *libcni.RuntimeConf {
 			{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID},
 		},
 	}
+	rt.CapabilityArgs = map[string]any{}
 	if len(p.PortMappings) > 0 {
-		rt.CapabilityArgs = map[string]any{"portMappings": p.PortMappings}
+		rt.CapabilityArgs["portMappings"] = p.PortMappings
+	}
+	if p.Annotations != nil {
+		rt.CapabilityArgs[api.PodAnnotationsCapability] = p.Annotations
 	}
 	return rt
 }
@@ -159,13 +167,14 @@ func (p *Pod) Sysctl(t testing.TB, name string) string {
 }
 
 // Conflist returns the network configuration list kubelet would read from
-// /etc/cni/net.d: coil, then tuning and portmap chained after it.
+// /etc/cni/net.d: coil (declaring the pod annotations capability, as the
+// manifests do), then tuning and portmap chained after it.
 func (n *Node) Conflist() []byte {
 	conf := map[string]any{
 		"cniVersion": "1.1.0",
 		"name":       NetworkName,
 		"plugins": []any{
-			map[string]any{"type": "coil", "coild": n.PluginEndpoint},
+			map[string]any{"type": "coil", "coild": n.PluginEndpoint, "capabilities": map[string]bool{api.PodAnnotationsCapability: true}},
 			map[string]any{"type": "tuning", "sysctl": map[string]string{"net.core.somaxconn": TuningSomaxconn}},
 			map[string]any{"type": "portmap", "backend": "nftables", "capabilities": map[string]bool{"portMappings": true}},
 		},
