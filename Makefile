@@ -61,7 +61,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./model:FuzzDecodeBlock ./model:FuzzDecodeAddress ./model:FuzzDecodePool \
 	./model:FuzzDecodeNode ./model:FuzzDecodeEgress \
-	./coild/server:FuzzRequestBodies \
+	./coild/server:FuzzRequestBodies ./coild/server:FuzzDecodeAllocFast \
 	./coil/plugin:FuzzParseNetConf ./coil/plugin:FuzzParsePodArgs
 
 fuzz: deps

@@ -552,6 +552,16 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		return fmt.Errorf("read body: %w", err)
 	}
 	body := buf.Bytes()
+	if a, ok := v.(*api.AllocRequest); ok && decodeAllocFast(body, a) {
+		// POST /ip as clients write it, decoded without reflection.
+		return nil
+	}
+	return decodeJSON(body, v)
+}
+
+// decodeJSON decodes body, one JSON object of v's fields and nothing
+// after it, into v.
+func decodeJSON(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
