@@ -114,7 +114,7 @@ func TestAddCheckDel(t *testing.T) {
 			host := newHost(t)
 			pod := newTestNS(t)
 			coild := fakecoild.New("10.1.0.5", "fd00::5")
-			ep := coild.ServeTCP(t)
+			ep := serve(t, coild)
 			args := cmdArgs(pod, netconf(tt.version, ep, map[string]any{"mtu": 1450}))
 			hostVeth := nodenet.HostVethName("ns1", "web-0")
 
@@ -243,7 +243,7 @@ func TestDelAfterNetNSGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	coild := fakecoild.New("10.1.0.8")
-	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
 	add(t, host, args)
 
 	pod.Close()
@@ -263,7 +263,7 @@ func TestCheckDetectsMissingRoute(t *testing.T) {
 	host := newHost(t)
 	pod := newTestNS(t)
 	coild := fakecoild.New("10.1.0.9", "fd00::9")
-	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
 	add(t, host, args)
 	inNS(t, pod, func() error {
 		return netlink.RouteDel(&netlink.Route{
@@ -286,7 +286,7 @@ func TestAddRollback(t *testing.T) {
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "other"})
 	})
 	coild := fakecoild.New("10.1.0.10")
-	args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+	args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
 	err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
 	if code := cniCode(t, err); code != types.ErrInternal {
 		t.Errorf("code %d, want %d: %v", code, types.ErrInternal, err)
@@ -320,7 +320,7 @@ func TestAddSkipsEgressOnlyWhenCoildSaysSo(t *testing.T) {
 			pod := newTestNS(t)
 			coild := fakecoild.New("10.1.0.13")
 			coild.SkipEgress = skip
-			args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+			args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
 			add(t, host, args)
 			if sent := coild.Saw("POST /egress"); sent == skip {
 				t.Errorf("POST /egress sent = %v with skip-egress %v: %v", sent, skip, coild.Requests())
@@ -369,7 +369,7 @@ func TestAddPassesTheRuntimesEgressAnnotations(t *testing.T) {
 			if tt.runtimeConfig != nil {
 				extra = map[string]any{"runtimeConfig": tt.runtimeConfig}
 			}
-			add(t, host, cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), extra)))
+			add(t, host, cmdArgs(pod, netconf("1.1.0", serve(t, coild), extra)))
 			got := coild.LastAlloc()
 			if got == nil {
 				t.Fatal("no POST /ip")
@@ -400,7 +400,7 @@ func TestAddEgressRollback(t *testing.T) {
 			pod := newTestNS(t)
 			coild := fakecoild.New("10.1.0.12")
 			coild.FailEgress = tt.fail
-			args := cmdArgs(pod, netconf("1.1.0", coild.ServeTCP(t), nil))
+			args := cmdArgs(pod, netconf("1.1.0", serve(t, coild), nil))
 			err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
 			if code := cniCode(t, err); code != tt.wantCode {
 				t.Errorf("code %d, want %d: %v", code, tt.wantCode, err)
@@ -460,7 +460,7 @@ func TestAddErrors(t *testing.T) {
 			coild.FailAlloc = tt.fail
 			ep := fakecoild.DownEndpoint(t)
 			if !tt.down {
-				ep = coild.ServeTCP(t)
+				ep = serve(t, coild)
 			}
 			args := cmdArgs(pod, netconf("1.1.0", ep, nil))
 			err := host.Do(func(ns.NetNS) error { return CmdAdd(args) })
@@ -504,7 +504,7 @@ func TestStatus(t *testing.T) {
 			coild.NotReady = tt.notReady
 			ep := fakecoild.DownEndpoint(t)
 			if !tt.down {
-				ep = coild.ServeTCP(t)
+				ep = serve(t, coild)
 			}
 			args := &skel.CmdArgs{StdinData: netconf("1.1.0", ep, nil)}
 			err := testutils.CmdStatus(func() error { return CmdStatus(args) })
@@ -526,7 +526,7 @@ func TestStatus(t *testing.T) {
 
 func TestGC(t *testing.T) {
 	coild := fakecoild.New("10.1.0.13")
-	conf := netconf("1.1.0", coild.ServeTCP(t), map[string]any{
+	conf := netconf("1.1.0", serve(t, coild), map[string]any{
 		"cni.dev/valid-attachments": []map[string]string{
 			{"containerID": "a", "ifname": "eth0"},
 			{"containerID": "b", "ifname": "net1"},
@@ -655,4 +655,13 @@ func TestParsePodArgs(t *testing.T) {
 			t.Errorf("parsePodArgs(%q) = %+v, %v; want %+v (error %v)", c.args, got, err, c.want, c.wantErr)
 		}
 	}
+}
+
+// serve serves the fake coild on a unix socket, as coild serves the
+// plugin, and returns the endpoint. A socket path is reached from any
+// network namespace, as from the node's one that the tests enter.
+func serve(t *testing.T, f *fakecoild.Coild) string {
+	t.Helper()
+	ep, _ := f.ServeUnix(t)
+	return ep
 }

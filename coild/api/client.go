@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -28,8 +26,12 @@ var ErrInvalidEndpoint = errors.New("invalid coild endpoint")
 // Client talks to coild over TCP or a unix socket. It is safe for
 // concurrent use.
 type Client struct {
-	base    string
-	hc      *http.Client
+	// base is the endpoint as a URL, for messages: http://coild for a
+	// socket.
+	base string
+	// prefix is the path the endpoint URL gave, put before every path.
+	prefix  string
+	tr      *transport
 	timeout time.Duration
 }
 
@@ -42,9 +44,12 @@ func WithTimeout(d time.Duration) Option {
 	return func(c *Client) { c.timeout = d }
 }
 
+// dialTimeout bounds connecting to coild.
+const dialTimeout = 5 * time.Second
+
 // NewClient returns a client for endpoint, which is an http:// URL such as
 // "http://127.0.0.1:9383", or a unix socket as "unix:///run/coild.sock" or
-// a plain absolute path.
+// a plain absolute path. coild serves no TLS: https:// is refused.
 func NewClient(endpoint string, opts ...Option) (*Client, error) {
 	c := &Client{timeout: DefaultTimeout}
 	for _, o := range opts {
@@ -69,35 +74,30 @@ func NewClient(endpoint string, opts ...Option) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w %q: %w", ErrInvalidEndpoint, endpoint, err)
 		}
-		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if u.Scheme != "http" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return nil, fmt.Errorf("%w %q: want http://host:port or unix:///path", ErrInvalidEndpoint, endpoint)
 		}
+		addr := u.Host
+		if u.Port() == "" {
+			addr = net.JoinHostPort(u.Hostname(), "80")
+		}
 		c.base = strings.TrimSuffix(endpoint, "/")
-		c.hc = &http.Client{Transport: &http.Transport{
-			Proxy:               nil, // coild is local; never go through HTTP_PROXY
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 4,
-		}}
+		c.prefix = strings.TrimSuffix(u.EscapedPath(), "/")
+		c.tr = &transport{network: "tcp", addr: addr, host: u.Host, dialTimeout: dialTimeout}
 		return c, nil
 	}
 
 	// The host part is ignored when dialling a socket; "coild" makes logs
 	// and errors readable.
 	c.base = "http://coild"
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	c.hc = &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "unix", socket)
-		},
-		MaxIdleConnsPerHost: 4,
-	}}
+	c.tr = &transport{network: "unix", addr: socket, host: "coild", dialTimeout: dialTimeout}
 	return c, nil
 }
 
 // Allocate asks for the addresses of a pod interface.
 func (c *Client) Allocate(ctx context.Context, req AllocRequest) (AllocResponse, error) {
 	var resp AllocResponse
-	err := c.do(ctx, http.MethodPost, PathIP, req, &resp)
+	err := c.do(ctx, "POST", PathIP, req, &resp)
 	return resp, err
 }
 
@@ -105,7 +105,7 @@ func (c *Client) Allocate(ctx context.Context, req AllocRequest) (AllocResponse,
 // matching ErrNotFound when there are none.
 func (c *Client) Get(ctx context.Context, namespace, pod string, att Attachment) (AllocResponse, error) {
 	var resp AllocResponse
-	err := c.do(ctx, http.MethodGet, ipPathQuery(namespace, pod, att), nil, &resp)
+	err := c.do(ctx, "GET", ipPathQuery(namespace, pod, att), nil, &resp)
 	return resp, err
 }
 
@@ -120,14 +120,14 @@ func (c *Client) Release(ctx context.Context, namespace, pod string, att Attachm
 // deletes the pod's links itself.
 func (c *Client) ReleaseLinks(ctx context.Context, namespace, pod string, att Attachment) (ReleaseResponse, error) {
 	var resp ReleaseResponse
-	err := c.do(ctx, http.MethodDelete, ipPathQuery(namespace, pod, att), nil, &resp)
+	err := c.do(ctx, "DELETE", ipPathQuery(namespace, pod, att), nil, &resp)
 	return resp, err
 }
 
 // Status returns what coild holds on its node.
 func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
 	var resp StatusResponse
-	err := c.do(ctx, http.MethodGet, PathStatus, nil, &resp)
+	err := c.do(ctx, "GET", PathStatus, nil, &resp)
 	return resp, err
 }
 
@@ -135,14 +135,14 @@ func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
 // matching ErrUnavailable when it says it is not, and one wrapping
 // ErrUnreachable when it does not answer.
 func (c *Client) Ready(ctx context.Context) error {
-	return c.do(ctx, http.MethodGet, PathReady, nil, nil)
+	return c.do(ctx, "GET", PathReady, nil, nil)
 }
 
 // SetupEgress asks coild to set up the egress tunnels of a pod whose
 // interface is configured.
 func (c *Client) SetupEgress(ctx context.Context, req EgressRequest) (EgressResponse, error) {
 	var resp EgressResponse
-	err := c.do(ctx, http.MethodPost, PathEgress, req, &resp)
+	err := c.do(ctx, "POST", PathEgress, req, &resp)
 	return resp, err
 }
 
@@ -150,7 +150,7 @@ func (c *Client) SetupEgress(ctx context.Context, req EgressRequest) (EgressResp
 // attachments.
 func (c *Client) GC(ctx context.Context, req GCRequest) (GCResponse, error) {
 	var resp GCResponse
-	err := c.do(ctx, http.MethodPost, PathGC, req, &resp)
+	err := c.do(ctx, "POST", PathGC, req, &resp)
 	return resp, err
 }
 
@@ -167,36 +167,19 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	var body io.Reader
+	var body []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
 			return fmt.Errorf("encode %s %s request: %w", method, path, err)
 		}
-		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return fmt.Errorf("build %s %s request: %w", method, path, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-
-	resp, err := c.hc.Do(req)
+	status, data, err := c.tr.roundTrip(ctx, method, c.prefix+path, body)
 	if err != nil {
 		return fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, path, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-	if err != nil {
-		// The answer broke off: coild died or timed out mid-way.
-		return fmt.Errorf("%w: read answer to %s %s: %w", ErrUnreachable, method, path, err)
-	}
-
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return decodeError(resp.StatusCode, data)
+	if status < 200 || status > 299 {
+		return decodeError(status, data)
 	}
 	if out == nil || len(bytes.TrimSpace(data)) == 0 {
 		return nil
@@ -221,7 +204,7 @@ func decodeError(status int, data []byte) *APIError {
 		e.Reason = reasonForStatus(status)
 	}
 	if e.Message == "" {
-		e.Message = http.StatusText(status)
+		e.Message = fmt.Sprintf("HTTP status %d", status)
 	}
 	return e
 }
