@@ -224,6 +224,7 @@ func TestEgress(t *testing.T) {
 		n.CreatePod(c, nil, optIn)
 		n.SetRunning(c, ips)
 		n.Del(c)
+		testenv.Eventually(t, 10*time.Second, "the host veth to go after DEL", func() bool { return !n.LinkExists(c.HostVeth()) })
 		if err := n.Kube.CoreV1().Pods(c.Namespace).Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}

@@ -34,7 +34,7 @@ func New(t testing.TB) ns.NetNS {
 	}
 	t.Cleanup(func() {
 		n.Close()
-		_ = testutils.UnmountNS(n)
+		remove(t, n.Path())
 	})
 	Do(t, n, func() error {
 		lo, err := netlink.LinkByName("lo")
@@ -44,6 +44,21 @@ func New(t testing.TB) ns.NetNS {
 		return netlink.LinkSetUp(lo)
 	})
 	return n
+}
+
+// remove unmounts and deletes the namespace bind-mounted at path. The
+// unmount is lazy: coild may still hold the namespace open for a moment
+// (its background deletion of a released pod's links enters it), and a
+// plain unmount would then fail with EBUSY and leave the namespace
+// behind.
+func remove(t testing.TB, path string) {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
+		t.Errorf("unmount netns %s: %v", path, err)
+		return
+	}
+	if err := os.Remove(path); err != nil {
+		t.Errorf("remove netns %s: %v", path, err)
+	}
 }
 
 // Do runs f inside n and fails the test on error.
