@@ -84,16 +84,12 @@ func (r *Reconciler) prefetched(namespace, name string, pod *corev1.Pod) {
 	p := &r.prefetch
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ctx == nil || p.ctx.Err() != nil {
+	now := time.Now()
+	if !p.openLocked(now) {
 		return
 	}
-	now := time.Now()
-	p.sweepLocked(now)
 	f := &podFetch{done: make(chan struct{}), pod: pod, started: now}
 	close(f.done)
-	if p.fetches == nil {
-		p.fetches = map[string]*podFetch{}
-	}
 	p.fetches[namespace+"/"+name] = f
 }
 
@@ -104,18 +100,14 @@ func (r *Reconciler) prefetchPod(namespace, name string) {
 	p := &r.prefetch
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ctx == nil || p.ctx.Err() != nil {
+	now := time.Now()
+	if !p.openLocked(now) {
 		return
 	}
-	now := time.Now()
-	p.sweepLocked(now)
 	if _, ok := p.fetches[key]; ok {
 		return
 	}
 	f := &podFetch{done: make(chan struct{}), started: now}
-	if p.fetches == nil {
-		p.fetches = map[string]*podFetch{}
-	}
 	p.fetches[key] = f
 	ctx := p.ctx
 	p.wg.Go(func() {
@@ -126,13 +118,22 @@ func (r *Reconciler) prefetchPod(namespace, name string) {
 	})
 }
 
-// sweepLocked drops the fetches no SetupPod took within prefetchTTL.
-func (p *prefetcher) sweepLocked(now time.Time) {
+// openLocked reports whether fetches may be added (the reconciler runs),
+// readying the map and dropping the fetches no SetupPod took within
+// prefetchTTL. p.mu is held.
+func (p *prefetcher) openLocked(now time.Time) bool {
+	if p.ctx == nil || p.ctx.Err() != nil {
+		return false
+	}
+	if p.fetches == nil {
+		p.fetches = map[string]*podFetch{}
+	}
 	for k, f := range p.fetches {
 		if now.Sub(f.started) > prefetchTTL {
 			delete(p.fetches, k)
 		}
 	}
+	return true
 }
 
 // takePrefetched returns the fetch of namespace/name started by
