@@ -22,9 +22,9 @@ import (
 	"testing"
 
 	"github.com/coil-project/coil/coil-controller/controller"
-	"github.com/coil-project/coil/coild/api"
 	installercmd "github.com/coil-project/coil/coil-installer/cmd"
 	"github.com/coil-project/coil/coil-installer/installer"
+	"github.com/coil-project/coil/coild/api"
 	kubeapitest "github.com/coil-project/coil/internal/testenv/kubeapi"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
