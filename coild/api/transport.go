@@ -116,8 +116,12 @@ func (t *transport) exchange(ctx context.Context, cc *clientConn, method, target
 	}
 	// Cancelling ctx interrupts a blocked read or write at once.
 	stop := context.AfterFunc(ctx, func() { cc.c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	defer func() {
+		if !stop() {
+			// The interruption ran, or runs now: the connection's
+			// deadline is not this request's to reset for the next.
+			keep = false
+		}
 		if err != nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
