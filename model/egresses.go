@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/coil-project/coil/coild/api"
 )
 
 // How pods relate to an egress. Only admins should be able to create pods
@@ -20,8 +22,11 @@ const (
 	EgressGatewayLabel = "coil.cybozu.com/egress"
 	// EgressClientAnnotationPrefix plus the egress's namespace is the
 	// annotation key by which a pod of any namespace opts in; its value
-	// names the egress (several names may be comma-separated).
-	EgressClientAnnotationPrefix = "egress.coil.cybozu.com/"
+	// names the egress (several names may be comma-separated). The plugin
+	// filters the annotations the runtime passes by it too, and cannot
+	// import this package (etcd's client): the REST package, which both
+	// import, holds it.
+	EgressClientAnnotationPrefix = api.EgressAnnotationPrefix
 )
 
 // MaxVNI is the largest VXLAN network identifier; VNIs are 24 bits and 0
