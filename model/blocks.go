@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -107,15 +108,10 @@ func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owne
 	if err != nil {
 		return Block{}, Address{}, err
 	}
-	resp, err := s.kv.Get(ctx, s.poolBlocksPrefix(poolName), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	subnet, index, ok, err := s.findFreeBlock(ctx, &p, owner.Node)
 	if err != nil {
-		return Block{}, Address{}, etcdErr("list blocks", err)
+		return Block{}, Address{}, err
 	}
-	taken := make(map[string]bool, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		taken[string(kv.Key)] = true
-	}
-	subnet, index, ok := s.pickFreeBlock(&p, owner.Node, taken)
 	if !ok {
 		return Block{}, Address{}, exhausted(&p)
 	}
@@ -128,6 +124,62 @@ func (s *Store) tryAcquireBlock(ctx context.Context, poolName string, owner Owne
 		return Block{}, Address{}, errConflict
 	}
 	return b, a, err
+}
+
+// defaultBlockProbes are the sizes of the reads findFreeBlock makes before
+// it lists the whole pool: each is one read-only transaction of count-only
+// gets, within etcd's default --max-txn-ops (128).
+var defaultBlockProbes = []int{16, 64}
+
+// findFreeBlock finds the block pickFreeBlock would choose from a listing
+// of every block of the pool, reading only as many block keys as it takes
+// to meet a free one in pickFreeBlock's order: a node taking a block then
+// reads a few keys, however many blocks the cluster holds. Only when the
+// first candidates (defaultBlockProbes) are all taken, in a pool nearly full
+// around the node's starting point, does it list the pool's block keys.
+func (s *Store) findFreeBlock(ctx context.Context, p *Pool, node string) (subnet, index int, ok bool, err error) {
+	next := s.blockCandidates(p, node)
+	for _, n := range s.blockProbes {
+		var cands [][2]int
+		for len(cands) < n {
+			sub, idx, more := next()
+			if !more {
+				break
+			}
+			cands = append(cands, [2]int{sub, idx})
+		}
+		if len(cands) == 0 {
+			// Every candidate read, none free.
+			return 0, 0, false, nil
+		}
+		ops := make([]clientv3.Op, len(cands))
+		for i, c := range cands {
+			ops[i] = clientv3.OpGet(s.blockKey(p.Name, c[0], c[1]), clientv3.WithCountOnly())
+		}
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			// An etcd set to allow fewer: the listing answers too.
+			break
+		}
+		if err != nil {
+			return 0, 0, false, etcdErr("read candidate blocks", err)
+		}
+		for i, r := range resp.Responses {
+			if r.GetResponseRange().Count == 0 {
+				return cands[i][0], cands[i][1], true, nil
+			}
+		}
+	}
+	resp, err := s.kv.Get(ctx, s.poolBlocksPrefix(p.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, 0, false, etcdErr("list blocks", err)
+	}
+	taken := make(map[string]bool, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		taken[string(kv.Key)] = true
+	}
+	subnet, index, ok = s.pickFreeBlock(p, node, taken)
+	return subnet, index, ok, nil
 }
 
 // errBlockTaken: createBlock found the block owned by another record.
@@ -254,34 +306,56 @@ func (s *Store) settleDrained(ctx context.Context, b *Block, a *Address) error {
 	return nil
 }
 
-// pickFreeBlock chooses a free block of a subnet that is not drained,
-// starting the search at a position derived from the node name so that
-// nodes acquiring at the same moment mostly try different blocks instead
-// of fighting over the first free one.
+// pickFreeBlock chooses the first block in blockCandidates' order that
+// taken (a set of block keys) does not hold.
 func (s *Store) pickFreeBlock(p *Pool, node string, taken map[string]bool) (subnet, index int, ok bool) {
-	total := p.NumBlocks()
-	if len(taken) >= total || p.Drained {
+	if len(taken) >= p.NumBlocks() {
 		return 0, 0, false
+	}
+	next := s.blockCandidates(p, node)
+	for {
+		sub, idx, more := next()
+		if !more {
+			return 0, 0, false
+		}
+		if !taken[s.blockKey(p.Name, sub, idx)] {
+			return sub, idx, true
+		}
+	}
+}
+
+// blockCandidates returns an iterator over the blocks of the subnets of p
+// that are not drained, each once, starting at a position derived from the
+// node name so that nodes acquiring at the same moment mostly try
+// different blocks instead of fighting over the first free one.
+func (s *Store) blockCandidates(p *Pool, node string) func() (subnet, index int, ok bool) {
+	total := p.NumBlocks()
+	if p.Drained || total == 0 {
+		return func() (int, int, bool) { return 0, 0, false }
 	}
 	h := fnv.New32a()
 	h.Write([]byte(node))
 	start := int(h.Sum32() % uint32(total))
-	for i := 0; i < total; i++ {
-		g := (start + i) % total
-		sub, idx := g, 0
-		for j, sn := range p.Subnets {
-			n := sn.NumBlocks(p.BlockSizeBits)
-			if sub < n {
-				sub, idx = j, sub
-				break
+	i := 0
+	return func() (int, int, bool) {
+		for ; i < total; i++ {
+			g := (start + i) % total
+			sub, idx := g, 0
+			for j, sn := range p.Subnets {
+				n := sn.NumBlocks(p.BlockSizeBits)
+				if sub < n {
+					sub, idx = j, sub
+					break
+				}
+				sub -= n
 			}
-			sub -= n
+			if !p.SubnetDrained(sub) {
+				i++
+				return sub, idx, true
+			}
 		}
-		if !p.SubnetDrained(sub) && !taken[s.blockKey(p.Name, sub, idx)] {
-			return sub, idx, true
-		}
+		return 0, 0, false
 	}
-	return 0, 0, false
 }
 
 // ReleaseBlock returns an empty block to its pool. It fails with

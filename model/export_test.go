@@ -22,3 +22,7 @@ func QueuedWrites(s *Store) int {
 
 // EncodeAddress is the hand-written encoding of an address record.
 var EncodeAddress = encodeAddress
+
+// SetBlockProbes sets the sizes of the reads with which s looks for a free
+// block before listing the pool's blocks; none makes it list at once.
+func SetBlockProbes(s *Store, sizes ...int) { s.blockProbes = sizes }

@@ -32,6 +32,8 @@ type Store struct {
 	releaser *Releaser
 	// batch coalesces concurrent address writes (batch.go).
 	batch batcher
+	// blockProbes are the sizes of findFreeBlock's reads (blocks.go).
+	blockProbes []int
 }
 
 // New returns a Store using the client's KV API under prefix (for example
@@ -49,7 +51,7 @@ func NewWithKV(kv clientv3.KV, prefix string) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{kv: kv, prefix: prefix, outcomeWait: defaultOutcomeWait}
+	return &Store{kv: kv, prefix: prefix, outcomeWait: defaultOutcomeWait, blockProbes: defaultBlockProbes}
 }
 
 // Prefix is the key prefix of the store.

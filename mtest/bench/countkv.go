@@ -39,9 +39,13 @@ type countingKV struct {
 	blockRelease     atomic.Int64
 	blockReleaseLost atomic.Int64
 	blockListings    atomic.Int64 // range requests over a blocks prefix
-	batches          atomic.Int64 // transactions with more than one address write
-	batchesFailed    atomic.Int64 // of which failed (every write sent again alone)
-	batchedAllocs    atomic.Int64 // allocations committed by such transactions
+	// Block keys a search for a free block read: the keys a listing of
+	// a pool's blocks returned, and the keys a read-only transaction of
+	// count-only gets probed.
+	blockKeysSearched atomic.Int64
+	batches           atomic.Int64 // transactions with more than one address write
+	batchesFailed     atomic.Int64 // of which failed (every write sent again alone)
+	batchedAllocs     atomic.Int64 // allocations committed by such transactions
 }
 
 func newCountingKV(kv clientv3.KV, prefix string) *countingKV {
@@ -54,6 +58,7 @@ type kvCounts struct {
 	blockAcquire, blockAcquireLost                int64
 	addrAlloc, addrAllocLost, addrRelease         int64
 	blockRelease, blockReleaseLost, blockListings int64
+	blockKeysSearched                             int64
 	batches, batchesFailed, batchedAllocs         int64
 }
 
@@ -65,8 +70,8 @@ func (c *countingKV) snapshot() kvCounts {
 		addrAlloc: c.addrAlloc.Load(), addrAllocLost: c.addrAllocLost.Load(),
 		addrRelease:  c.addrRelease.Load(),
 		blockRelease: c.blockRelease.Load(), blockReleaseLost: c.blockReleaseLost.Load(),
-		blockListings: c.blockListings.Load(),
-		batches:       c.batches.Load(), batchesFailed: c.batchesFailed.Load(), batchedAllocs: c.batchedAllocs.Load(),
+		blockListings: c.blockListings.Load(), blockKeysSearched: c.blockKeysSearched.Load(),
+		batches: c.batches.Load(), batchesFailed: c.batchesFailed.Load(), batchedAllocs: c.batchedAllocs.Load(),
 	}
 }
 
@@ -78,8 +83,8 @@ func (a kvCounts) sub(b kvCounts) kvCounts {
 		addrAlloc: a.addrAlloc - b.addrAlloc, addrAllocLost: a.addrAllocLost - b.addrAllocLost,
 		addrRelease:  a.addrRelease - b.addrRelease,
 		blockRelease: a.blockRelease - b.blockRelease, blockReleaseLost: a.blockReleaseLost - b.blockReleaseLost,
-		blockListings: a.blockListings - b.blockListings,
-		batches:       a.batches - b.batches, batchesFailed: a.batchesFailed - b.batchesFailed,
+		blockListings: a.blockListings - b.blockListings, blockKeysSearched: a.blockKeysSearched - b.blockKeysSearched,
+		batches: a.batches - b.batches, batchesFailed: a.batchesFailed - b.batchesFailed,
 		batchedAllocs: a.batchedAllocs - b.batchedAllocs,
 	}
 }
@@ -92,10 +97,14 @@ func (a kvCounts) add(b kvCounts) kvCounts {
 func (c *countingKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	c.requests.Add(1)
 	c.gets.Add(1)
+	resp, err := c.KV.Get(ctx, key, opts...)
 	if strings.HasPrefix(key, c.blocksPart) {
 		c.blockListings.Add(1)
+		if op := clientv3.OpGet(key, opts...); err == nil && op.IsOptsWithPrefix() && op.IsKeysOnly() {
+			c.blockKeysSearched.Add(int64(len(resp.Kvs)))
+		}
 	}
-	return c.KV.Get(ctx, key, opts...)
+	return resp, err
 }
 
 func (c *countingKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
@@ -133,6 +142,8 @@ func (c *countingKV) commit(then []clientv3.Op, send func() (*clientv3.TxnRespon
 	for _, op := range then {
 		key := string(op.KeyBytes())
 		switch {
+		case op.IsGet() && op.IsCountOnly() && strings.HasPrefix(key, c.blocksPart):
+			c.blockKeysSearched.Add(1)
 		case op.IsPut() && strings.HasPrefix(key, c.blocksPart):
 			putBlock = true
 		case op.IsPut() && strings.HasPrefix(key, c.addressesPart):

@@ -373,7 +373,7 @@ func (r *results) tables() []table {
 			"as the next transaction, each with its own compares, so under concurrency an allocation costs less than one request. "+
 			"Transactions carrying several allocations in the HTTP phases: %s (%s allocations); of them failed, every write then sent again alone: %s. "+
 			"Blocks acquired during the HTTP phases: %d; address transactions that failed (lost races and failed batches): %d. "+
-			"A block acquisition is 3 requests (read pool, list block keys, one transaction that takes the block and its first address); "+
+			"A block acquisition is 3 requests (read pool, one read of the first 16 candidate block keys, one transaction that takes the block and its first address); "+
 			"the fills run 16 allocations at a time, so their figure is below 1 + 2 reads per new block.",
 			fmtCount(rq.batches), fmtCount(rq.batched), fmtCount(rq.batchesFailed), rq.acquired, rq.lost)
 		ts = append(ts, t)

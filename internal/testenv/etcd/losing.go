@@ -2,6 +2,7 @@ package etcdtest
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,9 +14,10 @@ import (
 )
 
 // LosingKV reaches the server through a TCP proxy that, once armed,
-// swallows etcd's answers from the next transaction on: the reads a write
-// makes first still get theirs, and its commit reaches etcd with the
-// client seeing only a broken connection (an ambiguous commit).
+// swallows etcd's answers from the next transaction created that writes
+// on: the reads a write makes first (read-only transactions included)
+// still get theirs, and its commit reaches etcd with the client seeing only a broken
+// connection (an ambiguous commit).
 type LosingKV struct {
 	clientv3.KV
 	// Proxy is the path to the server; SetDropResponses(false) and a cut
@@ -36,13 +38,19 @@ func (s *Server) LosingKV(t testing.TB) *LosingKV {
 	return &LosingKV{KV: cli.KV, Proxy: proxy}
 }
 
-// Arm makes the next transaction's answer, and every later one, be lost.
+// Arm makes the answer of the next transaction created that writes, and
+// every later one, be lost.
 func (k *LosingKV) Arm() { k.armed.Store(true) }
 
 // Txn implements clientv3.KV.
 func (k *LosingKV) Txn(ctx context.Context) clientv3.Txn {
-	if k.armed.CompareAndSwap(true, false) {
-		k.Proxy.SetDropResponses(true)
-	}
-	return k.KV.Txn(ctx)
+	// One created before Arm (held, say, while the test arms) is not the
+	// next one, even if it commits after.
+	after := k.armed.Load()
+	return HookTxn(k.KV.Txn(ctx), func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+		if after && slices.ContainsFunc(then, func(op clientv3.Op) bool { return !op.IsGet() }) && k.armed.CompareAndSwap(true, false) {
+			k.Proxy.SetDropResponses(true)
+		}
+		return commit()
+	})
 }
