@@ -3,10 +3,12 @@ package nodenet
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -166,6 +168,96 @@ func TestPeerRouter(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPeerRouterWritesChanges: between comparisons with the table, Sync
+// writes only the routes that changed since it last wrote, and deletes
+// only those it wrote that are no longer wanted; a comparison with the
+// table (when FullSyncInterval has passed, or after an error) puts back
+// what was changed behind its back.
+func TestPeerRouterWritesChanges(t *testing.T) {
+	host := newTestNS(t)
+	a := netip.MustParseAddr
+	p := netip.MustParsePrefix
+	table := func() map[netip.Prefix]netip.Addr {
+		t.Helper()
+		got := map[netip.Prefix]netip.Addr{}
+		inNS(t, host, func() error {
+			routes, err := tableRoutes(unix.RT_TABLE_MAIN, 31)
+			for _, r := range routes {
+				dst, _ := routeDst(r, r.Family)
+				gw, _ := addrOf(r.Gw)
+				got[dst] = gw
+			}
+			return err
+		})
+		return got
+	}
+	sync := func(pr *PeerRouter, routes map[netip.Prefix]netip.Addr) error {
+		t.Helper()
+		var err error
+		inNS(t, host, func() error { err = pr.Sync(routes); return nil })
+		return err
+	}
+	inNS(t, host, func() error {
+		if err := addVethPair("fabric0", "fabric1", 0); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("fabric0")
+		if err != nil {
+			return err
+		}
+		pfx := p("192.168.50.1/24")
+		return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: ipNet(pfx).Mask}})
+	})
+
+	pr := &PeerRouter{Protocol: 31, FullSyncInterval: time.Hour}
+	want := map[netip.Prefix]netip.Addr{p("10.2.0.0/26"): a("192.168.50.2"), p("10.2.0.64/26"): a("192.168.50.3"), p("10.2.0.128/26"): a("192.168.50.4")}
+	if err := sync(pr, want); err != nil {
+		t.Fatal(err)
+	}
+	// Behind its back: one route deleted.
+	inNS(t, host, func() error {
+		return netlink.RouteDel(&netlink.Route{Dst: ipNet(p("10.2.0.0/26")), Protocol: 31})
+	})
+	// A new block, one moved to another node, one gone.
+	want = map[netip.Prefix]netip.Addr{p("10.2.0.0/26"): a("192.168.50.2"), p("10.2.0.64/26"): a("192.168.50.5"), p("10.2.1.0/26"): a("192.168.50.6")}
+	if err := sync(pr, want); err != nil {
+		t.Fatal(err)
+	}
+	got := table()
+	if _, ok := got[p("10.2.0.0/26")]; ok {
+		t.Errorf("the route deleted behind its back is back before a comparison with the table: Sync listed the table")
+	}
+	if got[p("10.2.0.64/26")] != a("192.168.50.5") || got[p("10.2.1.0/26")] != a("192.168.50.6") || len(got) != 2 {
+		t.Errorf("after a change: table %v, want the moved and the new block", got)
+	}
+
+	// An error (a gateway that is not on-link) makes the next Sync
+	// compare with the table.
+	broken := map[netip.Prefix]netip.Addr{p("10.2.2.0/26"): a("192.0.2.1")}
+	maps.Copy(broken, want)
+	if err := sync(pr, broken); err == nil {
+		t.Fatal("Sync with a gateway that is not on-link succeeded")
+	}
+	if err := sync(pr, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := table(); !maps.Equal(got, want) {
+		t.Errorf("after an error: table %v, want %v", got, want)
+	}
+
+	// So does the interval passing.
+	inNS(t, host, func() error {
+		return netlink.RouteDel(&netlink.Route{Dst: ipNet(p("10.2.1.0/26")), Protocol: 31})
+	})
+	pr.FullSyncInterval = time.Nanosecond
+	if err := sync(pr, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := table(); !maps.Equal(got, want) {
+		t.Errorf("after the interval: table %v, want %v", got, want)
+	}
 }
 
 func TestUplinkMTU(t *testing.T) {

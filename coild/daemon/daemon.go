@@ -501,11 +501,17 @@ func (d *daemon) syncExports() error {
 	return d.exporter.Sync(prefixes)
 }
 
+// peerFullSyncInterval is how often, at the most, routePeers compares the
+// routes to other nodes' blocks with a listing of the main table, putting
+// back what was changed behind its back; in between, a change of the
+// cluster's blocks writes only the routes that changed.
+const peerFullSyncInterval = 5 * time.Minute
+
 // routePeers keeps the main table's routes to other nodes' blocks in step
 // with etcd: added when a node acquires a block, removed when the block is
 // released or the node reclaimed.
 func (d *daemon) routePeers(ctx context.Context) error {
-	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID)}
+	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID), FullSyncInterval: peerFullSyncInterval}
 	err := d.store.WatchTopology(ctx, 200*time.Millisecond, 2*time.Second, func(topo model.Topology) {
 		routes := peerRoutes(d.cfg.NodeName, topo)
 		if err := d.inHostNS(func() error { return router.Sync(routes) }); err != nil {

@@ -470,6 +470,9 @@ func (r *results) tables() []table {
 	if t, ok := r.watchTable(); ok {
 		ts = append(ts, t)
 	}
+	if t, ok := r.peerSyncTable(); ok {
+		ts = append(ts, t)
+	}
 	if vs := r.verdicts(); len(vs) > 0 {
 		t := table{id: "targets", title: "Targets", header: []string{"target", "measured", "goal", "verdict"}}
 		for _, v := range vs {
