@@ -194,6 +194,45 @@ func TestFlatL2(t *testing.T) {
 		pingEventually(t, pods[1], pods[3].IPv4())
 	})
 
+	step(t, "a route to another node's blocks deleted by hand comes back", func(t *testing.T) {
+		// A change of the cluster's blocks writes only the routes that
+		// changed; every --scan-interval (2s here) coild compares them
+		// with the table, as it does after the kernel flushed them.
+		n := c.Nodes[0]
+		routes, err := n.Routes("-4", "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var peer RouteInfo
+		for _, r := range routes {
+			if dst, err := netip.ParsePrefix(r.Dst); err == nil && r.Gateway != "" && inPrefix(t, "10.100.0.0/16", dst.Addr()) {
+				peer = r
+				break
+			}
+		}
+		if peer.Dst == "" {
+			t.Fatalf("no route to another node's block in %s's main table: %+v", n.Name, routes)
+		}
+		if _, err := run("ip", "-n", n.NetNS, "route", "del", peer.Dst, "via", peer.Gateway); err != nil {
+			t.Fatal(err)
+		}
+		if err := Eventually(20*time.Second, func() error {
+			routes, err := n.Routes("-4", "main")
+			if err != nil {
+				return err
+			}
+			for _, r := range routes {
+				if r.Dst == peer.Dst && r.Gateway == peer.Gateway {
+					return nil
+				}
+			}
+			return fmt.Errorf("route %s via %s not back in %s's main table", peer.Dst, peer.Gateway, n.Name)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		pingEventually(t, pods[0], pods[1].IPv4())
+	})
+
 	step(t, "export table holds exactly the node's blocks", func(t *testing.T) {
 		for _, n := range c.Nodes {
 			want := nodeBlocks(t, c, n.Name)

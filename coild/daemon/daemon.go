@@ -501,22 +501,47 @@ func (d *daemon) syncExports() error {
 	return d.exporter.Sync(prefixes)
 }
 
-// peerFullSyncInterval is how often, at the most, routePeers compares the
-// routes to other nodes' blocks with a listing of the main table, putting
-// back what was changed behind its back; in between, a change of the
-// cluster's blocks writes only the routes that changed.
-const peerFullSyncInterval = 5 * time.Minute
-
 // routePeers keeps the main table's routes to other nodes' blocks in step
 // with etcd: added when a node acquires a block, removed when the block is
-// released or the node reclaimed.
+// released or the node reclaimed. A change of the cluster's blocks writes
+// only the routes that changed; every --scan-interval, as for the export
+// table, the routes are compared with a listing of the table, putting
+// back what was changed behind coild's back (by hand, or by the kernel,
+// which flushes the routes through a link that goes down).
 func (d *daemon) routePeers(ctx context.Context) error {
-	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID), FullSyncInterval: peerFullSyncInterval}
-	err := d.store.WatchTopology(ctx, 200*time.Millisecond, 2*time.Second, func(topo model.Topology) {
-		routes := peerRoutes(d.cfg.NodeName, topo)
+	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID), FullSyncInterval: d.cfg.ScanInterval}
+	var mu sync.Mutex // router and routes are the watch's and the timer's
+	var routes map[netip.Prefix]netip.Addr
+	apply := func() {
 		if err := d.inHostNS(func() error { return router.Sync(routes) }); err != nil {
 			d.log.Error("sync routes to other nodes", "error", err)
 		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		t := time.NewTicker(d.cfg.ScanInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			if routes != nil {
+				apply()
+			}
+			mu.Unlock()
+		}
+	})
+	err := d.store.WatchTopology(ctx, 200*time.Millisecond, 2*time.Second, func(topo model.Topology) {
+		mu.Lock()
+		defer mu.Unlock()
+		routes = peerRoutes(d.cfg.NodeName, topo)
+		apply()
 	})
 	if ctx.Err() != nil {
 		return nil

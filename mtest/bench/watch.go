@@ -723,7 +723,7 @@ func (r *results) peerSyncTable() (table, bool) {
 	t.note = fmt.Sprintf("nodenet.PeerRouter as coild --flat-l2 runs it, in a network namespace of its own with the routes of every other node's blocks (%d per node) "+
 		"via on-link node addresses; then %d changes, a block taken or given back each, synced one by one. CPU: the syncing thread's, user and "+
 		"kernel (netlink requests and the table's dump), per change. Before: every sync compared with a listing of the table (one route per block "+
-		"of the cluster); now: a sync writes only the routes that differ from what it wrote last, and compares with the table every 5 minutes "+
+		"of the cluster); now: a sync writes only the routes that differ from what it wrote last, and compares with the table every --scan-interval "+
 		"and after an error. What remains grows with the cluster too, far slower: comparing the wanted routes with those written, in memory.",
 		wr.sizes[0].perNode, peerSyncChanges)
 	return t, true
