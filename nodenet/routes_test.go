@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -98,10 +99,12 @@ func TestExporterInvalidTable(t *testing.T) {
 	}
 }
 
-func TestPeerRouter(t *testing.T) {
+// newFabricNS returns a test namespace with a link, fabric0, holding
+// addrs: the peer nodes' addresses of those subnets are on-link.
+func newFabricNS(t *testing.T, addrs ...string) ns.NetNS {
+	t.Helper()
 	host := newTestNS(t)
 	inNS(t, host, func() error {
-		// A link on which the peer nodes' addresses are on-link.
 		if err := addVethPair("fabric0", "fabric1", 0); err != nil {
 			return err
 		}
@@ -109,7 +112,7 @@ func TestPeerRouter(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, p := range []string{"192.168.50.1/24", "fd50::1/64"} {
+		for _, p := range addrs {
 			pfx := netip.MustParsePrefix(p)
 			a := &netlink.Addr{IPNet: &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: ipNet(pfx).Mask}, Flags: unix.IFA_F_NODAD}
 			if err := netlink.AddrAdd(l, a); err != nil {
@@ -118,6 +121,11 @@ func TestPeerRouter(t *testing.T) {
 		}
 		return nil
 	})
+	return host
+}
+
+func TestPeerRouter(t *testing.T) {
+	host := newFabricNS(t, "192.168.50.1/24", "fd50::1/64")
 
 	a := netip.MustParseAddr
 	p := netip.MustParsePrefix
@@ -176,7 +184,7 @@ func TestPeerRouter(t *testing.T) {
 // table (when FullSyncInterval has passed, or after an error) puts back
 // what was changed behind its back.
 func TestPeerRouterWritesChanges(t *testing.T) {
-	host := newTestNS(t)
+	host := newFabricNS(t, "192.168.50.1/24")
 	a := netip.MustParseAddr
 	p := netip.MustParsePrefix
 	table := func() map[netip.Prefix]netip.Addr {
@@ -199,18 +207,6 @@ func TestPeerRouterWritesChanges(t *testing.T) {
 		inNS(t, host, func() error { err = pr.Sync(routes); return nil })
 		return err
 	}
-	inNS(t, host, func() error {
-		if err := addVethPair("fabric0", "fabric1", 0); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName("fabric0")
-		if err != nil {
-			return err
-		}
-		pfx := p("192.168.50.1/24")
-		return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: ipNet(pfx).Mask}})
-	})
-
 	pr := &PeerRouter{Protocol: 31, FullSyncInterval: time.Hour}
 	want := map[netip.Prefix]netip.Addr{p("10.2.0.0/26"): a("192.168.50.2"), p("10.2.0.64/26"): a("192.168.50.3"), p("10.2.0.128/26"): a("192.168.50.4")}
 	if err := sync(pr, want); err != nil {
