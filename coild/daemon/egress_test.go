@@ -220,6 +220,30 @@ func TestEgress(t *testing.T) {
 				t.Errorf("coild asked the API server for the pod: %v", a)
 			}
 		}
+		// A pass of the reconciler (woken here by an update of a
+		// gateway) builds the gateways' clients from the API, which
+		// does not hold this one: the gateways must keep serving it.
+		serving := map[string]nodenet.EgressSummary{}
+		for _, g := range gws {
+			serving[g.Name] = summary(t, g)
+			if serving[g.Name] == before[g.Name] {
+				t.Errorf("gateway %s does not serve the client after its ADD: %+v", g.Name, serving[g.Name])
+			}
+		}
+		for _, g := range gws {
+			n.SetRunning(g, gwAddrs[g.Name])
+			break
+		}
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			for _, g := range gws {
+				if s := summary(t, g); s != serving[g.Name] {
+					t.Fatalf("a pass changed gateway %s from %+v to %+v: it dropped the client the API does not hold", g.Name, serving[g.Name], s)
+				}
+			}
+		}
+		if _, err := netnstest.SeenAs(c.NS, ext.server4, 5*time.Second); err != nil {
+			t.Fatalf("client cannot reach the external host after a pass: %v", err)
+		}
 		// Its mirror shows up; then it goes.
 		n.CreatePod(c, nil, optIn)
 		n.SetRunning(c, ips)

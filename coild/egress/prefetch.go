@@ -28,6 +28,9 @@ type podFetch struct {
 	pod     *corev1.Pod
 	err     error
 	started time.Time
+	// fromRuntime: pod is what the runtime's annotations describe, not
+	// an answer of the API server.
+	fromRuntime bool
 }
 
 type prefetcher struct {
@@ -88,7 +91,7 @@ func (r *Reconciler) prefetched(namespace, name string, pod *corev1.Pod) {
 	if !p.openLocked(now) {
 		return
 	}
-	f := &podFetch{done: make(chan struct{}), pod: pod, started: now}
+	f := &podFetch{done: make(chan struct{}), pod: pod, started: now, fromRuntime: true}
 	close(f.done)
 	p.fetches[namespace+"/"+name] = f
 }

@@ -132,9 +132,13 @@ type Reconciler struct {
 	// snapshots numbers the snapshots (podState.seq).
 	snapshots atomic.Uint64
 
-	// stateMu guards applied; it is never held across kernel work.
+	// stateMu guards applied and unlisted; it is never held across
+	// kernel work.
 	stateMu sync.Mutex
 	applied map[string]podState
+	// unlisted are the clients of this node set up from the runtime's
+	// annotations that the cache does not hold yet (addUnlisted).
+	unlisted map[string]*corev1.Pod
 	// podLocks serialise the kernel work of one pod (striped by pod key):
 	// a CNI ADD and the reconcile loop never program a pod at once, and
 	// no lock spans the whole node.
@@ -391,8 +395,43 @@ func (r *Reconciler) snapshot() *snapshot {
 			s.networks[k] = n
 		}
 	}
-	s.clients = r.pods.clients()
+	s.clients = r.withUnlisted(r.pods.clients())
 	return s
+}
+
+// addUnlisted remembers client pod p of this node, set up from the
+// runtime's annotations (a static pod before its mirror): the gateways'
+// clients come from the API, which does not hold it, and a pass would
+// otherwise take it off this node's gateways right after its ADD put it
+// there. It is forgotten once the cache holds the pod (the API answers
+// for it from then on) or its address is released.
+func (r *Reconciler) addUnlisted(p *corev1.Pod) {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	if r.unlisted == nil {
+		r.unlisted = map[string]*corev1.Pod{}
+	}
+	r.unlisted[podKey(p)] = p
+}
+
+// withUnlisted adds to clients, the cluster's clients as the API shows
+// them (nil while unknown), the unlisted clients it lacks.
+func (r *Reconciler) withUnlisted(clients []*corev1.Pod) []*corev1.Pod {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	if clients == nil || len(r.unlisted) == 0 {
+		return clients
+	}
+	for k, p := range r.unlisted {
+		if r.pods.localPod(p.Namespace, p.Name) != nil {
+			delete(r.unlisted, k)
+			continue
+		}
+		if !slices.ContainsFunc(clients, func(c *corev1.Pod) bool { return podKey(c) == k }) {
+			clients = append(clients, p)
+		}
+	}
+	return clients
 }
 
 func podKey(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
@@ -706,12 +745,15 @@ func (r *Reconciler) SetupPod(ctx context.Context, net model.Address) (PodSetup,
 		// slow the ADD down.
 		return resp, nil
 	}
-	p, err := r.pod(ctx, net.Namespace, net.Pod)
+	p, fromRuntime, err := r.pod(ctx, net.Namespace, net.Pod)
 	if err != nil || p == nil {
 		return resp, err
 	}
 	if len(clientEgresses(p)) == 0 && gatewayOf(p) == "" {
 		return resp, nil
+	}
+	if fromRuntime {
+		r.addUnlisted(p)
 	}
 	if !r.ready() {
 		return resp, fmt.Errorf("pod %s/%s uses egress: %w", net.Namespace, net.Pod, ErrNotReady)
@@ -799,23 +841,26 @@ func splitKey(k string) (namespace, name string) {
 
 // pod returns the Pod object from the informer's cache, or from the API
 // when the cache does not hold it yet (through the fetch PrepareSetup
-// started, if any); nil when it does not exist.
-func (r *Reconciler) pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+// started, if any); nil when it does not exist. fromRuntime reports a pod
+// described by the runtime's annotations, which the API did not answer
+// for.
+func (r *Reconciler) pod(ctx context.Context, namespace, name string) (p *corev1.Pod, fromRuntime bool, err error) {
 	if p := r.pods.localPod(namespace, name); p != nil {
-		return p, nil
+		return p, false, nil
 	}
 	if f := r.takePrefetched(namespace, name); f != nil {
 		select {
 		case <-f.done:
 			if f.err == nil {
-				return f.pod, nil
+				return f.pod, f.fromRuntime, nil
 			}
 			// Failed: ask again below.
 		case <-ctx.Done():
-			return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, ctx.Err())
+			return nil, false, fmt.Errorf("get pod %s/%s: %w", namespace, name, ctx.Err())
 		}
 	}
-	return r.getPod(ctx, namespace, name)
+	p, err = r.getPod(ctx, namespace, name)
+	return p, false, err
 }
 
 // getPod asks the API server for a Pod; nil when it does not exist.
@@ -848,6 +893,7 @@ func (r *Reconciler) PodReleased(net model.Address) {
 		if r.applied[key].netns == net.NetNS {
 			delete(r.applied, key)
 		}
+		delete(r.unlisted, key)
 		r.stateMu.Unlock()
 	}()
 	r.kick()
