@@ -11,7 +11,7 @@ import (
 // nodes without a record or without an address of the family are left
 // out: a route to nowhere would only black-hole traffic.
 func peerRoutes(self string, topo model.Topology) map[netip.Prefix]netip.Addr {
-	gateways := map[string][2]netip.Addr{} // node -> IPv4, IPv6
+	gateways := make(map[string][2]netip.Addr, len(topo.Nodes)) // node -> IPv4, IPv6
 	for _, n := range topo.Nodes {
 		var gw [2]netip.Addr
 		for _, a := range n.Addresses {
@@ -24,7 +24,7 @@ func peerRoutes(self string, topo model.Topology) map[netip.Prefix]netip.Addr {
 		}
 		gateways[n.Name] = gw
 	}
-	routes := map[netip.Prefix]netip.Addr{}
+	routes := make(map[netip.Prefix]netip.Addr, len(topo.Blocks))
 	for _, b := range topo.Blocks {
 		if b.Node == self {
 			continue

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -35,6 +36,27 @@ func TestPeerRoutes(t *testing.T) {
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("route %s via %s, want %s", k, got[k], v)
+		}
+	}
+}
+
+// BenchmarkPeerRoutes: what computing the wanted routes costs a node on
+// every change of the cluster's blocks in --flat-l2 mode, at 5,000 nodes
+// of 4 blocks each (the part of a change that still grows with the
+// cluster, beside comparing them with what was written).
+func BenchmarkPeerRoutes(b *testing.B) {
+	var topo model.Topology
+	for n := range 5000 {
+		name := fmt.Sprintf("node-%d", n)
+		topo.Nodes = append(topo.Nodes, model.Node{Name: name, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{192, 168, byte(n >> 8), byte(n)})}})
+		for k := range 4 {
+			i := n*4 + k
+			topo.Blocks = append(topo.Blocks, model.Block{Node: name, IPv4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 11), byte(i >> 3), byte(i&7) << 5}), 27)})
+		}
+	}
+	for b.Loop() {
+		if len(peerRoutes("node-0", topo)) != 4*4999 {
+			b.Fatal("wrong routes")
 		}
 	}
 }
