@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	etcdtest "github.com/coil-project/coil/internal/testenv/etcd"
 	"github.com/coil-project/coil/model"
 )
 
@@ -120,4 +125,53 @@ func TestAcquireBlockExhaustedWithoutListing(t *testing.T) {
 			t.Errorf("listed the pool's blocks")
 		}
 	}
+}
+
+// TestAcquireBlockUnderATxnOpsLimit: an etcd whose --max-txn-ops is below
+// the reads' size refuses them; the acquisition then lists the pool, and
+// still takes the block a listing chooses.
+func TestAcquireBlockUnderATxnOpsLimit(t *testing.T) {
+	ctx := context.Background()
+	cli, prefix, _, _ := recordedStore(t, "10.64.0.0/24") // 64 blocks
+	limited := &opsLimitKV{KV: cli.KV, max: 8}
+	st := model.NewWithKV(limited, prefix)
+	listing := model.NewWithKV(cli.KV, prefix)
+	model.SetBlockProbes(listing)
+	for i := range 3 {
+		want, _, err := listing.AcquireBlock(ctx, "default", model.Owner{Node: "n1", ContainerID: fmt.Sprint("l", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := listing.ForceReleaseBlock(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := st.AcquireBlock(ctx, "default", model.Owner{Node: "n1", ContainerID: fmt.Sprint("c", i)})
+		if err != nil {
+			t.Fatalf("acquisition under a limit of %d operations: %v", limited.max, err)
+		}
+		if got.ID() != want.ID() {
+			t.Errorf("took block %s, a listing chooses %s", got.ID(), want.ID())
+		}
+	}
+	if limited.refused.Load() == 0 {
+		t.Error("no read was refused: the test does not test the limit")
+	}
+}
+
+// opsLimitKV refuses, as etcd does, a transaction of more than max
+// operations.
+type opsLimitKV struct {
+	clientv3.KV
+	max     int
+	refused atomic.Int32
+}
+
+func (k *opsLimitKV) Txn(ctx context.Context) clientv3.Txn {
+	return etcdtest.HookTxn(k.KV.Txn(ctx), func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+		if len(then) > k.max {
+			k.refused.Add(1)
+			return nil, rpctypes.ErrTooManyOps
+		}
+		return commit()
+	})
 }
