@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -178,11 +177,10 @@ func TestPeerRouter(t *testing.T) {
 	})
 }
 
-// TestPeerRouterWritesChanges: between comparisons with the table, Sync
-// writes only the routes that changed since it last wrote, and deletes
-// only those it wrote that are no longer wanted; a comparison with the
-// table (when FullSyncInterval has passed, or after an error) puts back
-// what was changed behind its back.
+// TestPeerRouterWritesChanges: Sync writes only the routes that changed
+// since it last wrote, and deletes only those it wrote that are no longer
+// wanted; a comparison with the table (Resync, or Sync after an error)
+// puts back what was changed behind its back.
 func TestPeerRouterWritesChanges(t *testing.T) {
 	host := newFabricNS(t, "192.168.50.1/24")
 	a := netip.MustParseAddr
@@ -201,15 +199,15 @@ func TestPeerRouterWritesChanges(t *testing.T) {
 		})
 		return got
 	}
-	sync := func(pr *PeerRouter, routes map[netip.Prefix]netip.Addr) error {
+	sync := func(sync func(map[netip.Prefix]netip.Addr) error, routes map[netip.Prefix]netip.Addr) error {
 		t.Helper()
 		var err error
-		inNS(t, host, func() error { err = pr.Sync(routes); return nil })
+		inNS(t, host, func() error { err = sync(routes); return nil })
 		return err
 	}
-	pr := &PeerRouter{Protocol: 31, FullSyncInterval: time.Hour}
+	pr := &PeerRouter{Protocol: 31}
 	want := map[netip.Prefix]netip.Addr{p("10.2.0.0/26"): a("192.168.50.2"), p("10.2.0.64/26"): a("192.168.50.3"), p("10.2.0.128/26"): a("192.168.50.4")}
-	if err := sync(pr, want); err != nil {
+	if err := sync(pr.Sync, want); err != nil {
 		t.Fatal(err)
 	}
 	// Behind its back: one route deleted.
@@ -218,7 +216,7 @@ func TestPeerRouterWritesChanges(t *testing.T) {
 	})
 	// A new block, one moved to another node, one gone.
 	want = map[netip.Prefix]netip.Addr{p("10.2.0.0/26"): a("192.168.50.2"), p("10.2.0.64/26"): a("192.168.50.5"), p("10.2.1.0/26"): a("192.168.50.6")}
-	if err := sync(pr, want); err != nil {
+	if err := sync(pr.Sync, want); err != nil {
 		t.Fatal(err)
 	}
 	got := table()
@@ -233,26 +231,31 @@ func TestPeerRouterWritesChanges(t *testing.T) {
 	// compare with the table.
 	broken := map[netip.Prefix]netip.Addr{p("10.2.2.0/26"): a("192.0.2.1")}
 	maps.Copy(broken, want)
-	if err := sync(pr, broken); err == nil {
+	if err := sync(pr.Sync, broken); err == nil {
 		t.Fatal("Sync with a gateway that is not on-link succeeded")
 	}
-	if err := sync(pr, want); err != nil {
+	if err := sync(pr.Sync, want); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(); !maps.Equal(got, want) {
 		t.Errorf("after an error: table %v, want %v", got, want)
 	}
 
-	// So does the interval passing.
+	// So does Resync.
 	inNS(t, host, func() error {
 		return netlink.RouteDel(&netlink.Route{Dst: ipNet(p("10.2.1.0/26")), Protocol: 31})
 	})
-	pr.FullSyncInterval = time.Nanosecond
-	if err := sync(pr, want); err != nil {
+	if err := sync(pr.Sync, want); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := table()[p("10.2.1.0/26")]; ok {
+		t.Errorf("the route deleted behind its back is back after a Sync")
+	}
+	if err := sync(pr.Resync, want); err != nil {
 		t.Fatal(err)
 	}
 	if got := table(); !maps.Equal(got, want) {
-		t.Errorf("after the interval: table %v, want %v", got, want)
+		t.Errorf("after Resync: table %v, want %v", got, want)
 	}
 }
 

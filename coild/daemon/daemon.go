@@ -509,11 +509,11 @@ func (d *daemon) syncExports() error {
 // back what was changed behind coild's back (by hand, or by the kernel,
 // which flushes the routes through a link that goes down).
 func (d *daemon) routePeers(ctx context.Context) error {
-	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID), FullSyncInterval: d.cfg.ScanInterval}
+	router := &nodenet.PeerRouter{Protocol: netlink.RouteProtocol(d.cfg.ProtocolID)}
 	var mu sync.Mutex // router and routes are the watch's and the timer's
 	var routes map[netip.Prefix]netip.Addr
-	apply := func() {
-		if err := d.inHostNS(func() error { return router.Sync(routes) }); err != nil {
+	apply := func(sync func(map[netip.Prefix]netip.Addr) error) {
+		if err := d.inHostNS(func() error { return sync(routes) }); err != nil {
 			d.log.Error("sync routes to other nodes", "error", err)
 		}
 	}
@@ -532,7 +532,7 @@ func (d *daemon) routePeers(ctx context.Context) error {
 			}
 			mu.Lock()
 			if routes != nil {
-				apply()
+				apply(router.Resync)
 			}
 			mu.Unlock()
 		}
@@ -541,7 +541,7 @@ func (d *daemon) routePeers(ctx context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
 		routes = peerRoutes(d.cfg.NodeName, topo)
-		apply()
+		apply(router.Sync)
 	})
 	if ctx.Err() != nil {
 		return nil

@@ -66,10 +66,14 @@ func measurePeerSync(ctx context.Context, routes int) (peerSyncResult, error) {
 			want[block] = netip.AddrFrom4([4]byte{192, 168, byte(i / 4 >> 8), byte(i/4) | 2})
 		}
 		for _, way := range []struct {
-			interval time.Duration
-			cpu      *time.Duration
-		}{{0, &r.listing}, {time.Minute, &r.now}} {
-			pr := &nodenet.PeerRouter{Protocol: 30, FullSyncInterval: way.interval}
+			full bool
+			cpu  *time.Duration
+		}{{true, &r.listing}, {false, &r.now}} {
+			pr := &nodenet.PeerRouter{Protocol: 30}
+			sync := pr.Sync
+			if way.full {
+				sync = pr.Resync
+			}
 			t0 := threadCPU()
 			if err := pr.Sync(want); err != nil {
 				return err
@@ -84,7 +88,7 @@ func measurePeerSync(ctx context.Context, routes int) (peerSyncResult, error) {
 				} else {
 					delete(want, netip.PrefixFrom(netip.AddrFrom4([4]byte{11, 0, byte(k / 2), 0}), 27))
 				}
-				if err := pr.Sync(want); err != nil {
+				if err := sync(want); err != nil {
 					return err
 				}
 			}
