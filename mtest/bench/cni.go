@@ -323,7 +323,7 @@ func runCNIBench(ctx context.Context, o *options, root, tmp string, cl *cleanups
 		}
 	}
 	if o.realCoild {
-		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, cli, nodeNS, pods, ptpSeqPods, cl, cr); err != nil {
+		if err := runRealCoild(ctx, root, tmp, binDir, confDir, etcd.Endpoint, etcd.PID(), cli, nodeNS, pods, ptpSeqPods, cl, cr); err != nil {
 			return fmt.Errorf("real coild: %w", err)
 		}
 	}

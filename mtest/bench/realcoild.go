@@ -34,6 +34,31 @@ type realPhase struct {
 	// ptpAdd and ptpDel are ptp+host-local's commands that took turns
 	// with this phase's: its reference.
 	ptpAdd, ptpDel phaseResult
+	// cpu is what coild, kube-apiserver and etcd spent per coil pod (ADD
+	// and DEL) during the phase, beyond their idle pace: the work a
+	// case puts on the node's cores besides the commands' own.
+	cpu serverCPU
+}
+
+// serverCPU is CPU time of the long-running processes behind coil's
+// commands in part 2b.
+type serverCPU struct {
+	coild, apiserver, etcd time.Duration
+}
+
+func (c serverCPU) sub(o serverCPU) serverCPU {
+	return serverCPU{coild: c.coild - o.coild, apiserver: c.apiserver - o.apiserver, etcd: c.etcd - o.etcd}
+}
+
+// scaled returns c times f, each term at least 0.
+func (c serverCPU) scaled(f float64) serverCPU {
+	s := func(d time.Duration) time.Duration { return max(0, time.Duration(float64(d)*f)) }
+	return serverCPU{coild: s(c.coild), apiserver: s(c.apiserver), etcd: s(c.etcd)}
+}
+
+func (c serverCPU) String() string {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
+	return ms(c.coild) + " / " + ms(c.apiserver) + " / " + ms(c.etcd) + " ms"
 }
 
 const (
@@ -49,7 +74,7 @@ const (
 // informer has them), for pods it does not hold (a static pod before its
 // mirror exists, a lagging watch), and for such pods while an egress
 // exists (coild must then ask the API server for the pod).
-func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint string, cli *clientv3.Client, node ns.NetNS, pods, ptpPods []*benchPod, cl *cleanups, cr *cniResults) error {
+func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint string, etcdPID int, cli *clientv3.Client, node ns.NetNS, pods, ptpPods []*benchPod, cl *cleanups, cr *cniResults) error {
 	logf("  real coild and kube-apiserver: %d pods, sequential", len(pods))
 	bin, err := kubeapi.Ensure(ctx)
 	if err != nil {
@@ -176,16 +201,38 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 	deletePods := func() error {
 		return kube.CoreV1().Pods(benchNS).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
 	}
+	coildPID, apiPID := cmd.Process.Pid, apiserver.PID()
+	serversCPU := func() serverCPU {
+		return serverCPU{coild: cpuTime(coildPID), apiserver: cpuTime(apiPID), etcd: cpuTime(etcdPID)}
+	}
+	// What the three use with no command running (kube-apiserver's own
+	// loops, leases, etcd's heartbeats), per second, to take off each
+	// phase's figure.
+	var idlePace serverCPU
+	measureIdle := func() error {
+		const idle = 2 * time.Second
+		c0 := serversCPU()
+		select {
+		case <-time.After(idle):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		idlePace = serversCPU().sub(c0).scaled(float64(time.Second) / float64(idle))
+		return nil
+	}
 	phase := func(name string) error {
 		// ptp+host-local's commands take turns with coil's: the
 		// reference of each case is measured at the same moments.
+		c0, t0 := serversCPU(), time.Now()
 		coil, ptp, err := r.interleave(ctx, realNet, client, node, 0, pods, ptpPods)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		cr.real = append(cr.real, realPhase{name: name, add: coil[0], del: coil[1], ptpAdd: ptp[0], ptpDel: ptp[1]})
-		logf("  real coild, %s: ADD p50 %s p99 %s; DEL p50 %s p99 %s (ptp+host-local, interleaved: ADD p50 %s, DEL p50 %s)", name,
-			fmtDur(coil[0].p50), fmtDur(coil[0].p99), fmtDur(coil[1].p50), fmtDur(coil[1].p99), fmtDur(ptp[0].p50), fmtDur(ptp[1].p50))
+		used := serversCPU().sub(c0).sub(idlePace.scaled(time.Since(t0).Seconds()))
+		perPod := used.scaled(1 / float64(len(pods)))
+		cr.real = append(cr.real, realPhase{name: name, add: coil[0], del: coil[1], ptpAdd: ptp[0], ptpDel: ptp[1], cpu: perPod})
+		logf("  real coild, %s: ADD p50 %s p99 %s; DEL p50 %s p99 %s (ptp+host-local, interleaved: ADD p50 %s, DEL p50 %s); CPU per pod coild / kube-apiserver / etcd %s", name,
+			fmtDur(coil[0].p50), fmtDur(coil[0].p99), fmtDur(coil[1].p50), fmtDur(coil[1].p99), fmtDur(ptp[0].p50), fmtDur(ptp[1].p50), perPod)
 		return nil
 	}
 	// Warm up the binaries and coild's first block.
@@ -199,6 +246,9 @@ func runRealCoild(ctx context.Context, root, tmp, binDir, confDir, etcdEndpoint 
 		return err
 	}
 	if err := createPods(); err != nil {
+		return err
+	}
+	if err := measureIdle(); err != nil {
 		return err
 	}
 	if err := phase("pod in the API (informer holds it)"); err != nil {

@@ -419,10 +419,10 @@ func (r *results) tables() []table {
 	}
 	if c := r.cni; c != nil && len(c.real) > 0 {
 		t := table{id: "cni-real", title: "2b. CNI ADD/DEL with the coild binary and a real kube-apiserver, sequential",
-			header: []string{"case", "ADD p50", "ADD p99", "ptp ADD p50", "ADD p50 vs ptp", "DEL p50", "DEL p99", "ptp DEL p50", "DEL p50 vs ptp"}}
+			header: []string{"case", "ADD p50", "ADD p99", "ptp ADD p50", "ADD p50 vs ptp", "DEL p50", "DEL p99", "ptp DEL p50", "DEL p50 vs ptp", "CPU per pod: coild / kube-apiserver / etcd"}}
 		for _, ph := range c.real {
 			t.rows = append(t.rows, []string{ph.name, fmtDur(ph.add.p50), fmtDur(ph.add.p99), fmtDur(ph.ptpAdd.p50), fmtRatio(float64(ph.add.p50) / float64(ph.ptpAdd.p50)),
-				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtDur(ph.ptpDel.p50), fmtRatio(float64(ph.del.p50) / float64(ph.ptpDel.p50))})
+				fmtDur(ph.del.p50), fmtDur(ph.del.p99), fmtDur(ph.ptpDel.p50), fmtRatio(float64(ph.del.p50) / float64(ph.ptpDel.p50)), ph.cpu.String()})
 		}
 		t.note = "The same pods and node namespace as above; coild is the binary built from this tree, run as a process in the node " +
 			"namespace with its default flags (--kube-api-qps 50, --kube-api-burst 100), talking to a kube-apiserver built from k8s.io/kubernetes " +
@@ -431,7 +431,9 @@ func (r *results) tables() []table {
 			"before its mirror, a watch behind), once with no egress in etcd and twice with one (in another namespace): when the runtime passes no " +
 			"annotations, coild must ask the API server whether the pod is an egress client; when it passes them (containerd, to a plugin that " +
 			"declares io.kubernetes.cri.pod-annotations, here through cnitool's CAP_ARGS: a static pod's, none for egress), they answer. Reference: ptp+host-local on pods of its own, its commands taking turns with coil's one by one in each case, " +
-			"so that both meet the same moments of the machine."
+			"so that both meet the same moments of the machine. CPU per pod: the CPU time coild, kube-apiserver and etcd used during the case " +
+			"(ADD and DEL of every pod; ptp+host-local's commands touch none of them), less their pace when no command runs (measured for 2 s " +
+			"before the first case), divided by the pods: on a real cluster kube-apiserver and etcd run on the control plane, here on the node's own cores."
 		ts = append(ts, t)
 	}
 	if c := r.cni; c != nil && len(c.routes) > 0 {
