@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -100,7 +99,7 @@ type racingKV struct {
 // for a free block, is a read the race may follow as well as precede).
 func (r *racingKV) Txn(ctx context.Context) clientv3.Txn {
 	return etcdtest.HookTxn(r.KV.Txn(ctx), func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
-		if !slices.ContainsFunc(then, func(op clientv3.Op) bool { return !op.IsGet() }) {
+		if !etcdtest.Writes(then) {
 			return commit()
 		}
 		r.txns.Add(1)

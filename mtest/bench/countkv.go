@@ -75,6 +75,12 @@ func (c *countingKV) snapshot() kvCounts {
 	}
 }
 
+// keysPerAcquisition is how many block keys a block acquisition read,
+// counting the attempts that lost their race.
+func (a kvCounts) keysPerAcquisition() float64 {
+	return float64(a.blockKeysSearched) / float64(max(a.blockAcquire+a.blockAcquireLost, 1))
+}
+
 func (a kvCounts) sub(b kvCounts) kvCounts {
 	return kvCounts{
 		requests: a.requests - b.requests, gets: a.gets - b.gets, puts: a.puts - b.puts,

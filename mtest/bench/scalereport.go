@@ -51,7 +51,7 @@ func (s *scaleResults) tables() []table {
 			return fmt.Sprintf("%s (%s)", fmtCount(r.kv.blockAcquire), fmtCount(int64(r.minBlocks)))
 		}),
 		row("block keys read per block acquisition (probed, or listed)", "a listing of the pool's taken blocks before: up to one per node", func(r *scaleRun) string {
-			return fmt.Sprintf("%.1f", float64(r.kv.blockKeysSearched)/float64(max(r.kv.blockAcquire+r.kv.blockAcquireLost, 1)))
+			return fmt.Sprintf("%.1f", r.kv.keysPerAcquisition())
 		}),
 		row("lost block races (acquisition transactions that failed)", "0 ideal", func(r *scaleRun) string { return fmtCount(r.kv.blockAcquireLost) }),
 		row("lost address races", "0 ideal", func(r *scaleRun) string { return fmtCount(r.kv.addrAllocLost) }),
@@ -207,8 +207,7 @@ func (s *scaleResults) verdicts() []verdict {
 			measured: fmt.Sprintf("%.3f vs %.3f; of which per node start-up %.1f vs %.1f requests", float64(b.kv.requests)/float64(b.allocs),
 				float64(a.kv.requests)/float64(a.allocs), b.startupRequests(), a.startupRequests())},
 		verdict{target: fmt.Sprintf("block keys read per block acquisition, %s vs %s", b.sizeName(), a.sizeName()),
-			measured: fmt.Sprintf("%.1f vs %.1f", float64(b.kv.blockKeysSearched)/float64(max(b.kv.blockAcquire+b.kv.blockAcquireLost, 1)),
-				float64(a.kv.blockKeysSearched)/float64(max(a.kv.blockAcquire+a.kv.blockAcquireLost, 1)))},
+			measured: fmt.Sprintf("%.1f vs %.1f", b.kv.keysPerAcquisition(), a.kv.keysPerAcquisition())},
 		verdict{target: fmt.Sprintf("lost block races, %s vs %s", b.sizeName(), a.sizeName()),
 			measured: fmt.Sprintf("%d vs %d", b.kv.blockAcquireLost, a.kv.blockAcquireLost)},
 		verdict{target: fmt.Sprintf("allocator memory per pod, %s vs %s", b.sizeName(), a.sizeName()),

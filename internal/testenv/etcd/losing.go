@@ -2,7 +2,6 @@ package etcdtest
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -48,7 +47,7 @@ func (k *LosingKV) Txn(ctx context.Context) clientv3.Txn {
 	// next one, even if it commits after.
 	after := k.armed.Load()
 	return HookTxn(k.KV.Txn(ctx), func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
-		if after && slices.ContainsFunc(then, func(op clientv3.Op) bool { return !op.IsGet() }) && k.armed.CompareAndSwap(true, false) {
+		if after && Writes(then) && k.armed.CompareAndSwap(true, false) {
 			k.Proxy.SetDropResponses(true)
 		}
 		return commit()

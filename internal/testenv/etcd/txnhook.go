@@ -1,11 +1,22 @@
 package etcdtest
 
-import clientv3 "go.etcd.io/etcd/client/v3"
+import (
+	"slices"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
 
 // CommitHook runs in place of a transaction's Commit: then holds the
 // operations the transaction's Then was given, and commit sends it (the
 // hook calls it once, or fails without sending).
 type CommitHook func(then []clientv3.Op, commit func() (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error)
+
+// Writes reports whether then, a transaction's Then operations, writes
+// anything: test KVs that act on the next write let read-only
+// transactions (a search for a free block) pass.
+func Writes(then []clientv3.Op) bool {
+	return slices.ContainsFunc(then, func(op clientv3.Op) bool { return !op.IsGet() })
+}
 
 // HookTxn wraps txn so that its Commit goes through hook: a KV wrapper that
 // counts, records or holds transactions returns HookTxn(kv.Txn(ctx), ...)
